@@ -1,0 +1,110 @@
+// Package auth owns longlink's access tokens and the key file they are signed
+// with. A token is verified locally with no RPC: HMAC-SHA256 (truncated to
+// 128 bits) over (key id, user id, expiry, device), so the gateway needs only
+// the key file. Keys carry ids so they can rotate: mint with the active key,
+// accept any key still listed.
+//
+// Token layout before base64url (no padding) encoding:
+//
+//	ver u8 (=1) | key id u32 | uid u64 | expiry unix-seconds i64 | device length u8 | device | mac [16]
+//
+// Everything in this package is goroutine-safe.
+package auth
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+const (
+	tokenVersion = 1
+	macSize      = 16
+	fixedSize    = 1 + 4 + 8 + 8 + 1
+	// MaxDevice is the longest device id a token may carry.
+	MaxDevice = 64
+	// MaxTokenLen bounds the encoded token length accepted by Verify.
+	MaxTokenLen = (fixedSize + MaxDevice + macSize + 2) * 4 / 3
+)
+
+// Errors from Verify. ErrExpired is distinguished so clients can be told to
+// fetch a fresh token rather than that theirs is forged.
+var (
+	ErrMalformed  = errors.New("auth: malformed token")
+	ErrUnknownKey = errors.New("auth: token signed by an unknown key")
+	ErrBadMAC     = errors.New("auth: token signature mismatch")
+	ErrExpired    = errors.New("auth: token expired")
+)
+
+// Claims are what a valid token proves.
+type Claims struct {
+	KeyID  uint32
+	UID    uint64
+	Device string // empty: any device id the client presents
+	Expiry time.Time
+}
+
+func (k *KeySet) sign(key []byte, msg []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(msg)
+	return m.Sum(nil)[:macSize]
+}
+
+// Mint signs claims with the active key. Expiry is rounded down to seconds.
+func (k *KeySet) Mint(uid uint64, device string, expiry time.Time) (string, error) {
+	if len(device) > MaxDevice {
+		return "", fmt.Errorf("auth: device id longer than %d bytes", MaxDevice)
+	}
+	key, ok := k.keys[k.active]
+	if !ok {
+		return "", errors.New("auth: key set has no active key")
+	}
+	b := make([]byte, 0, fixedSize+len(device)+macSize)
+	b = append(b, tokenVersion)
+	b = binary.BigEndian.AppendUint32(b, k.active)
+	b = binary.BigEndian.AppendUint64(b, uid)
+	b = binary.BigEndian.AppendUint64(b, uint64(expiry.Unix()))
+	b = append(b, byte(len(device)))
+	b = append(b, device...)
+	b = append(b, k.sign(key, b)...)
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// Verify checks a token's format, signature and expiry at time now.
+func (k *KeySet) Verify(token string, now time.Time) (Claims, error) {
+	var c Claims
+	if len(token) > MaxTokenLen || len(token) == 0 {
+		return c, ErrMalformed
+	}
+	var buf [MaxTokenLen]byte
+	n, err := base64.RawURLEncoding.Decode(buf[:], []byte(token))
+	if err != nil || n < fixedSize+macSize || buf[0] != tokenVersion {
+		return c, ErrMalformed
+	}
+	b := buf[:n]
+	dl := int(b[fixedSize-1])
+	if dl > MaxDevice || n != fixedSize+dl+macSize {
+		return c, ErrMalformed
+	}
+	c.KeyID = binary.BigEndian.Uint32(b[1:5])
+	key, ok := k.keys[c.KeyID]
+	if !ok {
+		return c, ErrUnknownKey
+	}
+	body, mac := b[:fixedSize+dl], b[fixedSize+dl:]
+	if subtle.ConstantTimeCompare(k.sign(key, body), mac) != 1 {
+		return c, ErrBadMAC
+	}
+	c.UID = binary.BigEndian.Uint64(b[5:13])
+	c.Expiry = time.Unix(int64(binary.BigEndian.Uint64(b[13:21])), 0)
+	c.Device = string(b[fixedSize : fixedSize+dl])
+	if !now.Before(c.Expiry) {
+		return c, ErrExpired
+	}
+	return c, nil
+}
