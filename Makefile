@@ -52,3 +52,6 @@ proto: proto-tools ## regenerate Go code from proto/*.proto
 	  --go-grpc_out=proto/pb --go-grpc_opt=paths=source_relative proto/*.proto
 
 .PHONY: help build run test bench fuzz lint proto proto-tools
+
+# Feature areas add their own targets in mk/*.mk (for example loadtest-1m).
+-include mk/*.mk
