@@ -1,0 +1,87 @@
+package backend
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"time"
+)
+
+// Handler answers one method.
+type Handler func(ctx context.Context, req *Request) ([]byte, error)
+
+// Embedded is the in-process backend: a method table of plain synchronous Go
+// handlers. The default table answers "echo" (the body back) and "time" (the
+// server's unix time in nanoseconds, 8 bytes big-endian), enough to test
+// forwarding end to end.
+type Embedded struct {
+	mu       sync.RWMutex
+	handlers map[string]Handler
+	online   func(Presence)
+	offline  func(Presence)
+}
+
+// NewEmbedded returns an embedded backend with the default methods.
+func NewEmbedded() *Embedded {
+	e := &Embedded{handlers: map[string]Handler{}}
+	e.Handle("echo", func(_ context.Context, r *Request) ([]byte, error) {
+		return append([]byte(nil), r.Body...), nil
+	})
+	e.Handle("time", func(context.Context, *Request) ([]byte, error) {
+		return binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano())), nil
+	})
+	return e
+}
+
+// Handle registers (or replaces) the handler for method. Goroutine-safe.
+func (e *Embedded) Handle(method string, h Handler) {
+	e.mu.Lock()
+	e.handlers[method] = h
+	e.mu.Unlock()
+}
+
+// OnPresence installs callbacks for presence events (for tests and embedders).
+func (e *Embedded) OnPresence(online, offline func(Presence)) {
+	e.mu.Lock()
+	e.online, e.offline = online, offline
+	e.mu.Unlock()
+}
+
+// Call implements Backend.
+func (e *Embedded) Call(ctx context.Context, req *Request) ([]byte, error) {
+	e.mu.RLock()
+	h := e.handlers[req.Method]
+	e.mu.RUnlock()
+	if h == nil {
+		return nil, ErrUnknownMethod(req.Method)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+// Online implements Backend.
+func (e *Embedded) Online(_ context.Context, p Presence) error {
+	e.mu.RLock()
+	f := e.online
+	e.mu.RUnlock()
+	if f != nil {
+		f(p)
+	}
+	return nil
+}
+
+// Offline implements Backend.
+func (e *Embedded) Offline(_ context.Context, p Presence) error {
+	e.mu.RLock()
+	f := e.offline
+	e.mu.RUnlock()
+	if f != nil {
+		f(p)
+	}
+	return nil
+}
+
+// Close implements Backend.
+func (e *Embedded) Close() error { return nil }

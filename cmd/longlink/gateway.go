@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/gateway"
+)
+
+const gatewaySummary = "run the access gateway (one process, or a supervisor of --workers processes)"
+
+func init() {
+	register(command{name: "gateway", summary: gatewaySummary, run: runGateway})
+}
+
+func runGateway(args []string) int {
+	fs := newFlagSet("gateway", gatewaySummary)
+	var (
+		cfg       gateway.Config
+		admin     = fs.String("admin", "127.0.0.1:7101", "admin HTTP listener (/metrics, /healthz, /status); empty disables")
+		dataDir   = fs.String("data", auth.DefaultDataDir(), "data directory (token keys in keys.json; created with a dev key on first run)")
+		workers   = fs.Int("workers", 1, "worker processes sharing the port with SO_REUSEPORT (each holds up to ~19k connections here)")
+		workerIdx = fs.Int("worker-index", -1, "internal: set by the supervisor for its workers")
+		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat = fs.String("log-format", "text", "text or json")
+		drainMax  = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, close whatever is left after this long")
+	)
+	fs.StringVar(&cfg.Listen, "listen", ":7100", "client TCP listen address")
+	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
+	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (default: number of CPUs)")
+	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
+	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 10*time.Second, "AUTH must arrive within this")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 270*time.Second, "heartbeat interval advised to clients")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close connections silent this long (default 2*heartbeat+60s)")
+	fs.IntVar(&cfg.MaxFrameRate, "max-frame-rate", 200, "frames per second per connection before it is closed as a flood")
+	fs.IntVar(&cfg.PoolSize, "pool", 256, "forwarding goroutines per process")
+	fs.IntVar(&cfg.QueueSize, "queue", 16384, "calls waiting for a forwarding goroutine before 'busy'")
+	fs.DurationVar(&cfg.CallTimeout, "call-timeout", 5*time.Second, "default deadline of a forwarded call")
+	fs.DurationVar(&cfg.DrainWindow, "drain", 10*time.Second, "on SIGTERM, spread GOAWAYs over this window")
+	if !parseFlags(fs, args) {
+		return 2
+	}
+	log := newLogger(*logLevel, *logFormat, *workerIdx)
+	slog.SetDefault(log)
+
+	if *workers > 1 && *workerIdx < 0 {
+		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, os.Args[1:])
+	}
+
+	keyPath := auth.KeyFile(*dataDir)
+	keys, created, err := auth.LoadOrCreate(keyPath)
+	if err != nil {
+		log.Error("cannot load token keys", "file", keyPath, "err", err)
+		return 1
+	}
+	if created {
+		log.Info("created a development token key; mint tokens with `longlink token --uid N`", "file", keyPath)
+	} else if *workerIdx < 0 {
+		log.Info("token keys loaded", "file", keyPath)
+	}
+	cfg.Keys = keys
+	cfg.Logger = log
+	if *workerIdx >= 0 {
+		cfg.ReusePort = true
+		if cfg.Node == "" {
+			h, _ := os.Hostname()
+			cfg.Node = fmt.Sprintf("%s%s/w%d", h, cfg.Listen, *workerIdx)
+		}
+	}
+	srv, err := gateway.New(cfg)
+	if err != nil {
+		log.Error("bad configuration", "err", err)
+		return 2
+	}
+	if err := srv.Start(); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if *admin != "" {
+		addr, err := srv.ServeAdmin(*admin)
+		if err != nil {
+			log.Error("cannot start admin listener", "err", err)
+			_ = srv.Close()
+			return 1
+		}
+		if *workerIdx < 0 {
+			log.Info("admin listening", "addr", addr, "endpoints", "/metrics /healthz /status")
+		}
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+		ctx, cancel := context.WithTimeout(context.Background(), *drainMax)
+		defer cancel()
+		go func() { <-sig; log.Warn("second signal: closing now"); _ = srv.Close() }()
+		if err := srv.Shutdown(ctx); err != nil {
+			log.Warn("shutdown", "err", err)
+		}
+	case <-srv.Done():
+		log.Error("event loops stopped unexpectedly")
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level, format string, worker int) *slog.Logger {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler
+	if strings.EqualFold(format, "json") {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	} else {
+		h = slog.NewTextHandler(os.Stderr, opts)
+	}
+	l := slog.New(h)
+	if worker >= 0 {
+		l = l.With("worker", worker)
+	}
+	return l
+}

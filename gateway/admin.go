@@ -1,0 +1,144 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/longlink/longlink/internal/buildinfo"
+)
+
+// Status is the summary served at /status (HTML, or JSON with ?format=json).
+type Status struct {
+	Node        string  `json:"node"`
+	Version     string  `json:"version"`
+	UptimeS     float64 `json:"uptime_s"`
+	Connections int     `json:"connections"`
+	Users       int     `json:"users"`
+	Calls       uint64  `json:"calls_total"`
+	CallErrors  uint64  `json:"call_errors_total"`
+	CallsPerS   float64 `json:"calls_per_s"`
+	ErrorsPerS  float64 `json:"call_errors_per_s"`
+	Draining    bool    `json:"draining"`
+	Workers     int     `json:"workers,omitempty"`
+}
+
+// counters read by the status page (Prometheus series aren't cheap to read).
+type statusCounters struct {
+	calls, errors atomic.Uint64
+
+	mu                    sync.Mutex
+	lastAt                time.Time
+	lastCalls, lastErrors uint64
+	callRate, errRate     float64
+}
+
+// sample updates the per-second rates; called once a second.
+func (sc *statusCounters) sample(now time.Time) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	c, e := sc.calls.Load(), sc.errors.Load()
+	if !sc.lastAt.IsZero() {
+		dt := now.Sub(sc.lastAt).Seconds()
+		sc.callRate, sc.errRate = float64(c-sc.lastCalls)/dt, float64(e-sc.lastErrors)/dt
+	}
+	sc.lastAt, sc.lastCalls, sc.lastErrors = now, c, e
+}
+
+// Status returns the current summary. Goroutine-safe.
+func (s *Server) Status() Status {
+	sc := &s.fwd.stats
+	sc.mu.Lock()
+	cr, er := sc.callRate, sc.errRate
+	sc.mu.Unlock()
+	return Status{
+		Node: s.cfg.Node, Version: buildinfo.Version, UptimeS: time.Since(s.started).Seconds(),
+		Connections: s.ConnCount(), Users: s.SessionUsers(),
+		Calls: sc.calls.Load(), CallErrors: sc.errors.Load(), CallsPerS: cr, ErrorsPerS: er,
+		Draining: s.draining.Load(),
+	}
+}
+
+// AdminHandler serves /metrics, /healthz and /status for this worker.
+func (s *Server) AdminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
+	return mux
+}
+
+func writeStatus(w http.ResponseWriter, r *http.Request, st Status) {
+	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(st)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	_ = statusPage.Execute(w, st)
+}
+
+var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
+	"dur": func(s float64) string { return (time.Duration(s) * time.Second).String() },
+}).Parse(`<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>longlink {{.Node}}</title><style>body{font:14px system-ui,sans-serif;margin:2em}td{padding:.2em 1em}td:first-child{color:#666}</style></head>
+<body><h1>longlink gateway</h1><table>
+<tr><td>node</td><td>{{.Node}}{{if .Workers}} ({{.Workers}} workers){{end}}</td></tr>
+<tr><td>version</td><td>{{.Version}}</td></tr>
+<tr><td>uptime</td><td>{{dur .UptimeS}}</td></tr>
+<tr><td>connections</td><td>{{.Connections}}</td></tr>
+<tr><td>users online</td><td>{{.Users}}</td></tr>
+<tr><td>calls/s</td><td>{{printf "%.1f" .CallsPerS}}</td></tr>
+<tr><td>call errors/s</td><td>{{printf "%.1f" .ErrorsPerS}}</td></tr>
+<tr><td>calls (total)</td><td>{{.Calls}} ({{.CallErrors}} errors)</td></tr>
+<tr><td>state</td><td>{{if .Draining}}draining{{else}}serving{{end}}</td></tr>
+</table><p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/status?format=json">json</a></p></body></html>`))
+
+// listenAdmin listens on host:port, or on a unix socket given as unix:/path.
+func listenAdmin(addr string) (net.Listener, error) {
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
+		_ = os.Remove(p)
+		return net.Listen("unix", p)
+	}
+	return net.Listen("tcp", addr)
+}
+
+// ServeAdmin starts the admin HTTP listener in the background and returns
+// its bound address.
+func (s *Server) ServeAdmin(addr string) (string, error) {
+	ln, err := listenAdmin(addr)
+	if err != nil {
+		return "", fmt.Errorf("gateway: admin listen %s: %w", addr, err)
+	}
+	s.admin = &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = s.admin.Serve(ln) }()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case now := <-t.C:
+				s.fwd.stats.sample(now)
+			case <-s.done:
+				return
+			}
+		}
+	}()
+	s.adminAddr = ln.Addr().String()
+	return s.adminAddr, nil
+}

@@ -1,0 +1,102 @@
+package gateway
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/backend"
+	"github.com/longlink/longlink/codec"
+)
+
+// Config configures a Server. Zero fields take the defaults noted.
+type Config struct {
+	Listen string // host:port for client TCP connections (default ":7100")
+	Node   string // this worker's node id (default hostname:port)
+
+	Keys    *auth.KeySet    // required: token keys
+	Backend backend.Backend // default: backend.NewEmbedded()
+	Logger  *slog.Logger    // default: slog.Default()
+
+	Loops     int  // event loops (default GOMAXPROCS)
+	ReusePort bool // SO_REUSEPORT, for several worker processes on one port
+
+	MaxBody      int           // largest accepted body (default 64 KiB)
+	AuthTimeout  time.Duration // AUTH must arrive within this (default 10s)
+	FrameTimeout time.Duration // a started frame must complete within this (default 30s)
+	WheelTick    time.Duration // deadline resolution (default 1s)
+
+	// Heartbeat advised to clients, and the idle timeout enforced.
+	HeartbeatInterval time.Duration // default 4m30s
+	IdleTimeout       time.Duration // default 2*interval + 60s
+
+	MaxFrameRate  int           // frames per second per connection before "flood" (default 200)
+	MaxInflight   int           // calls in flight per connection (default 32)
+	MaxOutbound   int           // bytes queued to one connection before "slow consumer" (default 1 MiB)
+	PoolSize      int           // forwarding goroutines (default 256)
+	QueueSize     int           // calls waiting for a goroutine (default 16384)
+	CallTimeout   time.Duration // default per-call deadline (default 5s)
+	SystemRetries int           // retries of system failures per call (default 1)
+
+	DrainWindow time.Duration // spread GOAWAYs over this on shutdown (default 10s)
+}
+
+func (c *Config) fill() error {
+	if c.Keys == nil {
+		return fmt.Errorf("gateway: Config.Keys is required")
+	}
+	if c.Listen == "" {
+		c.Listen = ":7100"
+	}
+	if c.Node == "" {
+		h, _ := os.Hostname()
+		c.Node = h + c.Listen
+	}
+	if c.Backend == nil {
+		c.Backend = backend.NewEmbedded()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Loops <= 0 {
+		c.Loops = runtime.GOMAXPROCS(0)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defi := func(d *int, v int) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defi(&c.MaxBody, codec.DefaultMaxBody)
+	if c.MaxBody > codec.MaxBodyLimit {
+		return fmt.Errorf("gateway: MaxBody %d over the protocol limit %d", c.MaxBody, codec.MaxBodyLimit)
+	}
+	def(&c.AuthTimeout, 10*time.Second)
+	def(&c.FrameTimeout, 30*time.Second)
+	def(&c.WheelTick, time.Second)
+	def(&c.HeartbeatInterval, 270*time.Second)
+	def(&c.IdleTimeout, 2*c.HeartbeatInterval+60*time.Second)
+	if c.IdleTimeout < c.HeartbeatInterval {
+		return fmt.Errorf("gateway: IdleTimeout %v shorter than HeartbeatInterval %v", c.IdleTimeout, c.HeartbeatInterval)
+	}
+	defi(&c.MaxFrameRate, 200)
+	defi(&c.MaxInflight, 32)
+	defi(&c.MaxOutbound, 1<<20)
+	defi(&c.PoolSize, 256)
+	defi(&c.QueueSize, 16384)
+	def(&c.CallTimeout, 5*time.Second)
+	if c.SystemRetries < 0 {
+		c.SystemRetries = 0
+	} else if c.SystemRetries == 0 {
+		c.SystemRetries = 1
+	}
+	def(&c.DrainWindow, 10*time.Second)
+	return nil
+}

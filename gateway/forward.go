@@ -1,0 +1,239 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"github.com/valyala/bytebufferpool"
+
+	"github.com/longlink/longlink/backend"
+	"github.com/longlink/longlink/codec"
+)
+
+// forwarder runs calls coroutine-style: the event loop decodes a REQUEST and
+// queues it; one of a bounded set of goroutines runs plain synchronous code
+// that calls the backend with a deadline and writes the RESPONSE with
+// AsyncWrite. A full queue answers "busy" at once, on the loop.
+type forwarder struct {
+	s       *Server
+	jobs    chan *job
+	wg      sync.WaitGroup
+	ctx     context.Context
+	stopCtx context.CancelFunc
+	busy    atomic.Int64 // jobs queued or running, for drain
+
+	stats statusCounters
+
+	methodsMu sync.RWMutex
+	methods   map[string]*methodMetrics
+}
+
+// job is one queued call. Pooled; body is reused across calls.
+type job struct {
+	c        *conn
+	seq      uint16
+	m        *methodMetrics
+	body     []byte
+	enqueued time.Time
+	deadline time.Time
+}
+
+var jobPool = sync.Pool{New: func() any { return new(job) }}
+
+var respPool bytebufferpool.Pool
+
+func newForwarder(s *Server) *forwarder {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &forwarder{s: s, jobs: make(chan *job, s.cfg.QueueSize), ctx: ctx, stopCtx: cancel, methods: map[string]*methodMetrics{}}
+}
+
+func (f *forwarder) start() {
+	for i := 0; i < f.s.cfg.PoolSize; i++ {
+		f.wg.Add(1)
+		go f.worker()
+	}
+}
+
+// stop cancels calls in flight and ends the workers. Call after the event
+// loops have stopped, so nothing is submitted any more.
+func (f *forwarder) stop() {
+	f.stopCtx()
+	close(f.jobs)
+	f.wg.Wait()
+}
+
+// wait blocks until every queued and running call has been answered, or ctx ends.
+func (f *forwarder) wait(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for f.busy.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// method interns a method name and returns its metrics: no allocation once
+// the method has been seen.
+func (f *forwarder) method(name []byte) *methodMetrics {
+	f.methodsMu.RLock()
+	m := f.methods[string(name)]
+	f.methodsMu.RUnlock()
+	if m != nil {
+		return m
+	}
+	m = f.s.metrics.method(string(name))
+	f.methodsMu.Lock()
+	if len(f.methods) < maxMethods*4 { // names beyond this are garbage; don't grow forever
+		f.methods[string(name)] = m
+	}
+	f.methodsMu.Unlock()
+	return m
+}
+
+// submit queues a REQUEST. Runs on the event loop; never blocks.
+func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
+	method, payload, timeoutMS, ok := parseRequest(body)
+	if !ok {
+		f.replyNow(c, seq, codec.CodeBadRequest, "malformed Request", 0)
+		return
+	}
+	if int(c.inflight.Load()) >= f.s.cfg.MaxInflight {
+		f.s.metrics.shed.WithLabelValues("conn_inflight").Inc()
+		f.replyNow(c, seq, codec.CodeTooManyCall, "too many calls in flight on this connection", 100)
+		return
+	}
+	now := time.Now()
+	timeout := f.s.cfg.CallTimeout
+	if t := time.Duration(timeoutMS) * time.Millisecond; t > 0 && t < timeout {
+		timeout = t
+	}
+	j := jobPool.Get().(*job)
+	j.c, j.seq, j.m = c, seq, f.method(method)
+	j.body = append(j.body[:0], payload...) // the loop's buffer is reused after we return
+	j.enqueued, j.deadline = now, now.Add(timeout)
+	c.inflight.Add(1)
+	f.busy.Add(1)
+	select {
+	case f.jobs <- j:
+	default:
+		c.inflight.Add(-1)
+		f.busy.Add(-1)
+		f.release(j)
+		f.s.metrics.shed.WithLabelValues("queue_full").Inc()
+		f.s.metrics.calls.WithLabelValues(j.m.name, codec.CodeBusy.String()).Inc()
+		f.replyNow(c, seq, codec.CodeBusy, "server busy", 200)
+	}
+}
+
+func (f *forwarder) release(j *job) {
+	j.c, j.m = nil, nil
+	if cap(j.body) > 64<<10 {
+		j.body = nil // don't pin big buffers in the pool
+	}
+	jobPool.Put(j)
+}
+
+// replyNow answers on the event loop (no backend involved).
+func (f *forwarder) replyNow(c *conn, seq uint16, code codec.Code, msg string, retryAfter uint32) {
+	bb := respPool.Get()
+	bb.B = appendResponse(bb.B[:0], seq, code, msg, nil, retryAfter)
+	_, _ = c.gc.Write(bb.B)
+	respPool.Put(bb)
+}
+
+func (f *forwarder) worker() {
+	defer f.wg.Done()
+	req := &backend.Request{Node: f.s.cfg.Node}
+	for j := range f.jobs {
+		f.run(j, req)
+		j.c.inflight.Add(-1)
+		f.release(j)
+		f.busy.Add(-1)
+	}
+}
+
+// run executes one call: plain synchronous code, off the event loop.
+func (f *forwarder) run(j *job, req *backend.Request) {
+	start := time.Now()
+	j.m.queue.Observe(start.Sub(j.enqueued).Seconds())
+	c := j.c
+	if c.state.Load() != stateAuthed {
+		return // closed while queued: nobody to answer
+	}
+	var (
+		resp []byte
+		err  error
+		code = codec.OK
+		msg  string
+		ra   uint32
+	)
+	if !start.Before(j.deadline) {
+		code, msg = codec.CodeTimeout, "deadline passed while queued"
+		f.s.metrics.shed.WithLabelValues("expired_in_queue").Inc()
+	} else {
+		ctx, cancel := context.WithDeadline(f.ctx, j.deadline)
+		*req = backend.Request{UID: c.uid, Device: c.device, Node: f.s.cfg.Node, Method: j.m.name, Body: j.body}
+		for attempt := 0; ; attempt++ {
+			resp, err = f.s.cfg.Backend.Call(ctx, req)
+			if err == nil {
+				break
+			}
+			if kind, _ := backend.Classify(err); kind != backend.KindSystem || attempt >= f.s.cfg.SystemRetries || ctx.Err() != nil {
+				break
+			}
+		}
+		cancel()
+		j.m.backend.Observe(time.Since(start).Seconds())
+		if err != nil {
+			code, msg, ra = f.classify(j, err, ctx)
+		}
+	}
+	f.s.metrics.calls.WithLabelValues(j.m.name, code.String()).Inc()
+	f.stats.calls.Add(1)
+	if code != codec.OK {
+		f.stats.errors.Add(1)
+	}
+	bb := respPool.Get()
+	bb.B = appendResponse(bb.B[:0], j.seq, code, msg, resp, ra)
+	max := f.s.cfg.MaxOutbound
+	_ = c.gc.AsyncWrite(bb.B, func(gc gnet.Conn, _ error) error {
+		respPool.Put(bb)
+		if gc != nil && gc.OutboundBuffered() > max {
+			cc, _ := gc.Context().(*conn)
+			if cc != nil {
+				cc.closeCode.CompareAndSwap(0, uint32(codec.CodeSlowConsumer))
+			}
+			return gc.Close()
+		}
+		return nil
+	})
+}
+
+// classify turns a backend error into the client-facing code.
+func (f *forwarder) classify(j *job, err error, ctx context.Context) (codec.Code, string, uint32) {
+	kind, be := backend.Classify(err)
+	switch {
+	case kind == backend.KindLogical:
+		code := be.Code
+		if code < 1000 || code >= 2000 {
+			code = codec.CodeLogical
+		}
+		return code, be.Msg, 0
+	case kind == backend.KindBusy:
+		return codec.CodeBusy, be.Msg, max(be.RetryAfter, 100)
+	case ctx.Err() == context.DeadlineExceeded:
+		j.m.finalSysFail.Inc()
+		return codec.CodeTimeout, "backend deadline exceeded", 500
+	default:
+		j.m.finalSysFail.Inc()
+		f.s.connLog.Warn("backend call failed", "method", j.m.name, "uid", j.c.uid, "err", err)
+		return codec.CodeSystem, "backend failure", 1000
+	}
+}

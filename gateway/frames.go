@@ -1,0 +1,130 @@
+package gateway
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+// pongs holds a pre-encoded PONG for every sequence number, so a heartbeat
+// is answered with one Write of static bytes: no encoding, no allocation.
+var pongs = func() []byte {
+	b := make([]byte, 0, 65536*codec.HeaderSize)
+	for seq := 0; seq < 65536; seq++ {
+		b = codec.AppendHeader(b, codec.CmdPong, 0, uint16(seq), 0)
+	}
+	return b
+}()
+
+func pongFrame(seq uint16) []byte {
+	o := int(seq) * codec.HeaderSize
+	return pongs[o : o+codec.HeaderSize : o+codec.HeaderSize]
+}
+
+// closeInfo is the client-facing text and reconnect hint for a close code.
+type closeInfo struct {
+	msg        string
+	retryAfter uint32 // ms
+}
+
+var closeInfos = map[codec.Code]closeInfo{
+	codec.CodeProtocol:     {"malformed frame", 5000},
+	codec.CodeAuthTimeout:  {"no AUTH within the deadline", 1000},
+	codec.CodeStale:        {"idle timeout: no frame received in time", 0},
+	codec.CodeSlowConsumer: {"outbound queue full: reconnect and sync", 0},
+	codec.CodeShutdown:     {"server shutting down", 1000},
+	codec.CodeFrameTooBig:  {"frame body over the size limit", 5000},
+	codec.CodeFlood:        {"too many frames per second", 10000},
+	codec.CodeServerBusy:   {"server busy", 5000},
+	codec.CodeNotAuthed:    {"first frame must be AUTH", 1000},
+	codec.CodeAuthTwice:    {"already authenticated", 1000},
+	codec.CodeBadToken:     {"invalid token: do not reconnect with it", 0},
+	codec.CodeTokenExpired: {"token expired: get a new one", 0},
+	codec.CodeBadVersion:   {"unsupported protocol version: upgrade the client", 0},
+	codec.CodeReplaced:     {"the same device connected again elsewhere", 0},
+}
+
+// errorFrames are pre-encoded ERROR frames for each close code.
+var errorFrames = func() map[codec.Code][]byte {
+	m := make(map[codec.Code][]byte, len(closeInfos))
+	for code, ci := range closeInfos {
+		m[code] = encodeError(code, ci.msg, ci.retryAfter)
+	}
+	return m
+}()
+
+func encodeError(code codec.Code, msg string, retryAfter uint32) []byte {
+	body, _ := proto.Marshal(&pb.Error{Code: uint32(code), Message: msg, RetryAfterMs: retryAfter})
+	return codec.AppendFrame(nil, codec.CmdError, 0, 0, body)
+}
+
+func errorFrame(code codec.Code) []byte {
+	if f, ok := errorFrames[code]; ok {
+		return f
+	}
+	return encodeError(code, code.String(), 0)
+}
+
+// parseRequest decodes a Request body without allocating: method and body
+// alias b.
+func parseRequest(b []byte) (method, body []byte, timeoutMS uint64, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, nil, 0, false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			method, n = protowire.ConsumeBytes(b)
+		case num == 2 && typ == protowire.BytesType:
+			body, n = protowire.ConsumeBytes(b)
+		case num == 3 && typ == protowire.VarintType:
+			timeoutMS, n = protowire.ConsumeVarint(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return nil, nil, 0, false
+		}
+		b = b[n:]
+	}
+	return method, body, timeoutMS, len(method) > 0
+}
+
+// appendResponse appends a RESPONSE frame for seq.
+func appendResponse(dst []byte, seq uint16, code codec.Code, msg string, body []byte, retryAfter uint32) []byte {
+	size := 0
+	if code != 0 {
+		size += protowire.SizeTag(1) + protowire.SizeVarint(uint64(code))
+	}
+	if msg != "" {
+		size += protowire.SizeTag(2) + protowire.SizeBytes(len(msg))
+	}
+	if len(body) > 0 {
+		size += protowire.SizeTag(3) + protowire.SizeBytes(len(body))
+	}
+	if retryAfter != 0 {
+		size += protowire.SizeTag(4) + protowire.SizeVarint(uint64(retryAfter))
+	}
+	dst = codec.AppendHeader(dst, codec.CmdResponse, 0, seq, size)
+	if code != 0 {
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, uint64(code))
+	}
+	if msg != "" {
+		dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+		dst = protowire.AppendString(dst, msg)
+	}
+	if len(body) > 0 {
+		dst = protowire.AppendTag(dst, 3, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, body)
+	}
+	if retryAfter != 0 {
+		dst = protowire.AppendTag(dst, 4, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, uint64(retryAfter))
+	}
+	return dst
+}

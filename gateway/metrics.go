@@ -1,0 +1,96 @@
+package gateway
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/longlink/longlink/codec"
+)
+
+// metrics are the gateway's Prometheus series. Hot-path series are resolved
+// once (per command, per reason) so recording is an atomic add.
+type metrics struct {
+	reg *prometheus.Registry
+
+	conns      prometheus.Gauge
+	sessions   prometheus.Gauge
+	accepts    prometheus.Counter
+	framesIn   [256]prometheus.Counter
+	heartbeats prometheus.Counter
+	closes     *prometheus.CounterVec
+	auths      *prometheus.CounterVec
+
+	calls        *prometheus.CounterVec // method, code
+	finalSysFail *prometheus.CounterVec // method
+	queueTime    *prometheus.HistogramVec
+	backendTime  *prometheus.HistogramVec
+	shed         *prometheus.CounterVec // reason
+
+	mu      sync.Mutex
+	methods map[string]*methodMetrics
+}
+
+// methodMetrics are one method's pre-resolved series.
+type methodMetrics struct {
+	name         string
+	queue        prometheus.Observer
+	backend      prometheus.Observer
+	finalSysFail prometheus.Counter
+}
+
+// maxMethods bounds metric cardinality: methods beyond it share "other".
+const maxMethods = 256
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry(), methods: map[string]*methodMetrics{}}
+	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f(collectors.NewGoCollector())
+	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_connections", Help: "Open client connections (authenticated or not)."})
+	m.sessions = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_sessions", Help: "Authenticated client connections."})
+	m.accepts = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_accepts_total", Help: "Accepted TCP connections."})
+	m.heartbeats = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_heartbeats_total", Help: "HEARTBEAT frames answered."})
+	frames := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_frames_in_total", Help: "Inbound frames by command."}, []string{"cmd"})
+	for i := range m.framesIn {
+		m.framesIn[i] = frames.WithLabelValues(codec.Cmd(i).String())
+	}
+	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_closes_total", Help: "Closed connections by reason (client, or the close code's name)."}, []string{"reason"})
+	m.auths = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_auth_total", Help: "AUTH attempts by result."}, []string{"result"})
+	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_calls_total", Help: "Forwarded calls by method and result code."}, []string{"method", "code"})
+	m.finalSysFail = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_final_system_failures_total", Help: "Calls that still failed with a system error after retries."}, []string{"method"})
+	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	m.queueTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "longlink_call_queue_seconds", Help: "Time a call waited for a forwarding goroutine (the overload signal).", Buckets: buckets}, []string{"method"})
+	m.backendTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "longlink_call_backend_seconds", Help: "Time the backend took to answer, including retries.", Buckets: buckets}, []string{"method"})
+	m.shed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_calls_shed_total", Help: "Calls refused before reaching the backend, by reason."}, []string{"reason"})
+	for _, c := range []prometheus.Collector{m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+		f(c)
+	}
+	return m
+}
+
+// method returns the pre-resolved series for a method name, creating them on
+// first use. Goroutine-safe.
+func (m *metrics) method(name string) *methodMetrics {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mm, ok := m.methods[name]; ok {
+		return mm
+	}
+	label := name
+	if len(m.methods) >= maxMethods {
+		label = "other"
+		if mm, ok := m.methods[label]; ok {
+			return mm
+		}
+	}
+	mm := &methodMetrics{
+		name:         label,
+		queue:        m.queueTime.WithLabelValues(label),
+		backend:      m.backendTime.WithLabelValues(label),
+		finalSysFail: m.finalSysFail.WithLabelValues(label),
+	}
+	m.methods[label] = mm
+	return mm
+}

@@ -1,0 +1,381 @@
+// Package gateway owns the long-connection access server: gnet event loops
+// holding client TCP connections, the AUTH handshake, heartbeats answered on
+// the loop, idle eviction through a timing wheel, the session table, and the
+// coroutine-style forwarding of calls to the backend on bounded goroutine
+// pools. It also serves the admin HTTP endpoints and, for several worker
+// processes on one port, the supervisor that starts them and sums their
+// metrics.
+//
+// Concurrency contract: each connection is owned by its event loop; other
+// goroutines (forwarding workers, the wheel, drain) touch it only through
+// gnet's goroutine-safe AsyncWrite and Close, and through the atomic fields of
+// conn. Nothing on the loop blocks.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/heartbeat"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+// Server is one gateway worker.
+type Server struct {
+	gnet.BuiltinEventEngine
+
+	cfg      Config // static after New
+	log      *slog.Logger
+	connLog  *rateLimitedLog
+	metrics  *metrics
+	wheel    *heartbeat.Wheel[conn]
+	sessions *sessions
+	fwd      *forwarder
+	presence *presence
+
+	secTicks    uint32 // wheel ticks per second (flood window)
+	authTicks   uint32
+	idleTicks   uint32
+	frameTicks  uint32
+	policyBytes []byte // HeartbeatPolicy advertised in AUTH_OK
+
+	nextID   atomic.Uint64
+	draining atomic.Bool
+	started  time.Time
+
+	engMu  sync.Mutex
+	eng    gnet.Engine
+	addr   string
+	boot   chan struct{}
+	done   chan struct{}
+	runErr error
+
+	admin     *http.Server
+	adminAddr string
+	stopOnce  sync.Once
+}
+
+// New validates cfg, fills defaults and returns a server ready to Start.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		metrics:  newMetrics(),
+		sessions: newSessions(),
+		boot:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	s.connLog = newRateLimitedLog(s.log, 20)
+	s.wheel = heartbeat.NewWheel(cfg.WheelTick, 4096, s.expire)
+	s.secTicks = max(1, s.wheel.Ticks(time.Second))
+	s.authTicks = s.wheel.Ticks(cfg.AuthTimeout)
+	s.idleTicks = s.wheel.Ticks(cfg.IdleTimeout)
+	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
+	s.fwd = newForwarder(s)
+	s.presence = newPresence(s)
+	return s, nil
+}
+
+// Start binds the listener, starts the event loops, the wheel, the pools and
+// the admin listener (if configured), and returns once clients can connect.
+func (s *Server) Start() error {
+	s.started = time.Now()
+	s.wheel.Start()
+	s.fwd.start()
+	s.presence.start()
+	go func() {
+		err := gnet.Run(s, "tcp://"+s.cfg.Listen,
+			gnet.WithNumEventLoop(s.cfg.Loops),
+			gnet.WithMulticore(s.cfg.Loops > 1),
+			gnet.WithReusePort(s.cfg.ReusePort),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+		s.runErr = err
+		close(s.done)
+	}()
+	select {
+	case <-s.boot:
+	case <-s.done:
+		s.wheel.Stop()
+		s.fwd.stop()
+		s.presence.stop()
+		return fmt.Errorf("gateway: listen %s: %w", s.cfg.Listen, s.runErr)
+	}
+	s.log.Info("gateway listening", "addr", s.addr, "node", s.cfg.Node, "loops", s.cfg.Loops)
+	return nil
+}
+
+// Addr returns the bound client address (useful with port 0).
+func (s *Server) Addr() string { return s.addr }
+
+// Node returns this worker's node id.
+func (s *Server) Node() string { return s.cfg.Node }
+
+// Done is closed when the event loops have stopped.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// OnBoot records the engine and the bound address.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.engMu.Lock()
+	s.eng = eng
+	s.engMu.Unlock()
+	s.addr = s.cfg.Listen
+	if fd, err := eng.Dup(); err == nil {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				s.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			case *unix.SockaddrInet6:
+				s.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			}
+		}
+		unix.Close(fd)
+	}
+	close(s.boot)
+	return gnet.None
+}
+
+// OnOpen sets up the per-connection state and the AUTH deadline.
+func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	s.metrics.accepts.Inc()
+	s.metrics.conns.Inc()
+	c := &conn{gc: gc, id: s.nextID.Add(1)}
+	gc.SetContext(c)
+	if s.draining.Load() {
+		c.closeCode.Store(uint32(codec.CodeShutdown))
+		return s.goAwayFrame(), gnet.Close
+	}
+	s.wheel.Add(&c.hb, c, heartbeat.Never, s.wheel.Now()+s.authTicks)
+	return nil, gnet.None
+}
+
+// OnClose releases the connection's state and reports it offline.
+func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, _ := gc.Context().(*conn)
+	if c == nil {
+		return gnet.None
+	}
+	prev := c.state.Swap(stateClosed)
+	s.wheel.Remove(&c.hb)
+	s.metrics.conns.Dec()
+	if prev == stateAuthed {
+		s.sessions.remove(c)
+		s.metrics.sessions.Dec()
+		s.presence.offline(c)
+	}
+	reason := "client"
+	if code := codec.Code(c.closeCode.Load()); code != 0 {
+		reason = code.String()
+	} else if err != nil && !errors.Is(err, io.EOF) {
+		reason = "io_error"
+	}
+	s.metrics.closes.WithLabelValues(reason).Inc()
+	return gnet.None
+}
+
+// OnTraffic decodes every whole frame in the inbound bytes and handles it.
+// Frames complete in gnet's buffer are handled in place, without a copy.
+func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
+	c := gc.Context().(*conn)
+	buf, _ := gc.Peek(-1)
+	off := 0
+	for off < len(buf) {
+		f, n, err := codec.Split(buf[off:], s.cfg.MaxBody)
+		if err != nil {
+			s.connLog.Warn("bad frame", "conn", c.id, "remote", gc.RemoteAddr().String(), "err", err)
+			return s.closeOnLoop(c, codec.ErrCode(err))
+		}
+		if n == 0 {
+			break
+		}
+		off += n
+		if code := s.handle(c, f); code != codec.OK {
+			return s.closeOnLoop(c, code)
+		}
+	}
+	if off > 0 { // Discard(0) would drop everything
+		_, _ = gc.Discard(off)
+	}
+	// A frame left half-received must complete within FrameTimeout, whatever
+	// the idle timeout (slowloris). Only authenticated connections need this:
+	// before AUTH the auth deadline is already hard.
+	if rest := len(buf) - off; rest > 0 != c.partial && c.state.Load() == stateAuthed {
+		c.partial = rest > 0
+		hard := heartbeat.Never
+		if c.partial {
+			hard = s.wheel.Now() + s.frameTicks
+		}
+		s.wheel.Set(&c.hb, s.idleTicks, hard)
+	}
+	if gc.OutboundBuffered() > s.cfg.MaxOutbound {
+		return s.closeOnLoop(c, codec.CodeSlowConsumer)
+	}
+	return gnet.None
+}
+
+// handle processes one frame on the event loop. A non-OK code closes the
+// connection with that code.
+func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
+	s.metrics.framesIn[f.Cmd].Inc()
+	if win := s.wheel.Now() / s.secTicks; win != c.rateWin {
+		c.rateWin, c.frames = win, 0
+	}
+	if c.frames++; int(c.frames) > s.cfg.MaxFrameRate {
+		return codec.CodeFlood
+	}
+	if f.Flags != 0 {
+		return codec.CodeProtocol // encryption and compression are announced but not yet spoken
+	}
+	if c.state.Load() != stateAuthed {
+		if f.Cmd != codec.CmdAuth {
+			return codec.CodeNotAuthed
+		}
+		return s.authenticate(c, f.Body)
+	}
+	s.wheel.Touch(&c.hb) // any inbound frame counts as liveness
+	switch f.Cmd {
+	case codec.CmdHeartbeat:
+		s.metrics.heartbeats.Inc()
+		_, _ = c.gc.Write(pongFrame(f.Seq))
+	case codec.CmdRequest:
+		s.fwd.submit(c, f.Seq, f.Body)
+	case codec.CmdAuth:
+		return codec.CodeAuthTwice
+	default:
+		return codec.CodeProtocol
+	}
+	return codec.OK
+}
+
+// authenticate verifies the token locally and admits the connection.
+func (s *Server) authenticate(c *conn, body []byte) codec.Code {
+	var a pb.Auth
+	if err := proto.Unmarshal(body, &a); err != nil {
+		s.metrics.auths.WithLabelValues("malformed").Inc()
+		return codec.CodeBadToken
+	}
+	claims, err := s.cfg.Keys.Verify(a.Token, time.Now())
+	if err != nil {
+		if errors.Is(err, auth.ErrExpired) {
+			s.metrics.auths.WithLabelValues("expired").Inc()
+			return codec.CodeTokenExpired
+		}
+		s.metrics.auths.WithLabelValues("invalid").Inc()
+		s.connLog.Warn("auth rejected", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+		return codec.CodeBadToken
+	}
+	device := claims.Device
+	if device == "" {
+		device = a.Device
+	} else if a.Device != "" && a.Device != device {
+		s.metrics.auths.WithLabelValues("device_mismatch").Inc()
+		return codec.CodeBadToken
+	}
+	if len(device) > auth.MaxDevice {
+		s.metrics.auths.WithLabelValues("malformed").Inc()
+		return codec.CodeBadToken
+	}
+	c.uid, c.device, c.network = claims.UID, device, a.Network
+	c.state.Store(stateAuthed)
+	s.metrics.auths.WithLabelValues("ok").Inc()
+	s.metrics.sessions.Inc()
+	if old := s.sessions.add(c); old != nil {
+		s.closeAsync(old, codec.CodeReplaced)
+	}
+	s.wheel.Set(&c.hb, s.idleTicks, heartbeat.Never)
+	s.wheel.Touch(&c.hb)
+
+	ok, _ := proto.Marshal(&pb.AuthOK{
+		Uid: c.uid, Device: c.device, ServerTimeMs: time.Now().UnixMilli(),
+		Heartbeat: s.policy(a.Network), Node: s.cfg.Node, MaxBody: uint32(s.cfg.MaxBody),
+	})
+	_, _ = c.gc.Write(codec.AppendFrame(nil, codec.CmdAuthOK, 0, 0, ok))
+	s.presence.online(c)
+	return codec.OK
+}
+
+// policy is the heartbeat policy advised to a client on network n. The first
+// interval is jittered so a reconnect wave does not stay synchronised.
+func (s *Server) policy(n pb.Network) *pb.HeartbeatPolicy {
+	iv := uint32(s.cfg.HeartbeatInterval / time.Second)
+	first := iv/2 + uint32(rand.IntN(int(iv/2)+1))
+	return &pb.HeartbeatPolicy{
+		MinIntervalS: iv, MaxIntervalS: iv, ProbeStepS: 0,
+		IdleTimeoutS: uint32(s.cfg.IdleTimeout / time.Second), FirstIntervalS: max(first, 1), Network: n,
+	}
+}
+
+// closeOnLoop writes the ERROR frame for code and returns gnet.Close; gnet
+// flushes the frame before closing. Must run on c's event loop.
+func (s *Server) closeOnLoop(c *conn, code codec.Code) gnet.Action {
+	c.closeCode.Store(uint32(code))
+	_, _ = c.gc.Write(errorFrame(code))
+	return gnet.Close
+}
+
+// closeAsync closes c from any goroutine after sending the ERROR for code.
+func (s *Server) closeAsync(c *conn, code codec.Code) {
+	c.closeCode.CompareAndSwap(0, uint32(code))
+	_ = c.gc.AsyncWrite(errorFrame(code), func(gc gnet.Conn, _ error) error {
+		return gc.Close()
+	})
+}
+
+// expire is the wheel's callback: the connections whose deadline passed.
+func (s *Server) expire(batch []*conn) {
+	for _, c := range batch {
+		switch {
+		case c.state.Load() == stateNew:
+			s.closeAsync(c, codec.CodeAuthTimeout)
+		case c.state.Load() == stateAuthed:
+			s.closeAsync(c, codec.CodeStale)
+		}
+	}
+}
+
+// ConnCount returns the number of open connections (all states).
+func (s *Server) ConnCount() int { return s.wheel.Len() }
+
+// SessionUsers returns the number of distinct authenticated users.
+func (s *Server) SessionUsers() int { return s.sessions.users() }
+
+// Close stops everything at once, without draining. Safe to call twice.
+func (s *Server) Close() error {
+	var err error
+	s.stopOnce.Do(func() {
+		s.engMu.Lock()
+		eng := s.eng
+		s.engMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err = eng.Stop(ctx)
+		<-s.done
+		s.wheel.Stop()
+		s.fwd.stop()
+		s.presence.stop()
+		if s.admin != nil {
+			_ = s.admin.Close()
+		}
+	})
+	return err
+}
