@@ -1,0 +1,551 @@
+// Package client is longlink's Go client SDK: it dials a gateway,
+// authenticates, keeps the connection alive with heartbeats, makes calls,
+// delivers pushes, and reconnects with jittered exponential backoff that
+// honours the server's GOAWAY and ERROR hints. Integration tests use it; an
+// app uses it as is.
+//
+// A Client is goroutine-safe. It runs two goroutines per live connection (a
+// reader and a heartbeat ticker) plus one supervising the reconnect loop;
+// callbacks (OnPush, OnState) run on the reader goroutine and must not block.
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+// Options configure a Client. Addr and Token (or TokenFunc) are required.
+type Options struct {
+	Addr      string
+	Token     string
+	TokenFunc func(ctx context.Context) (string, error) // called before each AUTH when set (token refresh)
+	Device    string
+	Network   pb.Network
+
+	// HeartbeatInterval overrides the server's advised interval (0: follow the server).
+	HeartbeatInterval time.Duration
+	// PongTimeout: no frame within this after a heartbeat means the link is dead.
+	PongTimeout time.Duration // default 10s
+
+	DialTimeout time.Duration // default 10s
+	BackoffMin  time.Duration // default 500ms
+	BackoffMax  time.Duration // default 60s
+	// NoReconnect makes the Client stop at the first disconnect.
+	NoReconnect bool
+
+	// OnPush receives server pushes. Must not block.
+	OnPush func(*pb.Push)
+	// OnState reports connection changes (err says why a connection ended).
+	OnState func(State, error)
+}
+
+// State is the client's connection state.
+type State int
+
+const (
+	Connecting State = iota
+	Connected
+	Disconnected
+	Closed // terminal: Close was called, or the server said not to reconnect
+)
+
+func (s State) String() string {
+	return [...]string{"connecting", "connected", "disconnected", "closed"}[s]
+}
+
+// CallError is a call answered with a non-zero code.
+type CallError struct {
+	Code       codec.Code
+	Message    string
+	RetryAfter time.Duration
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("longlink: call failed: %s (code %d): %s", e.Code, e.Code, e.Message)
+}
+
+// Temporary reports whether retrying later may succeed.
+func (e *CallError) Temporary() bool { return e.Code.Retryable() }
+
+// ServerClose is why the server closed a connection (from its ERROR or GOAWAY).
+type ServerClose struct {
+	Code       codec.Code
+	Message    string
+	RetryAfter time.Duration
+	Redirect   string
+}
+
+func (e *ServerClose) Error() string {
+	return fmt.Sprintf("longlink: closed by server: %s (code %d): %s", e.Code, e.Code, e.Message)
+}
+
+// Errors.
+var (
+	ErrClosed      = errors.New("longlink: client closed")
+	ErrNotReady    = errors.New("longlink: not connected")
+	ErrConnLost    = errors.New("longlink: connection lost before the answer arrived")
+	ErrDeadLink    = errors.New("longlink: no answer to heartbeat (dead link)")
+	ErrTooManyCall = errors.New("longlink: too many calls in flight")
+)
+
+// Client is a connection to a gateway that survives reconnects.
+type Client struct {
+	opts Options
+
+	mu      sync.Mutex
+	cur     *session // nil while not connected
+	state   State
+	ready   chan struct{} // closed when cur becomes usable; replaced on disconnect
+	authOK  *pb.AuthOK
+	lastErr error
+
+	closing  chan struct{}
+	closeOne sync.Once
+	done     chan struct{}
+}
+
+type session struct {
+	nc       net.Conn
+	wmu      sync.Mutex
+	pmu      sync.Mutex
+	pending  map[uint16]chan result
+	seq      uint16
+	lastRecv atomic.Int64 // unix nanos of the last inbound frame
+	closed   chan struct{}
+	once     sync.Once
+	err      error
+}
+
+type result struct {
+	resp *pb.Response
+	err  error
+}
+
+// Dial connects and authenticates, returning once the first AUTH_OK arrives
+// (or the first attempt fails with an error that forbids reconnecting, or
+// ctx ends). Afterwards the Client reconnects by itself until Close.
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	if opts.Addr == "" || (opts.Token == "" && opts.TokenFunc == nil) {
+		return nil, errors.New("longlink: Options.Addr and Token are required")
+	}
+	if opts.PongTimeout <= 0 {
+		opts.PongTimeout = 10 * time.Second
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 10 * time.Second
+	}
+	if opts.BackoffMin <= 0 {
+		opts.BackoffMin = 500 * time.Millisecond
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = 60 * time.Second
+	}
+	c := &Client{opts: opts, ready: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{})}
+	go c.run()
+	if err := c.WaitReady(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// WaitReady blocks until the client is connected and authenticated.
+func (c *Client) WaitReady(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		ready, state, lastErr := c.ready, c.state, c.lastErr
+		c.mu.Unlock()
+		if state == Closed {
+			if lastErr != nil {
+				return lastErr
+			}
+			return ErrClosed
+		}
+		select {
+		case <-ready:
+			return nil
+		case <-c.done:
+		case <-ctx.Done():
+			if lastErr != nil {
+				return fmt.Errorf("%w (last error: %v)", ctx.Err(), lastErr)
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// AuthOK returns the server's answer to the current connection's AUTH.
+func (c *Client) AuthOK() *pb.AuthOK {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.authOK
+}
+
+// State returns the current connection state.
+func (c *Client) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Close ends the client and its connection. Calls in flight fail.
+func (c *Client) Close() error {
+	c.closeOne.Do(func() { close(c.closing) })
+	<-c.done
+	return nil
+}
+
+func (c *Client) setState(s State, err error) {
+	c.mu.Lock()
+	c.state = s
+	if err != nil {
+		c.lastErr = err
+	}
+	c.mu.Unlock()
+	if c.opts.OnState != nil {
+		c.opts.OnState(s, err)
+	}
+}
+
+// run is the reconnect loop.
+func (c *Client) run() {
+	defer close(c.done)
+	addr := c.opts.Addr
+	attempt := 0
+	for {
+		c.setState(Connecting, nil)
+		s, err := c.connect(addr)
+		var hint time.Duration
+		if err == nil {
+			attempt = 0
+			c.mu.Lock()
+			c.cur = s
+			close(c.ready)
+			c.mu.Unlock()
+			c.setState(Connected, nil)
+			select {
+			case <-s.closed:
+				err = s.err
+			case <-c.closing:
+				s.close(ErrClosed)
+			}
+			c.mu.Lock()
+			c.cur = nil
+			c.ready = make(chan struct{})
+			c.mu.Unlock()
+		}
+		select {
+		case <-c.closing:
+			c.setState(Closed, nil)
+			return
+		default:
+		}
+		var sc *ServerClose
+		if errors.As(err, &sc) {
+			if !sc.Code.Reconnect() {
+				c.setState(Closed, err)
+				return
+			}
+			hint = sc.RetryAfter
+			if sc.Redirect != "" {
+				addr = sc.Redirect
+			}
+		}
+		c.setState(Disconnected, err)
+		if c.opts.NoReconnect {
+			c.setState(Closed, err)
+			return
+		}
+		attempt++
+		delay := c.backoff(attempt, hint)
+		select {
+		case <-time.After(delay):
+		case <-c.closing:
+			c.setState(Closed, nil)
+			return
+		}
+	}
+}
+
+// backoff is full-jitter exponential backoff, never shorter than the
+// server's hint (a GOAWAY of 0 ms after a drain reconnects at once).
+func (c *Client) backoff(attempt int, hint time.Duration) time.Duration {
+	if hint > 0 && attempt <= 1 {
+		return hint
+	}
+	ceil := c.opts.BackoffMin << min(attempt, 16)
+	if ceil > c.opts.BackoffMax || ceil <= 0 {
+		ceil = c.opts.BackoffMax
+	}
+	d := c.opts.BackoffMin/2 + time.Duration(rand.Int64N(int64(ceil)))
+	return max(d, hint)
+}
+
+// connect dials, authenticates and starts the reader and heartbeat.
+func (c *Client) connect(addr string) (*session, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.DialTimeout)
+	defer cancel()
+	tok := c.opts.Token
+	if c.opts.TokenFunc != nil {
+		var err error
+		if tok, err = c.opts.TokenFunc(ctx); err != nil {
+			return nil, fmt.Errorf("longlink: token: %w", err)
+		}
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{nc: nc, pending: map[uint16]chan result{}, closed: make(chan struct{})}
+	body, _ := proto.Marshal(&pb.Auth{Token: tok, Device: c.opts.Device, Network: c.opts.Network, ClientVersion: "longlink-go"})
+	_ = nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
+	if _, err := nc.Write(codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body)); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	r := &frameReader{r: nc, buf: make([]byte, 0, 4096)}
+	f, err := r.next()
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	switch f.Cmd {
+	case codec.CmdAuthOK:
+	case codec.CmdError:
+		nc.Close()
+		return nil, serverClose(f)
+	default:
+		nc.Close()
+		return nil, fmt.Errorf("longlink: unexpected %v before AUTH_OK", f.Cmd)
+	}
+	var ok pb.AuthOK
+	if err := proto.Unmarshal(f.Body, &ok); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("longlink: bad AUTH_OK: %w", err)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	c.mu.Lock()
+	c.authOK = &ok
+	c.mu.Unlock()
+	s.lastRecv.Store(time.Now().UnixNano())
+	go c.read(s, r)
+	go c.heartbeat(s, &ok)
+	return s, nil
+}
+
+func serverClose(f codec.Frame) *ServerClose {
+	switch f.Cmd {
+	case codec.CmdGoAway:
+		var g pb.GoAway
+		_ = proto.Unmarshal(f.Body, &g)
+		return &ServerClose{Code: codec.Code(g.Code), Message: g.Message, RetryAfter: time.Duration(g.ReconnectAfterMs) * time.Millisecond, Redirect: g.Redirect}
+	default:
+		var e pb.Error
+		_ = proto.Unmarshal(f.Body, &e)
+		return &ServerClose{Code: codec.Code(e.Code), Message: e.Message, RetryAfter: time.Duration(e.RetryAfterMs) * time.Millisecond}
+	}
+}
+
+func (s *session) close(err error) {
+	s.once.Do(func() {
+		s.err = err
+		s.nc.Close()
+		s.pmu.Lock()
+		for seq, ch := range s.pending {
+			ch <- result{err: ErrConnLost}
+			delete(s.pending, seq)
+		}
+		s.pmu.Unlock()
+		close(s.closed)
+	})
+}
+
+func (s *session) write(b []byte) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	_ = s.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := s.nc.Write(b)
+	return err
+}
+
+func (c *Client) read(s *session, r *frameReader) {
+	for {
+		f, err := r.next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = ErrConnLost
+			}
+			s.close(err)
+			return
+		}
+		s.lastRecv.Store(time.Now().UnixNano())
+		switch f.Cmd {
+		case codec.CmdResponse:
+			var resp pb.Response
+			if err := proto.Unmarshal(f.Body, &resp); err != nil {
+				s.close(fmt.Errorf("longlink: bad RESPONSE: %w", err))
+				return
+			}
+			s.pmu.Lock()
+			ch := s.pending[f.Seq]
+			delete(s.pending, f.Seq)
+			s.pmu.Unlock()
+			if ch != nil {
+				ch <- result{resp: &resp}
+			}
+		case codec.CmdPush:
+			if c.opts.OnPush != nil {
+				var p pb.Push
+				if proto.Unmarshal(f.Body, &p) == nil {
+					c.opts.OnPush(&p)
+				}
+			}
+		case codec.CmdPolicy:
+			// Adaptive heartbeat policy updates are handled by the heartbeat
+			// loop on its next tick; nothing to do here yet.
+		case codec.CmdGoAway, codec.CmdError:
+			s.close(serverClose(f))
+			return
+		}
+	}
+}
+
+// heartbeat sends HEARTBEAT when the link has been quiet for an interval and
+// declares the link dead when nothing arrives within PongTimeout after one.
+func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
+	interval := c.opts.HeartbeatInterval
+	first := interval
+	if interval <= 0 {
+		p := ok.GetHeartbeat()
+		interval = time.Duration(max(p.GetMinIntervalS(), 1)) * time.Second
+		first = time.Duration(max(p.GetFirstIntervalS(), 1)) * time.Second
+	}
+	t := time.NewTimer(first)
+	defer t.Stop()
+	var seq uint16
+	for {
+		select {
+		case <-s.closed:
+			return
+		case <-t.C:
+		}
+		seq++
+		sent := time.Now()
+		if err := s.write(codec.AppendFrame(nil, codec.CmdHeartbeat, 0, seq, nil)); err != nil {
+			s.close(err)
+			return
+		}
+		t.Reset(c.opts.PongTimeout)
+		select {
+		case <-s.closed:
+			return
+		case <-t.C:
+		}
+		if s.lastRecv.Load() < sent.UnixNano() {
+			s.close(ErrDeadLink)
+			return
+		}
+		t.Reset(max(interval-c.opts.PongTimeout, time.Second))
+	}
+}
+
+// Call invokes method on the backend through the gateway and returns its
+// answer. A non-zero answer code is returned as *CallError. If the
+// connection drops before the answer, Call returns ErrConnLost: the call may
+// or may not have run.
+func (c *Client) Call(ctx context.Context, method string, body []byte) ([]byte, error) {
+	c.mu.Lock()
+	s := c.cur
+	c.mu.Unlock()
+	if s == nil {
+		return nil, ErrNotReady
+	}
+	req := &pb.Request{Method: method, Body: body}
+	if dl, ok := ctx.Deadline(); ok {
+		req.TimeoutMs = uint32(max(time.Until(dl).Milliseconds(), 1))
+	}
+	payload, err := proto.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan result, 1)
+	s.pmu.Lock()
+	if len(s.pending) >= 60000 {
+		s.pmu.Unlock()
+		return nil, ErrTooManyCall
+	}
+	seq := s.seq
+	for {
+		seq++
+		if _, used := s.pending[seq]; seq != 0 && !used {
+			break
+		}
+	}
+	s.seq = seq
+	s.pending[seq] = ch
+	s.pmu.Unlock()
+	select {
+	case <-s.closed:
+		return nil, ErrConnLost
+	default:
+	}
+	if err := s.write(codec.AppendFrame(nil, codec.CmdRequest, 0, seq, payload)); err != nil {
+		s.close(err)
+	}
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		if r.resp.Code != 0 {
+			return nil, &CallError{Code: codec.Code(r.resp.Code), Message: r.resp.Message, RetryAfter: time.Duration(r.resp.RetryAfterMs) * time.Millisecond}
+		}
+		return r.resp.Body, nil
+	case <-ctx.Done():
+		s.pmu.Lock()
+		delete(s.pending, seq)
+		s.pmu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// frameReader reads whole frames from a stream.
+type frameReader struct {
+	r   io.Reader
+	buf []byte
+}
+
+func (fr *frameReader) next() (codec.Frame, error) {
+	for {
+		f, n, err := codec.Split(fr.buf, codec.MaxBodyLimit)
+		if err != nil {
+			return f, err
+		}
+		if n > 0 {
+			f.Body = append([]byte(nil), f.Body...)
+			fr.buf = fr.buf[:copy(fr.buf, fr.buf[n:])]
+			return f, nil
+		}
+		if len(fr.buf) == cap(fr.buf) {
+			fr.buf = append(fr.buf, make([]byte, cap(fr.buf))...)[:len(fr.buf)]
+		}
+		m, err := fr.r.Read(fr.buf[len(fr.buf):cap(fr.buf)])
+		fr.buf = fr.buf[:len(fr.buf)+m]
+		if err != nil && m == 0 {
+			return f, err
+		}
+	}
+}
