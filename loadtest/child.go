@@ -1,0 +1,163 @@
+package loadtest
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// childEnv marks a process started by the supervisor as a worker; its value
+// is the role ("client" or "floor").
+const childEnv = "LONGLINK_LOADTEST_CHILD"
+
+// IsChild reports whether this process was started by the load tool as one
+// of its workers. `longlink loadtest` (and a test binary's TestMain) call
+// ChildMain when it is.
+func IsChild() bool { return os.Getenv(childEnv) != "" }
+
+// childSpec is the first line a worker reads on stdin.
+type childSpec struct {
+	Role string `json:"role"` // "client" or "floor"
+	ID   int    `json:"id"`
+
+	// client workers
+	Target       string   `json:"target,omitempty"` // ip:port
+	Floor        bool     `json:"floor,omitempty"`  // the target is the floor server (raw 16-byte echo, no protocol)
+	Sources      []string `json:"sources,omitempty"`
+	First        int      `json:"first"` // global index of this worker's first connection
+	Conns        int      `json:"conns"`
+	Stride       int      `json:"stride"` // global index of local connection i is First+i*Stride... see clientIndex
+	Rate         float64  `json:"rate"`   // connections per second for this worker (0 = unlimited)
+	Inflight     int      `json:"inflight"`
+	Heartbeat    int64    `json:"heartbeat_ns"`
+	Storm        int64    `json:"storm_ns"`
+	Timeout      int64    `json:"timeout_ns"`
+	Scenarios    []string `json:"scenarios"`
+	RPCRate      float64  `json:"rpc_rate"`
+	Method       string   `json:"method,omitempty"`
+	RPCBody      int      `json:"rpc_body"`
+	SlowFrac     float64  `json:"slow_frac"`
+	SlowBody     int      `json:"slow_body"`
+	SlowInterval int64    `json:"slow_interval_ns"`
+	Keys         string   `json:"keys,omitempty"`
+	UIDBase      uint64   `json:"uid_base"`
+	StartAt      int64    `json:"start_at"` // unix ns: begin the ramp
+	HardStop     int64    `json:"hard_stop"`
+
+	// floor servers
+	Listen   string `json:"listen,omitempty"`
+	MaxConns int    `json:"max_conns,omitempty"`
+}
+
+// childStats is one line a worker writes on stdout, once a second and once
+// more (Final) when it stops. Counters are cumulative; histograms hold only
+// the values recorded since the previous line, HDR-encoded.
+type childStats struct {
+	ID       int               `json:"id"`
+	Role     string            `json:"role"`
+	T        int64             `json:"t"` // unix ns
+	Ready    bool              `json:"ready,omitempty"`
+	RampDone bool              `json:"ramp_done,omitempty"`
+	Final    bool              `json:"final,omitempty"`
+	C        map[string]int64  `json:"c"`           // cumulative counters and gauges, summed over workers
+	Times    map[string]int64  `json:"times"`       // unix ns marks: *_start (min over workers) and *_end (max)
+	Errors   map[string]int64  `json:"errors"`      // cumulative, by reason
+	Hists    map[string]string `json:"h,omitempty"` // interval histograms (µs), HDR base64 compressed
+	Policy   *policySeen       `json:"policy,omitempty"`
+	Err      string            `json:"err,omitempty"` // fatal error of the worker
+}
+
+// policySeen is the heartbeat policy the first AUTH_OK carried.
+type policySeen struct {
+	MinS  uint32 `json:"min_s"`
+	MaxS  uint32 `json:"max_s"`
+	IdleS uint32 `json:"idle_s"`
+}
+
+// newHist returns a histogram of microseconds from 1 µs to 10 minutes.
+func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
+
+func encodeHist(h *hdr.Histogram) string {
+	b, err := h.Encode(hdr.V2CompressedEncodingCookieBase)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+func decodeHist(s string) *hdr.Histogram {
+	h, err := hdr.Decode([]byte(s))
+	if err != nil {
+		return nil
+	}
+	return h
+}
+
+// ChildMain runs this process as a worker: it reads its spec from stdin and
+// returns the exit code. Call it when IsChild is true.
+func ChildMain() int {
+	raiseFileLimit()
+	runtime.GOMAXPROCS(2)
+	in := bufio.NewReader(os.Stdin)
+	line, err := in.ReadBytes('\n')
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest worker: no spec on stdin:", err)
+		return 2
+	}
+	var spec childSpec
+	if err := json.Unmarshal(line, &spec); err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest worker: bad spec:", err)
+		return 2
+	}
+	out := newStatsWriter(os.Stdout)
+	cmds := make(chan string, 16)
+	go func() {
+		// Commands from the parent; EOF means the parent is gone: die.
+		sc := bufio.NewScanner(in)
+		for sc.Scan() {
+			cmds <- strings.TrimSpace(sc.Text())
+		}
+		os.Exit(3)
+	}()
+	switch spec.Role {
+	case "client":
+		err = runClient(&spec, cmds, out)
+	case "floor":
+		err = runFloor(&spec, cmds, out)
+	default:
+		err = fmt.Errorf("unknown role %q", spec.Role)
+	}
+	if err != nil {
+		out.write(&childStats{ID: spec.ID, Role: spec.Role, T: time.Now().UnixNano(), Final: true, Err: err.Error()})
+		fmt.Fprintf(os.Stderr, "loadtest %s worker %d: %v\n", spec.Role, spec.ID, err)
+		return 1
+	}
+	return 0
+}
+
+// statsWriter serialises stats lines to the parent.
+type statsWriter struct {
+	mu sync.Mutex
+	w  *bufio.Writer
+}
+
+func newStatsWriter(f *os.File) *statsWriter { return &statsWriter{w: bufio.NewWriterSize(f, 64<<10)} }
+
+func (s *statsWriter) write(st *childStats) {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.w.Write(b)
+	s.w.WriteByte('\n')
+	s.w.Flush()
+	s.mu.Unlock()
+}

@@ -1,0 +1,306 @@
+package loadtest
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/longlink/longlink/auth"
+)
+
+// Config is one invocation of the load tool. DefaultConfig gives the values
+// the flags default to; Bind registers the flags.
+type Config struct {
+	Target       string        // host:port of the gateway (ignored with Floor)
+	Admin        string        // host:port of the gateway's admin server ("" = don't read /metrics)
+	Conns        int           // connections to open
+	Rate         float64       // connections opened per second over all workers (0 = as fast as possible)
+	Duration     time.Duration // bound of one leg (the run, or each of floor and gateway with CompareFloor)
+	Scenarios    []string      // see scenario.go; "idle" when empty
+	JSON         string        // write the JSON report here
+	HTML         string        // write the HTML report here
+	Floor        bool          // target the tool's own epoll floor server instead of a gateway
+	CompareFloor bool          // run the floor leg, then the gateway leg, and give ratios
+	AllowRemote  bool          // permit non-loopback targets
+	Sources      []netip.Addr  // source addresses, round-robin per connection (empty = the kernel's choice)
+	Procs        int           // client worker processes (0 = enough for PerProc)
+	PerProc      int           // connections per client worker process at most
+	Keys         string        // gateway key file to mint tokens with
+	Heartbeat    time.Duration // heartbeat interval in steady state (clamped to the server's policy)
+	Storm        time.Duration // heartbeat interval of the heartbeat-storm scenario
+	RPCRate      float64       // calls per second over all connections (rpc scenario)
+	Method       string        // method called by the rpc scenario
+	RPCBody      int           // request body bytes of the rpc scenario
+	SlowFrac     float64       // fraction of connections that stop reading (slow scenario)
+	SlowBody     int           // body bytes of each echo call a slow consumer sends
+	SlowInterval time.Duration // how often each slow consumer sends one
+	Timeout      time.Duration // connect, auth, pong and call deadline
+	Inflight     int           // connects in flight per worker at most
+	MaxFail      float64       // fraction of conns allowed to fail before the exit code is 1
+	UIDBase      uint64        // first user id; connection i authenticates as UIDBase+i
+	Quiet        bool          // no live progress line even on a terminal
+
+	// ChildCommand is the argv that starts this binary as a worker; the
+	// default re-executes os.Executable() with "loadtest". Tests leave it.
+	ChildCommand []string
+}
+
+// DefaultConfig returns the flag defaults: idle with 30 s heartbeats, a ramp
+// of 2,000 connections per second, 30 s, and the default data dir's key file.
+func DefaultConfig() Config {
+	return Config{
+		Target:       "127.0.0.1:7100",
+		Conns:        1000,
+		Rate:         2000,
+		Duration:     30 * time.Second,
+		PerProc:      15000,
+		Keys:         auth.KeyFile(auth.DefaultDataDir()),
+		Heartbeat:    30 * time.Second,
+		Storm:        time.Second,
+		RPCRate:      1000,
+		Method:       "echo",
+		RPCBody:      16,
+		SlowFrac:     0.1,
+		SlowBody:     16 << 10,
+		SlowInterval: 100 * time.Millisecond,
+		Timeout:      10 * time.Second,
+		Inflight:     256,
+		MaxFail:      0.01,
+		UIDBase:      1_000_000,
+	}
+}
+
+// Bind registers the tool's flags on fs, writing into c.
+func (c *Config) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&c.Target, "target", c.Target, "gateway `host:port` to load (loopback only unless --allow-remote)")
+	fs.StringVar(&c.Admin, "admin", c.Admin, "gateway admin `host:port`; its /metrics gives the gateway's memory and CPU")
+	fs.IntVar(&c.Conns, "conns", c.Conns, "connections to open and hold")
+	fs.Func("rate", fmt.Sprintf("connections opened per second, e.g. 5000 or 5000/s; 0 = as fast as possible (default %g)", c.Rate), func(s string) error {
+		v, err := parseRate(s)
+		c.Rate = v
+		return err
+	})
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "bound of the run (of each leg with --compare-floor), ramp included")
+	fs.Func("scenario", "comma-separated scenarios: "+strings.Join(scenarioNames(), ", ")+" (default idle)", func(s string) error {
+		c.Scenarios = nil
+		for _, n := range strings.Split(s, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				c.Scenarios = append(c.Scenarios, n)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&c.JSON, "json", c.JSON, "write the JSON report to `FILE` (fields in docs/loadtest.md)")
+	fs.StringVar(&c.HTML, "html", c.HTML, "write a self-contained HTML report with time-series plots to `FILE`")
+	fs.BoolVar(&c.Floor, "floor", c.Floor, "target the tool's own minimal epoll server and measure the host's floor")
+	fs.BoolVar(&c.CompareFloor, "compare-floor", c.CompareFloor, "run the same load against the floor, then the gateway, and report ratios")
+	fs.BoolVar(&c.AllowRemote, "allow-remote", c.AllowRemote, "allow a non-loopback --target")
+	fs.Func("sources", "source addresses, a range 127.0.0.2-127.0.0.80 or a comma list; 'none' lets the kernel choose (default 127.0.0.2-127.0.0.80 for a 127.x target)", func(s string) error {
+		v, err := parseSources(s)
+		c.Sources = v
+		if c.Sources == nil {
+			c.Sources = []netip.Addr{}
+		}
+		return err
+	})
+	fs.IntVar(&c.Procs, "procs", c.Procs, "client worker processes (0 = conns / per-proc, rounded up)")
+	fs.IntVar(&c.PerProc, "per-proc", c.PerProc, "connections per worker process at most (the file limit caps it)")
+	fs.StringVar(&c.Keys, "keys", c.Keys, "gateway key `FILE` to mint tokens with")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "heartbeat interval (clamped to the server's max interval)")
+	fs.DurationVar(&c.Storm, "storm-interval", c.Storm, "heartbeat interval of every connection in the heartbeat scenario")
+	fs.Func("rpc-rate", fmt.Sprintf("calls per second over all connections in the rpc scenario, e.g. 2000/s (default %g)", c.RPCRate), func(s string) error {
+		v, err := parseRate(s)
+		c.RPCRate = v
+		return err
+	})
+	fs.StringVar(&c.Method, "method", c.Method, "method the rpc scenario calls")
+	fs.IntVar(&c.RPCBody, "rpc-body", c.RPCBody, "request body bytes of the rpc scenario")
+	fs.Float64Var(&c.SlowFrac, "slow-frac", c.SlowFrac, "fraction of connections that stop reading in the slow scenario")
+	fs.IntVar(&c.SlowBody, "slow-body", c.SlowBody, "body bytes of each echo call a slow consumer sends")
+	fs.DurationVar(&c.SlowInterval, "slow-interval", c.SlowInterval, "how often each slow consumer sends a call")
+	fs.DurationVar(&c.Timeout, "timeout", c.Timeout, "connect, auth, pong and call deadline")
+	fs.IntVar(&c.Inflight, "inflight", c.Inflight, "connects in flight per worker process at most")
+	fs.Float64Var(&c.MaxFail, "max-fail", c.MaxFail, "fraction of connections that may fail before the exit code is 1")
+	fs.Uint64Var(&c.UIDBase, "uid-base", c.UIDBase, "first user id; connection i authenticates as uid-base+i")
+	fs.BoolVar(&c.Quiet, "quiet", c.Quiet, "no live progress line")
+}
+
+// parseRate accepts "5000", "5000/s" and "300/m".
+func parseRate(s string) (float64, error) {
+	s = strings.TrimSpace(s)
+	div := 1.0
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		switch s[i+1:] {
+		case "s", "sec":
+		case "m", "min":
+			div = 60
+		default:
+			return 0, fmt.Errorf("rate %q: unit must be /s or /m", s)
+		}
+		s = s[:i]
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("rate %q: want a number of connections or calls per second", s)
+	}
+	return v / div, nil
+}
+
+// parseSources accepts "none", "a-b" ranges of IPv4 addresses and comma lists
+// of addresses or ranges.
+func parseSources(s string) ([]netip.Addr, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "none" {
+		return nil, nil
+	}
+	var out []netip.Addr
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := netip.ParseAddr(lo)
+		if err != nil {
+			return nil, fmt.Errorf("sources: %v", err)
+		}
+		if !isRange {
+			out = append(out, a)
+			continue
+		}
+		b, err := netip.ParseAddr(hi)
+		if err != nil {
+			return nil, fmt.Errorf("sources: %v", err)
+		}
+		if !a.Is4() || !b.Is4() || b.Less(a) {
+			return nil, fmt.Errorf("sources: range %q must be IPv4, low-high", part)
+		}
+		for x := a; ; x = x.Next() {
+			out = append(out, x)
+			if len(out) > 1<<16 {
+				return nil, errors.New("sources: more than 65536 addresses")
+			}
+			if x == b {
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// normalize fills derived defaults and checks the configuration.
+func (c *Config) normalize() error {
+	if c.Conns <= 0 {
+		return errors.New("--conns must be positive")
+	}
+	if c.Duration <= 0 {
+		return errors.New("--duration must be positive: every run is bounded")
+	}
+	if len(c.Scenarios) == 0 {
+		c.Scenarios = []string{"idle"}
+	}
+	for _, n := range c.Scenarios {
+		d, ok := scenarios[n]
+		if !ok {
+			return fmt.Errorf("unknown scenario %q (have %s)", n, strings.Join(scenarioNames(), ", "))
+		}
+		if d.unavailable != "" {
+			return fmt.Errorf("scenario %q is not available yet: %s", n, d.unavailable)
+		}
+	}
+	if c.PerProc <= 0 {
+		c.PerProc = 15000
+	}
+	if lim := fileLimit(); lim > 0 && uint64(c.PerProc)+200 > lim {
+		return fmt.Errorf("--per-proc %d does not fit the open-file limit %d (each connection is one file); use at most %d", c.PerProc, lim, lim-200)
+	}
+	if c.Procs <= 0 {
+		c.Procs = (c.Conns + c.PerProc - 1) / c.PerProc
+	}
+	if c.Procs > c.Conns {
+		c.Procs = c.Conns
+	}
+	if (c.Conns+c.Procs-1)/c.Procs > c.PerProc {
+		return fmt.Errorf("--procs %d gives more than --per-proc %d connections each; raise --procs", c.Procs, c.PerProc)
+	}
+	if c.Heartbeat <= 0 {
+		return errors.New("--heartbeat must be positive")
+	}
+	if c.Storm <= 0 {
+		c.Storm = time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Inflight <= 0 {
+		c.Inflight = 256
+	}
+	if c.SlowFrac < 0 || c.SlowFrac > 1 {
+		return errors.New("--slow-frac must be within 0..1")
+	}
+	if c.RPCBody < 0 || c.SlowBody < 0 {
+		return errors.New("body sizes must not be negative")
+	}
+	if !c.Floor || c.CompareFloor {
+		host, _, err := net.SplitHostPort(c.Target)
+		if err != nil {
+			return fmt.Errorf("--target %q: %v", c.Target, err)
+		}
+		if !c.AllowRemote && !isLoopbackHost(host) {
+			return fmt.Errorf("--target %q is not a loopback address; pass --allow-remote to load a remote host", c.Target)
+		}
+	}
+	if c.Admin != "" {
+		host, _, err := net.SplitHostPort(c.Admin)
+		if err != nil {
+			return fmt.Errorf("--admin %q: %v", c.Admin, err)
+		}
+		if !c.AllowRemote && !isLoopbackHost(host) {
+			return fmt.Errorf("--admin %q is not a loopback address; pass --allow-remote", c.Admin)
+		}
+	}
+	if c.Sources == nil && targetIs127(c) {
+		c.Sources, _ = parseSources("127.0.0.2-127.0.0.80")
+	}
+	if len(c.Sources) > 0 {
+		ports := portRange()
+		perSource := (c.Conns + len(c.Sources) - 1) / len(c.Sources)
+		if ports > 0 && perSource > ports*95/100 {
+			return fmt.Errorf("%d connections over %d source addresses is %d per address, more than the %d ephemeral ports (net.ipv4.ip_local_port_range) allow: widen --sources or the port range", c.Conns, len(c.Sources), perSource, ports)
+		}
+	}
+	if len(c.ChildCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("cannot find own executable to start workers: %v", err)
+		}
+		c.ChildCommand = []string{exe, "loadtest"}
+	}
+	return nil
+}
+
+func targetIs127(c *Config) bool {
+	if c.Floor && !c.CompareFloor {
+		return true
+	}
+	host, _, err := net.SplitHostPort(c.Target)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return host == "localhost"
+	}
+	return a.Is4() && a.As4()[0] == 127
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}

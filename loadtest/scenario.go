@@ -1,0 +1,212 @@
+package loadtest
+
+import (
+	"sort"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+// A scenario is what the connections do once they are up. Each has a
+// worker-side part (runs inside every client worker's epoll loop, so it must
+// not block) and optionally a parent-side part (runs in the supervisor once a
+// second, e.g. to trigger a reconnect storm in every worker at once, or
+// later to drive the push API). Adding a scenario is one file whose init
+// registers a scenarioDef.
+type scenarioDef struct {
+	name    string
+	summary string
+	// unavailable, when not empty, says why the scenario cannot run yet.
+	unavailable string
+	worker      func(e *engine) workerScenario
+	parent      func(l *leg) parentHook
+}
+
+// workerScenario hooks into a client worker's loop. Embed nopScenario and
+// override what you need.
+type workerScenario interface {
+	up(e *engine, i int)                        // connection i just came up
+	tick(e *engine)                             // every loop tick (5 ms)
+	frame(e *engine, i int, f codec.Frame) bool // a frame the engine does not consume itself; true if handled
+	command(e *engine, cmd string)              // a command line from the parent
+	phaseDone(e *engine, phase string)          // "ramp" or "reconnect" finished in this worker
+}
+
+// parentHook runs in the supervisor once a second with the leg's state.
+type parentHook interface {
+	second(l *leg, now time.Time)
+}
+
+type nopScenario struct{}
+
+func (nopScenario) up(*engine, int)                      {}
+func (nopScenario) tick(*engine)                         {}
+func (nopScenario) frame(*engine, int, codec.Frame) bool { return false }
+func (nopScenario) command(*engine, string)              {}
+func (nopScenario) phaseDone(*engine, string)            {}
+
+var scenarios = map[string]scenarioDef{}
+
+func registerScenario(d scenarioDef) { scenarios[d.name] = d }
+
+func scenarioNames() []string {
+	var out []string
+	for n := range scenarios {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func init() {
+	registerScenario(scenarioDef{name: "idle", summary: "connect, authenticate and hold with heartbeats every --heartbeat"})
+	registerScenario(scenarioDef{name: "heartbeat", summary: "heartbeat storm: after the ramp every connection heartbeats every --storm-interval",
+		worker: func(*engine) workerScenario { return stormScenario{} }})
+	registerScenario(scenarioDef{name: "rpc", summary: "after the ramp, --rpc-rate calls per second of --method over the connections",
+		worker: newRPCScenario})
+	registerScenario(scenarioDef{name: "reconnect", summary: "a quarter into the steady state every connection drops (RST) and reconnects as fast as allowed; measures accept+auth rate",
+		worker: func(*engine) workerScenario { return reconnectScenario{} }, parent: func(*leg) parentHook { return &reconnectTrigger{} }})
+	registerScenario(scenarioDef{name: "slow", summary: "--slow-frac of the connections stop reading and keep sending --slow-body echo calls; measures how the server sheds them",
+		worker: newSlowScenario})
+	// Hooks for later issues: each becomes a file with a worker part that
+	// records into the "push", "shake" or "open" histogram and counter.
+	registerScenario(scenarioDef{name: "push", summary: "notifies driven through the push API, delivery latency", unavailable: "the gateway has no push API yet (the floor leg measures pushed writes regardless)"})
+	registerScenario(scenarioDef{name: "shake", summary: "shake red packets", unavailable: "the gateway has no SHAKE command yet"})
+	registerScenario(scenarioDef{name: "open", summary: "open red packets", unavailable: "the gateway has no OPEN command yet"})
+}
+
+// stormScenario switches every connection to the storm interval after the ramp.
+type stormScenario struct{ nopScenario }
+
+func (stormScenario) phaseDone(e *engine, phase string) {
+	if phase == "ramp" && e.spec.Storm > 0 {
+		e.hbInterval = e.spec.Storm
+	}
+}
+
+// rpcScenario issues calls at a fixed rate, one outstanding per connection.
+type rpcScenario struct {
+	nopScenario
+	body   []byte
+	acc    float64
+	cursor int
+}
+
+func newRPCScenario(e *engine) workerScenario {
+	s := &rpcScenario{}
+	s.body, _ = proto.Marshal(&pb.Request{Method: e.spec.Method, Body: make([]byte, e.spec.RPCBody)})
+	return s
+}
+
+func (s *rpcScenario) tick(e *engine) {
+	if !e.rampDone || e.spec.RPCRate <= 0 {
+		return
+	}
+	s.acc += e.spec.RPCRate * float64(tick) / float64(time.Second)
+	n := len(e.conns)
+	for tries := 0; s.acc >= 1 && tries < n; tries++ {
+		s.cursor++
+		if s.cursor >= n {
+			s.cursor = 0
+		}
+		if e.call(s.cursor, s.body) {
+			s.acc--
+		}
+	}
+	if s.acc > 1 {
+		s.acc = 1 // every connection has a call outstanding: don't build a backlog
+	}
+}
+
+// reconnectScenario drops and reconnects everything on the parent's command.
+type reconnectScenario struct{ nopScenario }
+
+func (reconnectScenario) command(e *engine, cmd string) {
+	if cmd == "reconnect" {
+		e.restart()
+	}
+}
+
+// reconnectTrigger tells every worker to reconnect at once, a quarter of the
+// way into the steady state (at least half a second in).
+type reconnectTrigger struct{ sent bool }
+
+func (r *reconnectTrigger) second(l *leg, now time.Time) {
+	if r.sent || l.steadyAt.IsZero() {
+		return
+	}
+	wait := l.deadline.Sub(l.steadyAt) / 4
+	if wait < 500*time.Millisecond {
+		wait = 500 * time.Millisecond
+	}
+	if now.Sub(l.steadyAt) >= wait {
+		r.sent = true
+		l.broadcast(l.clients, "reconnect")
+	}
+}
+
+// slowScenario makes every k-th connection a slow consumer.
+type slowScenario struct {
+	nopScenario
+	every  int
+	frame_ []byte
+	acc    float64
+	cursor int
+	count  int
+}
+
+func newSlowScenario(e *engine) workerScenario {
+	s := &slowScenario{}
+	if e.spec.SlowFrac <= 0 {
+		s.every = 0
+		return s
+	}
+	s.every = int(1/e.spec.SlowFrac + 0.5)
+	if s.every < 1 {
+		s.every = 1
+	}
+	if e.spec.Floor {
+		n := (e.spec.SlowBody + floorMsg - 1) / floorMsg
+		s.frame_ = make([]byte, n*floorMsg)
+		for i := 0; i < n; i++ {
+			s.frame_[i*floorMsg] = 'S'
+		}
+	} else {
+		body, _ := proto.Marshal(&pb.Request{Method: "echo", Body: make([]byte, e.spec.SlowBody)})
+		s.frame_ = codec.AppendFrame(nil, codec.CmdRequest, 0, 0, body)
+	}
+	return s
+}
+
+func (s *slowScenario) up(e *engine, i int) {
+	if s.every == 0 || (e.spec.First+i)%s.every != 0 {
+		return
+	}
+	c := &e.conns[i]
+	c.slow = true
+	c.t0 = e.now
+	s.count++
+	e.extra["slow_conns"] = int64(s.count)
+}
+
+func (s *slowScenario) tick(e *engine) {
+	if s.count == 0 {
+		return
+	}
+	n := len(e.conns)
+	s.acc += float64(n) * float64(tick) / float64(e.spec.SlowInterval)
+	for ; s.acc >= 1; s.acc-- {
+		s.cursor++
+		if s.cursor >= n {
+			s.cursor = 0
+		}
+		c := &e.conns[s.cursor]
+		if c.slow && c.state == stUp {
+			e.extra["slow_sent"]++
+			e.write(s.cursor, s.frame_)
+		}
+	}
+}
