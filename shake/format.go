@@ -197,3 +197,5 @@ func (f *File) Close() error {
 	f.data, f.recs = nil, nil
 	return err
 }
+
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
