@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/longlink/longlink/codec"
 )
@@ -93,4 +94,11 @@ func (m *metrics) method(name string) *methodMetrics {
 	}
 	m.methods[label] = mm
 	return mm
+}
+
+// sessionsValue reads the sessions gauge (tests and benchmarks).
+func (m *metrics) sessionsValue() float64 {
+	var d dto.Metric
+	_ = m.sessions.Write(&d)
+	return d.GetGauge().GetValue()
 }
