@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -49,5 +50,20 @@ func TestPongZeroAlloc(t *testing.T) {
 	}
 	if f := pongFrame(0x0102); f[3] != 1 || f[4] != 2 || f[2] != byte(codec.CmdPong) {
 		t.Fatalf("%x", f)
+	}
+}
+
+// The hex examples in docs/protocol.md are what the code produces.
+func TestProtocolDocExamples(t *testing.T) {
+	req, _ := proto.Marshal(&pb.Request{Method: "echo", Body: []byte("hi")})
+	if got := fmt.Sprintf("%x", codec.AppendFrame(nil, codec.CmdRequest, 0, 258, req)); got != "d71005010200000a0a046563686f12026869" {
+		t.Fatalf("request example: %s", got)
+	}
+	if got := fmt.Sprintf("%x", appendResponse(nil, 258, 0, "", []byte("hi"), 0)); got != "d7100601020000041a026869" {
+		t.Fatalf("response example: %s", got)
+	}
+	auth, _ := proto.Marshal(&pb.Auth{Token: "abc", Device: "d1"})
+	if got := fmt.Sprintf("%x", auth); got != "0a036162631202643" + "1" {
+		t.Fatalf("auth example: %s", got)
 	}
 }
