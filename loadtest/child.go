@@ -33,8 +33,7 @@ type childSpec struct {
 	Sources      []string `json:"sources,omitempty"`
 	First        int      `json:"first"` // global index of this worker's first connection
 	Conns        int      `json:"conns"`
-	Stride       int      `json:"stride"` // global index of local connection i is First+i*Stride... see clientIndex
-	Rate         float64  `json:"rate"`   // connections per second for this worker (0 = unlimited)
+	Rate         float64  `json:"rate"` // connections per second for this worker (0 = unlimited)
 	Inflight     int      `json:"inflight"`
 	Heartbeat    int64    `json:"heartbeat_ns"`
 	Storm        int64    `json:"storm_ns"`
@@ -48,8 +47,7 @@ type childSpec struct {
 	SlowInterval int64    `json:"slow_interval_ns"`
 	Keys         string   `json:"keys,omitempty"`
 	UIDBase      uint64   `json:"uid_base"`
-	StartAt      int64    `json:"start_at"` // unix ns: begin the ramp
-	HardStop     int64    `json:"hard_stop"`
+	HardStop     int64    `json:"hard_stop_ns"` // stop by itself this long after "start" whatever the parent says
 
 	// floor servers
 	Listen   string `json:"listen,omitempty"`

@@ -100,6 +100,7 @@ type engine struct {
 	toCursor   int
 	toAcc      float64
 
+	dt      int64 // ns since the previous tick
 	scen    []workerScenario
 	stopped bool
 }
@@ -153,16 +154,25 @@ func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 	}
 	defer unix.Close(e.ep)
 
-	if d := time.Until(time.Unix(0, spec.StartAt)); d > 0 {
-		time.Sleep(d)
+	// Ready, then wait for the parent's "start" so that every worker's
+	// ramp (and the run's deadline) begins together however slowly the
+	// workers came up.
+	out.write(&childStats{ID: spec.ID, Role: "client", T: time.Now().UnixNano(), Ready: true})
+	for c := range cmds {
+		if c == "start" {
+			break
+		}
+		if c == "stop" {
+			return nil
+		}
 	}
 	e.now = time.Now().UnixNano()
+	hardStop := e.now + spec.HardStop
 	e.ccStart = e.now
 	e.times["ramp_start"] = e.now
 	events := make([]unix.EpollEvent, 512)
-	nextTick := e.now
+	nextTick, lastTick := e.now, e.now
 	nextReport := e.now + int64(reportEvery)
-	out.write(&childStats{ID: spec.ID, Role: "client", T: e.now, Ready: true})
 	for !e.stopped {
 		n, err := unix.EpollWait(e.ep, events, int(tick/time.Millisecond))
 		if err != nil && !errors.Is(err, unix.EINTR) {
@@ -174,6 +184,8 @@ func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 		}
 		if e.now >= nextTick {
 			nextTick = e.now + int64(tick)
+			e.dt = e.now - lastTick
+			lastTick = e.now
 			e.tick()
 		}
 		select {
@@ -185,7 +197,7 @@ func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 			nextReport = e.now + int64(reportEvery)
 			out.write(e.report(e.stopped))
 		}
-		if e.now >= spec.HardStop && !e.stopped {
+		if e.now >= hardStop && !e.stopped {
 			e.stopped = true
 			out.write(e.report(true))
 		}
@@ -244,6 +256,9 @@ func (e *engine) startConn(i int) {
 		return
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	for _, s := range e.scen {
+		s.prepare(e, i, fd)
+	}
 	if len(e.sources) > 0 {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 		if err := unix.Bind(fd, e.sources[(e.spec.First+i)%len(e.sources)]); err != nil {
@@ -702,7 +717,7 @@ func (e *engine) tick() {
 		}
 	}
 	// Heartbeat sweep: every connection once per interval, phases spread.
-	e.hbAcc += float64(n) * float64(tick) / float64(e.hbInterval)
+	e.hbAcc += float64(n) * float64(e.dt) / float64(e.hbInterval)
 	for ; e.hbAcc >= 1; e.hbAcc-- {
 		e.hbCursor++
 		if e.hbCursor >= n {
@@ -711,7 +726,7 @@ func (e *engine) tick() {
 		e.heartbeat(e.hbCursor)
 	}
 	// Timeout sweep: every connection once a second.
-	e.toAcc += float64(n) * float64(tick) / float64(time.Second)
+	e.toAcc += float64(n) * float64(e.dt) / float64(time.Second)
 	to := e.spec.Timeout
 	for ; e.toAcc >= 1; e.toAcc-- {
 		e.toCursor++

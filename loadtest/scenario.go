@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/codec"
@@ -28,6 +29,7 @@ type scenarioDef struct {
 // workerScenario hooks into a client worker's loop. Embed nopScenario and
 // override what you need.
 type workerScenario interface {
+	prepare(e *engine, i int, fd int)           // socket of connection i made, not yet connected
 	up(e *engine, i int)                        // connection i just came up
 	tick(e *engine)                             // every loop tick (5 ms)
 	frame(e *engine, i int, f codec.Frame) bool // a frame the engine does not consume itself; true if handled
@@ -42,6 +44,7 @@ type parentHook interface {
 
 type nopScenario struct{}
 
+func (nopScenario) prepare(*engine, int, int)            {}
 func (nopScenario) up(*engine, int)                      {}
 func (nopScenario) tick(*engine)                         {}
 func (nopScenario) frame(*engine, int, codec.Frame) bool { return false }
@@ -105,7 +108,7 @@ func (s *rpcScenario) tick(e *engine) {
 	if !e.rampDone || e.spec.RPCRate <= 0 {
 		return
 	}
-	s.acc += e.spec.RPCRate * float64(tick) / float64(time.Second)
+	s.acc += e.spec.RPCRate * float64(e.dt) / float64(time.Second)
 	n := len(e.conns)
 	for tries := 0; s.acc >= 1 && tries < n; tries++ {
 		s.cursor++
@@ -118,6 +121,7 @@ func (s *rpcScenario) tick(e *engine) {
 	}
 	if s.acc > 1 {
 		s.acc = 1 // every connection has a call outstanding: don't build a backlog
+		e.extra["rpc_skipped"]++
 	}
 }
 
@@ -181,15 +185,29 @@ func newSlowScenario(e *engine) workerScenario {
 	return s
 }
 
+func (s *slowScenario) isSlow(e *engine, i int) bool {
+	return s.every > 0 && (e.spec.First+i)%s.every == 0
+}
+
+// prepare gives a slow consumer a small receive buffer, as a stalled phone
+// has, so the server's side fills sooner.
+func (s *slowScenario) prepare(e *engine, i int, fd int) {
+	if s.isSlow(e, i) {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4096)
+	}
+}
+
 func (s *slowScenario) up(e *engine, i int) {
-	if s.every == 0 || (e.spec.First+i)%s.every != 0 {
+	if !s.isSlow(e, i) {
 		return
 	}
 	c := &e.conns[i]
 	c.slow = true
 	c.t0 = e.now
-	s.count++
-	e.extra["slow_conns"] = int64(s.count)
+	if e.phase == "ramp" {
+		s.count++
+		e.extra["slow_conns"] = int64(s.count)
+	}
 }
 
 func (s *slowScenario) tick(e *engine) {
@@ -197,7 +215,7 @@ func (s *slowScenario) tick(e *engine) {
 		return
 	}
 	n := len(e.conns)
-	s.acc += float64(n) * float64(tick) / float64(e.spec.SlowInterval)
+	s.acc += float64(n) * float64(e.dt) / float64(e.spec.SlowInterval)
 	for ; s.acc >= 1; s.acc-- {
 		s.cursor++
 		if s.cursor >= n {

@@ -333,9 +333,6 @@ func (l *leg) startClients() error {
 	for _, s := range cfg.Sources {
 		sources = append(sources, s.String())
 	}
-	l.start = time.Now()
-	l.deadline = l.start.Add(cfg.Duration)
-	startAt := l.start.Add(300 * time.Millisecond)
 	first := 0
 	for i := 0; i < cfg.Procs; i++ {
 		n := cfg.Conns / cfg.Procs
@@ -348,8 +345,7 @@ func (l *leg) startClients() error {
 			Heartbeat: int64(cfg.Heartbeat), Storm: int64(cfg.Storm), Timeout: int64(cfg.Timeout),
 			Scenarios: cfg.Scenarios, RPCRate: cfg.RPCRate / float64(cfg.Procs), Method: cfg.Method,
 			RPCBody: cfg.RPCBody, SlowFrac: cfg.SlowFrac, SlowBody: cfg.SlowBody, SlowInterval: int64(cfg.SlowInterval),
-			Keys: cfg.Keys, UIDBase: cfg.UIDBase, StartAt: startAt.UnixNano(),
-			HardStop: l.deadline.Add(10 * time.Second).UnixNano(),
+			Keys: cfg.Keys, UIDBase: cfg.UIDBase, HardStop: int64(cfg.Duration + 10*time.Second),
 		}
 		first += n
 		c, err := l.spawn("client", i, spec)
@@ -360,6 +356,23 @@ func (l *leg) startClients() error {
 			return err
 		}
 	}
+	// Every worker is up (keys loaded, epoll made): start them together.
+	for _, c := range l.clients {
+		select {
+		case <-c.ready:
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("client worker %d did not start", c.id)
+		}
+	}
+	l.mu.Lock()
+	err := l.fatal
+	l.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	l.start = time.Now()
+	l.deadline = l.start.Add(cfg.Duration)
+	l.broadcast(l.clients, "start")
 	return nil
 }
 

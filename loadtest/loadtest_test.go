@@ -1,0 +1,371 @@
+package loadtest
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/gateway"
+)
+
+// TestMain lets the test binary serve as the tool's worker processes: the
+// supervisor re-executes os.Executable() with LONGLINK_LOADTEST_CHILD set.
+func TestMain(m *testing.M) {
+	if IsChild() {
+		os.Exit(ChildMain())
+	}
+	os.Exit(m.Run())
+}
+
+// small returns a bounded configuration for tests.
+func small(conns int, d time.Duration, scen ...string) Config {
+	cfg := DefaultConfig()
+	cfg.Conns = conns
+	cfg.Duration = d
+	cfg.Rate = 0 // as fast as the in-flight cap allows
+	cfg.Procs = 2
+	cfg.Scenarios = scen
+	cfg.Quiet = true
+	return cfg
+}
+
+func run(t *testing.T, cfg Config) *Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Duration*3+20*time.Second)
+	defer cancel()
+	start := time.Now()
+	rep, err := Run(ctx, cfg, testLog{t})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if rep == nil {
+		t.Fatal("no report")
+	}
+	legs := time.Duration(1)
+	if cfg.CompareFloor {
+		legs = 2
+	}
+	if el := time.Since(start); el > legs*(cfg.Duration+8*time.Second) {
+		t.Errorf("run took %v, not bounded by --duration %v", el, cfg.Duration)
+	}
+	return rep
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func summary(r *Report) string {
+	var b strings.Builder
+	r.WriteSummary(&b)
+	return b.String()
+}
+
+func TestFloorIdleHeartbeatStormAndPush(t *testing.T) {
+	cfg := small(300, 3*time.Second, "idle", "heartbeat")
+	cfg.Floor = true
+	cfg.Storm = 200 * time.Millisecond
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" || r.ConnsEstablished != 300 || r.ConnsFailed != 0 {
+		t.Fatalf("held %d failed %d failure %q", r.ConnsEstablished, r.ConnsFailed, r.Failure)
+	}
+	if r.Procs != 2 || r.ServerProcs < 1 {
+		t.Errorf("procs %d server procs %d", r.Procs, r.ServerProcs)
+	}
+	// 300 conns every 200 ms is 1500/s; allow for the ramp and scheduling.
+	if r.HeartbeatPerS < 500 {
+		t.Errorf("heartbeat storm gave %.0f echoes/s, want about 1500", r.HeartbeatPerS)
+	}
+	if r.Latency["heartbeat"].Count == 0 || r.Latency["connect"].Count != 300 {
+		t.Errorf("latency %+v", r.Latency)
+	}
+	if got := r.Counters["push_recv"]; got != 300 {
+		t.Errorf("floor push round delivered %d of 300", got)
+	}
+	if r.GatewayCPUPerPush <= 0 || r.PushP99 <= 0 {
+		t.Errorf("push cpu %v p99 %v", r.GatewayCPUPerPush, r.PushP99)
+	}
+	if r.GatewayRSS <= 0 || r.GatewayBytesPerConn <= 0 || r.GatewayConns != 300 {
+		t.Errorf("floor memory %d (%f/conn), conns %d", r.GatewayRSS, r.GatewayBytesPerConn, r.GatewayConns)
+	}
+	if r.ToolRSS <= 0 || len(r.Series) < 2 {
+		t.Errorf("tool rss %d, %d samples", r.ToolRSS, len(r.Series))
+	}
+}
+
+func TestFloorRPCReconnectSlow(t *testing.T) {
+	cfg := small(200, 3*time.Second, "rpc", "reconnect", "slow")
+	cfg.Floor = true
+	cfg.RPCRate = 400
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" {
+		t.Fatal(r.Failure)
+	}
+	if r.RPCPerS < 100 || r.Latency["rpc"].Count == 0 {
+		t.Errorf("rpc %.0f/s, latency %+v", r.RPCPerS, r.Latency["rpc"])
+	}
+	if r.Reconnected != 200 || r.ReconnectRate <= 0 {
+		t.Errorf("reconnected %d at %.0f/s", r.Reconnected, r.ReconnectRate)
+	}
+	if r.SlowConns != 20 {
+		t.Errorf("slow consumers %d, want 10%% of 200", r.SlowConns)
+	}
+}
+
+// testGateway starts an in-process gateway with a fresh key file and admin
+// server; it returns the listen and admin addresses and the key file.
+func testGateway(t *testing.T) (addr, admin, keys string) {
+	t.Helper()
+	keys = filepath.Join(t.TempDir(), "keys.json")
+	ks, err := auth.CreateKeyFile(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := gateway.New(gateway.Config{
+		Listen: "127.0.0.1:0", Keys: ks, Loops: 1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	admin, err = s.ServeAdmin("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Addr(), admin, keys
+}
+
+func TestGatewayHeartbeatJSONAndHTML(t *testing.T) {
+	addr, admin, keys := testGateway(t)
+	cfg := small(300, 3*time.Second, "heartbeat")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.Storm = 250 * time.Millisecond
+	dir := t.TempDir()
+	cfg.JSON = filepath.Join(dir, "r.json")
+	cfg.HTML = filepath.Join(dir, "r.html")
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" || r.ConnsEstablished != 300 {
+		t.Fatalf("held %d, failure %q, errors %v", r.ConnsEstablished, r.Failure, r.Errors)
+	}
+	if a := r.Latency["auth"]; a.Count != 300 || a.P99 <= 0 {
+		t.Errorf("auth latency %+v", a)
+	}
+	if r.HeartbeatPerS < 300 || r.Latency["heartbeat"].Count == 0 {
+		t.Errorf("heartbeats %.0f/s", r.HeartbeatPerS)
+	}
+	if r.GatewayRSS <= 0 || r.GatewayConns != 300 || r.GatewayCPUCores <= 0 || r.GatewayCPUPerHB <= 0 {
+		t.Errorf("gateway rss %d conns %d cpu %.3f per hb %.1f", r.GatewayRSS, r.GatewayConns, r.GatewayCPUCores, r.GatewayCPUPerHB)
+	}
+	if r.Policy == nil || r.Policy.MaxS == 0 {
+		t.Errorf("heartbeat policy from AUTH_OK not recorded: %+v", r.Policy)
+	}
+	if err := r.WriteJSONFile(cfg.JSON); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteHTMLFile(cfg.HTML); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(cfg.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"conns_target", "conns_established", "conns_failed", "connect_rate_per_s",
+		"gateway_rss_bytes", "gateway_bytes_per_conn", "gateway_cpu_cores", "rpc_per_s", "rpc_p99_ms",
+		"push_per_s", "push_p99_ms", "shake_per_s", "shake_p99_ms", "open_per_s", "errors", "series"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("JSON report lacks %q", k)
+		}
+	}
+	if _, ok := m["errors"].(map[string]any); !ok {
+		t.Errorf("errors is %T, want an object", m["errors"])
+	}
+	page, err := os.ReadFile(cfg.HTML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "polyline", "connections", "latency"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("HTML report lacks %q", want)
+		}
+	}
+	for _, banned := range []string{"<script src", "https://", "<link"} {
+		if strings.Contains(string(page), banned) {
+			t.Errorf("HTML report is not self-contained: has %q", banned)
+		}
+	}
+}
+
+func TestGatewayRPCAndReconnect(t *testing.T) {
+	addr, admin, keys := testGateway(t)
+	cfg := small(200, 3*time.Second, "rpc", "reconnect")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.RPCRate = 500
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" {
+		t.Fatalf("%s (errors %v)", r.Failure, r.Errors)
+	}
+	if r.RPCPerS < 100 || r.RPCErrors != 0 || r.RPCP99 <= 0 {
+		t.Errorf("rpc %.0f/s p99 %.2fms errors %d %v", r.RPCPerS, r.RPCP99, r.RPCErrors, r.Errors)
+	}
+	if r.Reconnected != 200 || r.ReconnectRate <= 0 {
+		t.Errorf("reconnected %d at %.0f/s, errors %v", r.Reconnected, r.ReconnectRate, r.Errors)
+	}
+	if r.ConnsEstablished != 200 {
+		t.Errorf("held %d after the reconnect storm", r.ConnsEstablished)
+	}
+}
+
+func TestGatewaySlowConsumersAreShed(t *testing.T) {
+	addr, admin, keys := testGateway(t)
+	cfg := small(100, 3*time.Second, "slow")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.SlowFrac = 0.2
+	cfg.SlowBody = 60000
+	cfg.SlowInterval = 10 * time.Millisecond
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.SlowConns != 20 {
+		t.Fatalf("slow consumers %d, want 20", r.SlowConns)
+	}
+	if r.SlowClosed == 0 || r.Latency["slow"].Count == 0 {
+		t.Errorf("the gateway shed none of %d slow consumers (errors %v)", r.SlowConns, r.Errors)
+	}
+	if r.ConnsEstablished < 80 {
+		t.Errorf("normal connections were lost too: held %d", r.ConnsEstablished)
+	}
+}
+
+func TestGatewayWrongKeysFailWithAuthCode(t *testing.T) {
+	addr, _, _ := testGateway(t)
+	other := filepath.Join(t.TempDir(), "keys.json")
+	if _, err := auth.CreateKeyFile(other); err != nil {
+		t.Fatal(err)
+	}
+	cfg := small(50, 2*time.Second)
+	cfg.Target, cfg.Keys, cfg.Procs = addr, other, 1
+	r := run(t, cfg)
+	if r.ConnsFailed != 50 || r.ConnsEstablished != 0 {
+		t.Fatalf("failed %d held %d, errors %v", r.ConnsFailed, r.ConnsEstablished, r.Errors)
+	}
+	if r.Failure == "" {
+		t.Error("a run where everything failed did not report a failure")
+	}
+	found := false
+	for k := range r.Errors {
+		if strings.HasPrefix(k, "auth:") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("errors %v: want auth:<code>", r.Errors)
+	}
+}
+
+func TestCompareFloorGivesRatios(t *testing.T) {
+	addr, admin, keys := testGateway(t)
+	cfg := small(200, 2500*time.Millisecond, "idle")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.CompareFloor = true
+	cfg.Heartbeat = 500 * time.Millisecond
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Floor == nil || r.Floor.TargetKind != "floor" || r.TargetKind != "gateway" {
+		t.Fatalf("legs: %+v", r.Floor)
+	}
+	if r.Floor.ConnsEstablished != 200 || r.ConnsEstablished != 200 {
+		t.Errorf("held floor %d gateway %d", r.Floor.ConnsEstablished, r.ConnsEstablished)
+	}
+	if r.RatioBytesPerConn == nil || r.RatioConnectRate == nil {
+		t.Errorf("ratios missing: mem %v connect %v", r.RatioBytesPerConn, r.RatioConnectRate)
+	}
+	b, _ := json.Marshal(r)
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	if _, ok := m["floor"].(map[string]any); !ok {
+		t.Error("JSON has no floor object")
+	}
+}
+
+func TestConfigChecks(t *testing.T) {
+	cases := []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Target = "10.1.2.3:7100" }, "loopback"},
+		{func(c *Config) { c.Scenarios = []string{"push"} }, "not available"},
+		{func(c *Config) { c.Scenarios = []string{"nope"} }, "unknown scenario"},
+		{func(c *Config) { c.Duration = 0 }, "bounded"},
+		{func(c *Config) { c.PerProc = 1 << 30 }, "open-file limit"},
+		{func(c *Config) { c.Conns = 10_000_000; c.Sources = nil; c.Procs = 0; c.PerProc = 15000 }, "ephemeral ports"},
+	}
+	for _, tc := range cases {
+		cfg := DefaultConfig()
+		tc.mod(&cfg)
+		_, err := Run(context.Background(), cfg, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want error containing %q, got %v", tc.want, err)
+		}
+	}
+	cfg := DefaultConfig()
+	cfg.Target = "10.1.2.3:7100"
+	cfg.AllowRemote = true
+	if err := cfg.normalize(); err != nil {
+		t.Errorf("--allow-remote: %v", err)
+	}
+	if len(cfg.Sources) != 0 {
+		t.Errorf("a remote target got loopback sources %v", cfg.Sources)
+	}
+}
+
+func TestParsers(t *testing.T) {
+	for in, want := range map[string]float64{"5000": 5000, "5000/s": 5000, "120/m": 2, "0": 0} {
+		if got, err := parseRate(in); err != nil || got != want {
+			t.Errorf("parseRate(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := parseRate("fast"); err == nil {
+		t.Error("parseRate accepted garbage")
+	}
+	src, err := parseSources("127.0.0.2-127.0.0.80")
+	if err != nil || len(src) != 79 || src[0].String() != "127.0.0.2" || src[78].String() != "127.0.0.80" {
+		t.Errorf("range: %v %v", len(src), err)
+	}
+	src, err = parseSources("127.0.0.5,127.0.1.1-127.0.1.2")
+	if err != nil || len(src) != 3 {
+		t.Errorf("list: %v %v", src, err)
+	}
+	if s, _ := parseSources("none"); s != nil {
+		t.Errorf("none: %v", s)
+	}
+	m, err := parseMetrics(strings.NewReader(`# HELP x
+process_resident_memory_bytes 1.5e+06
+longlink_connections{worker="0"} 10
+longlink_connections{worker="1",a="}"} 5
+process_cpu_seconds_total 2.5
+`))
+	if err != nil || m[metricRSS] != 1.5e6 || m[metricConns] != 15 || m[metricCPU] != 2.5 {
+		t.Errorf("parseMetrics: %v %v", m, err)
+	}
+}
