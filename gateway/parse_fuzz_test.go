@@ -63,7 +63,7 @@ func TestProtocolDocExamples(t *testing.T) {
 		t.Fatalf("response example: %s", got)
 	}
 	auth, _ := proto.Marshal(&pb.Auth{Token: "abc", Device: "d1"})
-	if got := fmt.Sprintf("%x", auth); got != "0a036162631202643" + "1" {
+	if got := fmt.Sprintf("%x", auth); got != "0a0361626312026431" {
 		t.Fatalf("auth example: %s", got)
 	}
 }
