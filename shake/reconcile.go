@@ -134,7 +134,7 @@ func Reconcile(plan *Plan, keys *KeyStore, files []string, ledgerPath string, op
 		if first {
 			progress = opts.Progress
 		}
-		fn := func(w int, t Ticket, err error, f *File, i int) {
+		fn := func(w int, t Ticket, err error, rec []byte, f *File, i int) {
 			st := ws[w]
 			if err != nil {
 				st.fileBad++

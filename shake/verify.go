@@ -82,7 +82,7 @@ func Verify(plan *Plan, keys *KeyStore, files []string, opts VerifyOptions) (*Ve
 		records.Add(f.Count)
 		return nil
 	}
-	fn := func(w int, t Ticket, err error, f *File, i int) {
+	fn := func(w int, t Ticket, err error, rec []byte, f *File, i int) {
 		st := ws[w]
 		kind := -1
 		switch {
@@ -107,7 +107,7 @@ func Verify(plan *Plan, keys *KeyStore, files []string, opts VerifyOptions) (*Ve
 		if kind >= 0 {
 			st.fails[kind]++
 			if len(st.problems) < opts.MaxProblems {
-				st.problems = append(st.problems, fmt.Sprintf("%s record %d (key %d): %v", f.Path, i, RecordKeyID(f.Record(i)), err))
+				st.problems = append(st.problems, fmt.Sprintf("%s record %d (key %d): %v", f.Path, i, RecordKeyID(rec), err))
 			}
 			if kind != 5 {
 				return
