@@ -53,7 +53,7 @@ func (c *Config) fill() error {
 	}
 	if c.Node == "" {
 		h, _ := os.Hostname()
-		c.Node = h + c.Listen
+		c.Node = h + "/" + c.Listen
 	}
 	if c.Backend == nil {
 		c.Backend = backend.NewEmbedded()

@@ -71,7 +71,7 @@ func runGateway(args []string) int {
 		cfg.ReusePort = true
 		if cfg.Node == "" {
 			h, _ := os.Hostname()
-			cfg.Node = fmt.Sprintf("%s%s/w%d", h, cfg.Listen, *workerIdx)
+			cfg.Node = fmt.Sprintf("%s/%s/w%d", h, cfg.Listen, *workerIdx)
 		}
 	}
 	srv, err := gateway.New(cfg)
