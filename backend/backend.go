@@ -61,7 +61,9 @@ type Error struct {
 	RetryAfter uint32 // ms, for busy
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("backend: %s (code %d): %s", kindName[e.Kind], e.Code, e.Msg) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("backend: %s (code %d): %s", kindName[e.Kind], e.Code, e.Msg)
+}
 
 var kindName = [...]string{KindSystem: "system", KindLogical: "logical", KindBusy: "busy"}
 
