@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +32,7 @@ func runGateway(args []string) int {
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat = fs.String("log-format", "text", "text or json")
 		drainMax  = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, close whatever is left after this long")
+		gcPercent = fs.Int("gc-percent", 25, "Go GC target percentage (GOGC); the gateway's heap is mostly long-lived connection state that allocates little, so a low value costs little CPU and keeps RSS near the live heap")
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":7100", "client TCP listen address")
 	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
@@ -50,6 +52,9 @@ func runGateway(args []string) int {
 	log := newLogger(*logLevel, *logFormat, *workerIdx)
 	slog.SetDefault(log)
 
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(*gcPercent)
+	}
 	if *workers > 1 && *workerIdx < 0 {
 		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, os.Args[1:])
 	}
@@ -69,6 +74,9 @@ func runGateway(args []string) int {
 	cfg.Logger = log
 	if *workerIdx >= 0 {
 		cfg.ReusePort = true
+		if cfg.Loops == 0 {
+			cfg.Loops = 1 // many workers already spread over the cores
+		}
 		if cfg.Node == "" {
 			h, _ := os.Hostname()
 			cfg.Node = fmt.Sprintf("%s/%s/w%d", h, cfg.Listen, *workerIdx)
