@@ -207,6 +207,7 @@ td:first-child,th:first-child{text-align:left}
 <h2>Gateway as a ratio to the floor</h2>
 <table><tr><th>figure</th><th>ratio</th><th>better</th></tr>
 <tr><td>memory per connection</td><td>{{r .Main.Report.RatioBytesPerConn}}</td><td>lower</td></tr>
+<tr><td>memory growth per connection (over the baseline)</td><td>{{r .Main.Report.RatioBytesGrowth}}</td><td>lower</td></tr>
 <tr><td>CPU per heartbeat (floor: per 16-byte echo)</td><td>{{r .Main.Report.RatioCPUPerHeartbeat}}</td><td>lower</td></tr>
 <tr><td>CPU cores in steady state</td><td>{{r .Main.Report.RatioCPUCores}}</td><td>lower</td></tr>
 <tr><td>connect rate</td><td>{{r .Main.Report.RatioConnectRate}}</td><td>higher</td></tr>
@@ -220,6 +221,7 @@ td:first-child,th:first-child{text-align:left}
 <tr><td>failed / dropped</td><td>{{.Report.ConnsFailed}} / {{.Report.ConnsDropped}}</td></tr>
 <tr><td>connect rate</td><td>{{f .Report.ConnectRate}} /s over {{f .Report.RampS}} s</td></tr>
 <tr><td>server memory (rss), per connection</td><td>{{bytes .Report.GatewayRSS}}, {{f .Report.GatewayBytesPerConn}} B</td></tr>
+<tr><td>server baseline before the ramp; growth per connection</td><td>{{bytes .Report.GatewayRSSBaseline}}; {{f .Report.GatewayBytesGrowth}} B</td></tr>
 <tr><td>server CPU in steady state</td><td>{{f .Report.GatewayCPUCores}} cores; {{f .Report.GatewayCPUPerHB}} µs per heartbeat</td></tr>
 <tr><td>heartbeats, rpc, push per second</td><td>{{f .Report.HeartbeatPerS}}, {{f .Report.RPCPerS}}, {{f .Report.PushPerS}}</td></tr>
 <tr><td>reconnect rate</td><td>{{f .Report.ReconnectRate}} /s</td></tr>

@@ -99,6 +99,7 @@ func TestFloorIdleHeartbeatStormAndPush(t *testing.T) {
 	if r.GatewayRSS <= 0 || r.GatewayBytesPerConn <= 0 || r.GatewayConns != 300 {
 		t.Errorf("floor memory %d (%f/conn), conns %d", r.GatewayRSS, r.GatewayBytesPerConn, r.GatewayConns)
 	}
+	checkBaseline(t, r)
 	if r.ToolRSS <= 0 || len(r.Series) < 2 {
 		t.Errorf("tool rss %d, %d samples", r.ToolRSS, len(r.Series))
 	}
@@ -176,6 +177,7 @@ func TestGatewayHeartbeatJSONAndHTML(t *testing.T) {
 	if r.Policy == nil || r.Policy.MaxS == 0 {
 		t.Errorf("heartbeat policy from AUTH_OK not recorded: %+v", r.Policy)
 	}
+	checkBaseline(t, r)
 	if err := r.WriteJSONFile(cfg.JSON); err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +194,8 @@ func TestGatewayHeartbeatJSONAndHTML(t *testing.T) {
 	}
 	for _, k := range []string{"conns_target", "conns_established", "conns_failed", "connect_rate_per_s",
 		"gateway_rss_bytes", "gateway_bytes_per_conn", "gateway_cpu_cores", "rpc_per_s", "rpc_p99_ms",
-		"push_per_s", "push_p99_ms", "shake_per_s", "shake_p99_ms", "open_per_s", "errors", "series"} {
+		"push_per_s", "push_p99_ms", "shake_per_s", "shake_p99_ms", "open_per_s", "errors", "series",
+		"gateway_rss_baseline_bytes", "gateway_bytes_per_conn_growth"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON report lacks %q", k)
 		}
@@ -305,6 +308,54 @@ func TestCompareFloorGivesRatios(t *testing.T) {
 	_ = json.Unmarshal(b, &m)
 	if _, ok := m["floor"].(map[string]any); !ok {
 		t.Error("JSON has no floor object")
+	}
+}
+
+// checkBaseline: the server's baseline was read before the ramp, and the
+// growth-based figure never exceeds the whole-process one.
+func checkBaseline(t *testing.T, r *Report) {
+	t.Helper()
+	if r.GatewayRSSBaseline <= 0 || r.GatewayRSSBaseline > r.GatewayRSS*4 {
+		t.Errorf("%s baseline rss %d (final %d)", r.TargetKind, r.GatewayRSSBaseline, r.GatewayRSS)
+	}
+	if r.GatewayBytesGrowth < 0 || r.GatewayBytesGrowth >= r.GatewayBytesPerConn {
+		t.Errorf("%s growth %.0f B/conn, whole process %.0f B/conn", r.TargetKind, r.GatewayBytesGrowth, r.GatewayBytesPerConn)
+	}
+}
+
+// TestMemoryBaselineFigures checks the arithmetic of the memory fields on a
+// synthetic leg: whole-process, growth over the pre-ramp baseline, ratios.
+func TestMemoryBaselineFigures(t *testing.T) {
+	cfg := DefaultConfig()
+	mk := func(kind string, pre, final, conns int64) *Report {
+		l := &leg{cfg: &cfg, kind: kind, finalC: counters{}, finalTimes: map[string]int64{},
+			preSrv:  serverUsage{OK: true, RSS: pre, Conns: 0},
+			lastSrv: serverUsage{OK: true, RSS: final, Conns: conns}}
+		return l.report()
+	}
+	g := mk("gateway", 10<<20, 10<<20+900_000, 1000)
+	if g.GatewayRSSBaseline != 10<<20 || g.GatewayBytesPerConn != float64(10<<20+900_000)/1000 || g.GatewayBytesGrowth != 900 {
+		t.Fatalf("gateway: baseline %d per conn %.1f growth %.1f", g.GatewayRSSBaseline, g.GatewayBytesPerConn, g.GatewayBytesGrowth)
+	}
+	g.Floor = mk("floor", 4<<20, 4<<20+600_000, 1000)
+	g.computeRatios()
+	if g.RatioBytesGrowth == nil || *g.RatioBytesGrowth != 1.5 || g.RatioBytesPerConn == nil {
+		t.Fatalf("ratios: growth %v whole %v", g.RatioBytesGrowth, g.RatioBytesPerConn)
+	}
+	if s := summary(g); !strings.Contains(s, "growth 900 B/conn") || !strings.Contains(s, "memory growth per conn") {
+		t.Errorf("summary lacks the growth figures:\n%s", s)
+	}
+	// RSS below the baseline (memory returned to the OS): no growth figure,
+	// a note, no ratio.
+	s := mk("gateway", 10<<20, 9<<20, 1000)
+	if s.GatewayBytesGrowth != 0 || len(s.Notes) == 0 {
+		t.Errorf("shrunk: growth %.1f notes %v", s.GatewayBytesGrowth, s.Notes)
+	}
+	// No baseline read (no --admin before the ramp): fields stay 0.
+	l := &leg{cfg: &cfg, kind: "gateway", finalC: counters{}, finalTimes: map[string]int64{},
+		lastSrv: serverUsage{OK: true, RSS: 5 << 20, Conns: 100}}
+	if r := l.report(); r.GatewayRSSBaseline != 0 || r.GatewayBytesGrowth != 0 {
+		t.Errorf("no baseline: %d %.1f", r.GatewayRSSBaseline, r.GatewayBytesGrowth)
 	}
 }
 

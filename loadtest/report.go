@@ -82,6 +82,8 @@ type Report struct {
 	GatewayRSS          int64   `json:"gateway_rss_bytes"`
 	GatewayConns        int64   `json:"gateway_conns"`
 	GatewayBytesPerConn float64 `json:"gateway_bytes_per_conn"`
+	GatewayRSSBaseline  int64   `json:"gateway_rss_baseline_bytes"`
+	GatewayBytesGrowth  float64 `json:"gateway_bytes_per_conn_growth"`
 	GatewayCPUCores     float64 `json:"gateway_cpu_cores"`
 	GatewayCPUPerHB     float64 `json:"gateway_cpu_us_per_heartbeat"`
 	GatewayCPUPerPush   float64 `json:"gateway_cpu_us_per_push"`
@@ -119,6 +121,7 @@ type Report struct {
 
 	Floor                *Report  `json:"floor,omitempty"`
 	RatioBytesPerConn    *float64 `json:"ratio_bytes_per_conn,omitempty"`
+	RatioBytesGrowth     *float64 `json:"ratio_bytes_per_conn_growth,omitempty"`
 	RatioCPUPerHeartbeat *float64 `json:"ratio_cpu_per_heartbeat,omitempty"`
 	RatioCPUCores        *float64 `json:"ratio_cpu_cores,omitempty"`
 	RatioConnectRate     *float64 `json:"ratio_connect_rate,omitempty"`
@@ -236,6 +239,16 @@ func (l *leg) report() *Report {
 		if held > 0 {
 			r.GatewayBytesPerConn = float64(srv.RSS) / float64(held)
 		}
+		if pre := l.preSrv; pre.OK && pre.RSS > 0 {
+			r.GatewayRSSBaseline = pre.RSS
+			switch {
+			case held <= 0:
+			case srv.RSS > pre.RSS:
+				r.GatewayBytesGrowth = float64(srv.RSS-pre.RSS) / float64(held)
+			default:
+				r.Notes = append(r.Notes, "server RSS did not grow over its baseline: gateway_bytes_per_conn_growth left at 0")
+			}
+		}
 		if baseSrv.OK && win > 0 {
 			cpu := srv.CPU - baseSrv.CPU
 			if l.kind == "floor" {
@@ -293,6 +306,7 @@ func (r *Report) computeRatios() {
 		return
 	}
 	r.RatioBytesPerConn = ratio(r.GatewayBytesPerConn, f.GatewayBytesPerConn)
+	r.RatioBytesGrowth = ratio(r.GatewayBytesGrowth, f.GatewayBytesGrowth)
 	r.RatioCPUPerHeartbeat = ratio(r.GatewayCPUPerHB, f.GatewayCPUPerHB)
 	r.RatioCPUCores = ratio(r.GatewayCPUCores, f.GatewayCPUCores)
 	r.RatioConnectRate = ratio(r.ConnectRate, f.ConnectRate)
@@ -337,6 +351,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 			}
 		}
 		pr("memory per conn", r.RatioBytesPerConn, "lower is better")
+		pr("memory growth per conn", r.RatioBytesGrowth, "lower is better")
 		pr("CPU per heartbeat", r.RatioCPUPerHeartbeat, "lower is better; goal <= 1.2")
 		pr("CPU cores (steady)", r.RatioCPUCores, "lower is better")
 		pr("connect rate", r.RatioConnectRate, "higher is better")
@@ -374,7 +389,11 @@ func (r *Report) writeOne(w io.Writer) {
 		fmt.Fprintf(w, "  slow         %d slow consumers, %d closed by the server, %d writes blocked\n", r.SlowConns, r.SlowClosed, r.WriteBlocked)
 	}
 	if r.GatewayRSS > 0 {
-		fmt.Fprintf(w, "  %-12s rss %s for %d conns = %.0f B/conn; CPU %.3f cores", name, fmtBytes(float64(r.GatewayRSS)), r.GatewayConns, r.GatewayBytesPerConn, r.GatewayCPUCores)
+		fmt.Fprintf(w, "  %-12s rss %s for %d conns = %.0f B/conn", name, fmtBytes(float64(r.GatewayRSS)), r.GatewayConns, r.GatewayBytesPerConn)
+		if r.GatewayRSSBaseline > 0 {
+			fmt.Fprintf(w, " (baseline %s, growth %.0f B/conn)", fmtBytes(float64(r.GatewayRSSBaseline)), r.GatewayBytesGrowth)
+		}
+		fmt.Fprintf(w, "; CPU %.3f cores", r.GatewayCPUCores)
 		if r.GatewayCPUPerHB > 0 {
 			fmt.Fprintf(w, ", %.1f µs per heartbeat", r.GatewayCPUPerHB)
 		}

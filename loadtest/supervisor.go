@@ -76,6 +76,7 @@ type leg struct {
 	finalTimes           map[string]int64
 	finalErrors          map[string]int64
 	firstSrv             serverUsage
+	preSrv               serverUsage // before the ramp: the server's baseline
 }
 
 // counters is the sum of every worker's latest cumulative counters.
@@ -176,6 +177,9 @@ func runLeg(ctx context.Context, cfg *Config, kind string, log io.Writer) (*Repo
 			l.hooks = append(l.hooks, d.parent(l))
 		}
 	}
+	// The server's baseline (runtime, buffers, tables) before any client
+	// connects, so memory per connection can be given as growth too.
+	l.preSrv = l.serverUsage(ctx, nil)
 	if err := l.startClients(); err != nil {
 		return nil, err
 	}
