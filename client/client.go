@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -34,8 +35,17 @@ type Options struct {
 	Device    string
 	Network   pb.Network
 
-	// HeartbeatInterval overrides the server's advised interval (0: follow the server).
+	// HeartbeatInterval fixes the heartbeat interval (0: adaptive, within the
+	// server's policy: the client learns the longest interval its network's
+	// NAT tolerates, per NetworkID, see heartbeat.Smart).
 	HeartbeatInterval time.Duration
+	// NetworkID names the network for adaptive heartbeats (for example
+	// "wifi:<ssid hash>" or "cell:<carrier>"); learned state is kept per id.
+	NetworkID string
+	// HeartbeatStore persists learned intervals across app restarts (nil: memory).
+	HeartbeatStore heartbeat.Store
+	// Smart tunes the adaptive learner (zero: defaults).
+	Smart heartbeat.SmartConfig
 	// PongTimeout: no frame within this after a heartbeat means the link is dead.
 	PongTimeout time.Duration // default 10s
 
@@ -111,6 +121,9 @@ type Client struct {
 	authOK  *pb.AuthOK
 	lastErr error
 
+	smart *heartbeat.Smart // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
+	kick  chan struct{}    // wakes the heartbeat loop after a policy or mode change
+
 	closing  chan struct{}
 	closeOne sync.Once
 	done     chan struct{}
@@ -123,6 +136,8 @@ type session struct {
 	pending  map[uint16]chan result
 	seq      uint16
 	lastRecv atomic.Int64 // unix nanos of the last inbound frame
+	lastSend atomic.Int64 // unix nanos of the last outbound frame
+	pong     chan struct{}
 	closed   chan struct{}
 	once     sync.Once
 	err      error
@@ -152,7 +167,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 60 * time.Second
 	}
-	c := &Client{opts: opts, ready: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{})}
+	c := &Client{opts: opts, ready: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
 	go c.run()
 	if err := c.WaitReady(ctx); err != nil {
 		c.Close()
@@ -309,7 +324,7 @@ func (c *Client) connect(addr string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &session{nc: nc, pending: map[uint16]chan result{}, closed: make(chan struct{})}
+	s := &session{nc: nc, pending: map[uint16]chan result{}, closed: make(chan struct{}), pong: make(chan struct{}, 1)}
 	body, _ := proto.Marshal(&pb.Auth{Token: tok, Device: c.opts.Device, Network: c.opts.Network, ClientVersion: "longlink-go"})
 	_ = nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
 	if _, err := nc.Write(codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body)); err != nil {
@@ -339,6 +354,14 @@ func (c *Client) connect(addr string) (*session, error) {
 	_ = nc.SetDeadline(time.Time{})
 	c.mu.Lock()
 	c.authOK = &ok
+	if c.opts.HeartbeatInterval <= 0 && ok.Heartbeat != nil {
+		pol := heartbeat.FromProto(ok.Heartbeat)
+		if c.smart == nil {
+			c.smart = heartbeat.NewSmart(pol, c.opts.NetworkID, c.opts.HeartbeatStore, c.opts.Smart)
+		} else {
+			c.smart.SetPolicy(pol)
+		}
+	}
 	c.mu.Unlock()
 	s.lastRecv.Store(time.Now().UnixNano())
 	go c.read(s, r)
@@ -378,6 +401,7 @@ func (s *session) write(b []byte) error {
 	defer s.wmu.Unlock()
 	_ = s.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, err := s.nc.Write(b)
+	s.lastSend.Store(time.Now().UnixNano())
 	return err
 }
 
@@ -413,9 +437,16 @@ func (c *Client) read(s *session, r *frameReader) {
 					c.opts.OnPush(&p)
 				}
 			}
+		case codec.CmdPong:
+			select {
+			case s.pong <- struct{}{}:
+			default:
+			}
 		case codec.CmdPolicy:
-			// Adaptive heartbeat policy updates are handled by the heartbeat
-			// loop on its next tick; nothing to do here yet.
+			var hp pb.HeartbeatPolicy
+			if proto.Unmarshal(f.Body, &hp) == nil {
+				c.applyPolicy(&hp)
+			}
 		case codec.CmdGoAway, codec.CmdError:
 			s.close(serverClose(f))
 			return
@@ -423,28 +454,116 @@ func (c *Client) read(s *session, r *frameReader) {
 	}
 }
 
-// heartbeat sends HEARTBEAT when the link has been quiet for an interval and
-// declares the link dead when nothing arrives within PongTimeout after one.
-func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
-	interval := c.opts.HeartbeatInterval
-	first := interval
-	if interval <= 0 {
-		p := ok.GetHeartbeat()
-		interval = time.Duration(max(p.GetMinIntervalS(), 1)) * time.Second
-		first = time.Duration(max(p.GetFirstIntervalS(), 1)) * time.Second
+// applyPolicy takes a POLICY frame from the server.
+func (c *Client) applyPolicy(hp *pb.HeartbeatPolicy) {
+	c.mu.Lock()
+	if c.authOK != nil {
+		ok := proto.Clone(c.authOK).(*pb.AuthOK)
+		ok.Heartbeat = hp
+		c.authOK = ok
 	}
-	t := time.NewTimer(first)
+	smart := c.smart
+	c.mu.Unlock()
+	if smart != nil {
+		smart.SetPolicy(heartbeat.FromProto(hp))
+	}
+	c.wake()
+}
+
+func (c *Client) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// HeartbeatPolicy returns the server's current heartbeat policy (from
+// AUTH_OK or a later POLICY frame), or nil before the first AUTH_OK.
+func (c *Client) HeartbeatPolicy() *pb.HeartbeatPolicy {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.authOK.GetHeartbeat()
+}
+
+// HeartbeatInterval returns the interval the client currently waits.
+func (c *Client) HeartbeatInterval() time.Duration {
+	c.mu.Lock()
+	smart := c.smart
+	c.mu.Unlock()
+	if smart == nil {
+		return c.opts.HeartbeatInterval
+	}
+	return smart.Interval()
+}
+
+// SetForeground switches adaptive heartbeats between the short foreground
+// interval (the policy's minimum, while the user looks at the app) and the
+// learned background interval.
+func (c *Client) SetForeground(fg bool) {
+	c.mu.Lock()
+	smart := c.smart
+	c.mu.Unlock()
+	if smart != nil {
+		smart.SetForeground(fg)
+	}
+	c.wake()
+}
+
+// SetNetwork tells the adaptive heartbeat that the device moved to another
+// network (learned state is kept per network id). Reconnecting is the app's
+// call; the gateway's policy for the new network arrives with the next AUTH_OK.
+func (c *Client) SetNetwork(id string) {
+	c.mu.Lock()
+	smart := c.smart
+	c.opts.NetworkID = id
+	c.mu.Unlock()
+	if smart != nil {
+		smart.SetNetwork(id)
+	}
+	c.wake()
+}
+
+// heartbeat sends a HEARTBEAT after each full interval of silence (any frame
+// either way resets the silence, since it refreshes NAT mappings too) and
+// declares the link dead when no PONG arrives within PongTimeout. With
+// adaptive heartbeats each answered or unanswered HEARTBEAT teaches the
+// learner whether the network tolerates that interval.
+func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
+	first := time.Duration(ok.GetHeartbeat().GetFirstIntervalS()) * time.Second
+	t := time.NewTimer(time.Hour)
 	defer t.Stop()
-	var seq uint16
 	for {
-		select {
-		case <-s.closed:
-			return
-		case <-t.C:
+		c.mu.Lock()
+		smart := c.smart
+		c.mu.Unlock()
+		iv := c.opts.HeartbeatInterval
+		if iv <= 0 {
+			iv = smart.Interval()
 		}
-		seq++
-		sent := time.Now()
-		if err := s.write(codec.AppendFrame(nil, codec.CmdHeartbeat, 0, seq, nil)); err != nil {
+		learn := smart != nil
+		if first > 0 && first < iv { // the server's jittered first beat: spreads load, teaches nothing
+			iv, learn = first, false
+		}
+		last := max(s.lastRecv.Load(), s.lastSend.Load())
+		wait := time.Until(time.Unix(0, last).Add(iv))
+		if wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-s.closed:
+				return
+			case <-c.kick:
+				t.Stop()
+				continue
+			case <-t.C:
+				continue // re-check: traffic may have reset the silence
+			}
+		}
+		first = 0
+		select {
+		case <-s.pong:
+		default:
+		}
+		if err := s.write(codec.AppendFrame(nil, codec.CmdHeartbeat, 0, 0, nil)); err != nil {
 			s.close(err)
 			return
 		}
@@ -452,13 +571,18 @@ func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
 		select {
 		case <-s.closed:
 			return
+		case <-s.pong:
+			t.Stop()
+			if learn {
+				smart.OnSuccess()
+			}
 		case <-t.C:
-		}
-		if s.lastRecv.Load() < sent.UnixNano() {
+			if learn {
+				smart.OnFailure()
+			}
 			s.close(ErrDeadLink)
 			return
 		}
-		t.Reset(max(interval-c.opts.PongTimeout, time.Second))
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/internal/buildinfo"
 )
 
@@ -80,6 +81,7 @@ func (s *Server) AdminHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
+	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
 	return mux
 }
 
@@ -141,4 +143,81 @@ func (s *Server) ServeAdmin(addr string) (string, error) {
 	}()
 	s.adminAddr = ln.Addr().String()
 	return s.adminAddr, nil
+}
+
+// policyJSON is the admin API's form of heartbeat.Policies: durations as
+// Go duration strings ("210s", "9m40s").
+type policyJSON struct {
+	Min  string `json:"min"`
+	Max  string `json:"max"`
+	Step string `json:"step"`
+	Idle string `json:"idle"`
+}
+
+type policiesJSON struct {
+	Unknown  policyJSON `json:"unknown"`
+	WiFi     policyJSON `json:"wifi"`
+	Cellular policyJSON `json:"cellular"`
+}
+
+func toPolicyJSON(p heartbeat.Policy) policyJSON {
+	return policyJSON{Min: p.Min.String(), Max: p.Max.String(), Step: p.Step.String(), Idle: p.Idle.String()}
+}
+
+func (pj policyJSON) policy() (heartbeat.Policy, error) {
+	var p heartbeat.Policy
+	for _, f := range []struct {
+		s string
+		d *time.Duration
+	}{{pj.Min, &p.Min}, {pj.Max, &p.Max}, {pj.Step, &p.Step}, {pj.Idle, &p.Idle}} {
+		d, err := time.ParseDuration(f.s)
+		if err != nil {
+			return p, err
+		}
+		*f.d = d
+	}
+	return p, nil
+}
+
+// handlePolicy serves GET (the policies in force) and PUT (replace them,
+// then push POLICY frames to every connected client) on /heartbeat/policy.
+// PUT takes either full policies or {"scale": 2} to multiply the current ones.
+func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+	case http.MethodPut, http.MethodPost:
+		var req struct {
+			policiesJSON
+			Scale float64 `json:"scale"`
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+			http.Error(w, "bad policy JSON: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		var ps heartbeat.Policies
+		if req.Scale > 0 {
+			ps = s.HeartbeatPolicies().Scale(req.Scale)
+		} else {
+			var err error
+			for _, f := range []struct {
+				j policyJSON
+				p *heartbeat.Policy
+			}{{req.Unknown, &ps.Unknown}, {req.WiFi, &ps.WiFi}, {req.Cellular, &ps.Cellular}} {
+				if *f.p, err = f.j.policy(); err != nil {
+					http.Error(w, "bad duration: "+err.Error(), http.StatusBadRequest)
+					return
+				}
+			}
+		}
+		if err := s.SetHeartbeatPolicies(ps); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+	default:
+		http.Error(w, "GET or PUT", http.StatusMethodNotAllowed)
+		return
+	}
+	ps := s.HeartbeatPolicies()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(policiesJSON{Unknown: toPolicyJSON(ps.Unknown), WiFi: toPolicyJSON(ps.WiFi), Cellular: toPolicyJSON(ps.Cellular)})
 }

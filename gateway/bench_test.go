@@ -37,7 +37,7 @@ func BenchmarkHeartbeatOnLoop(b *testing.B) {
 	c := &conn{gc: fc, uid: 1, device: "d"}
 	c.state.Store(stateAuthed)
 	fc.ctx = c
-	s.wheel.Add(&c.hb, c, s.idleTicks, 1<<31)
+	s.wheel.Add(&c.hb, c, s.idleTicks(c.network), 1<<31)
 	s.cfg.MaxFrameRate = 1 << 15
 	b.ReportAllocs()
 	for b.Loop() {

@@ -10,6 +10,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/heartbeat"
 )
 
 // Config configures a Server. Zero fields take the defaults noted.
@@ -29,9 +30,13 @@ type Config struct {
 	FrameTimeout time.Duration // a started frame must complete within this (default 30s)
 	WheelTick    time.Duration // deadline resolution (default 1s)
 
-	// Heartbeat advised to clients, and the idle timeout enforced.
-	HeartbeatInterval time.Duration // default 4m30s
-	IdleTimeout       time.Duration // default 2*interval + 60s
+	// Heartbeat policy per network, advised to clients in AUTH_OK and
+	// enforced as idle timeouts; changeable at runtime (SetHeartbeatPolicies).
+	// Default heartbeat.DefaultPolicies(), unless HeartbeatInterval is set:
+	// then every network gets that fixed interval and IdleTimeout.
+	Policies          *heartbeat.Policies
+	HeartbeatInterval time.Duration
+	IdleTimeout       time.Duration // with HeartbeatInterval; default 2*interval + 60s
 
 	MaxFrameRate  int           // frames per second per connection before "flood" (default 200)
 	MaxInflight   int           // calls in flight per connection (default 32)
@@ -81,10 +86,17 @@ func (c *Config) fill() error {
 	def(&c.AuthTimeout, 10*time.Second)
 	def(&c.FrameTimeout, 30*time.Second)
 	def(&c.WheelTick, time.Second)
-	def(&c.HeartbeatInterval, 270*time.Second)
-	def(&c.IdleTimeout, 2*c.HeartbeatInterval+60*time.Second)
-	if c.IdleTimeout < c.HeartbeatInterval {
-		return fmt.Errorf("gateway: IdleTimeout %v shorter than HeartbeatInterval %v", c.IdleTimeout, c.HeartbeatInterval)
+	if c.Policies == nil {
+		ps := heartbeat.DefaultPolicies()
+		if c.HeartbeatInterval > 0 {
+			def(&c.IdleTimeout, 2*c.HeartbeatInterval+60*time.Second)
+			p := heartbeat.Policy{Min: c.HeartbeatInterval, Max: c.HeartbeatInterval, Idle: c.IdleTimeout}
+			ps = heartbeat.Policies{Unknown: p, WiFi: p, Cellular: p}
+		}
+		c.Policies = &ps
+	}
+	if err := c.Policies.Validate(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
 	}
 	defi(&c.MaxFrameRate, 200)
 	defi(&c.MaxInflight, 32)

@@ -28,6 +28,8 @@ type metrics struct {
 	queueTime    *prometheus.HistogramVec
 	backendTime  *prometheus.HistogramVec
 	shed         *prometheus.CounterVec // reason
+	evictions    *prometheus.CounterVec // reason
+	policy       *prometheus.GaugeVec   // network, field
 
 	mu      sync.Mutex
 	methods map[string]*methodMetrics
@@ -65,7 +67,9 @@ func newMetrics() *metrics {
 	m.queueTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "longlink_call_queue_seconds", Help: "Time a call waited for a forwarding goroutine (the overload signal).", Buckets: buckets}, []string{"method"})
 	m.backendTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "longlink_call_backend_seconds", Help: "Time the backend took to answer, including retries.", Buckets: buckets}, []string{"method"})
 	m.shed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_calls_shed_total", Help: "Calls refused before reaching the backend, by reason."}, []string{"reason"})
-	for _, c := range []prometheus.Collector{m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_evictions_total", Help: "Connections closed by the idle-deadline wheel, by reason (stale, auth_timeout)."}, []string{"reason"})
+	m.policy = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "longlink_heartbeat_policy_seconds", Help: "Heartbeat policy in force, by network and field (min, max, step, idle)."}, []string{"network", "field"})
+	for _, c := range []prometheus.Collector{m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m

@@ -18,8 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
-	"net"
+		"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -49,11 +48,10 @@ type Server struct {
 	fwd      *forwarder
 	presence *presence
 
-	secTicks    uint32 // wheel ticks per second (flood window)
-	authTicks   uint32
-	idleTicks   uint32
-	frameTicks  uint32
-	policyBytes []byte // HeartbeatPolicy advertised in AUTH_OK
+	secTicks   uint32 // wheel ticks per second (flood window)
+	authTicks  uint32
+	frameTicks uint32
+	pol        atomic.Pointer[policyState]
 
 	nextID   atomic.Uint64
 	draining atomic.Bool
@@ -88,8 +86,8 @@ func New(cfg Config) (*Server, error) {
 	s.wheel = heartbeat.NewWheel(cfg.WheelTick, 4096, s.expire)
 	s.secTicks = max(1, s.wheel.Ticks(time.Second))
 	s.authTicks = s.wheel.Ticks(cfg.AuthTimeout)
-	s.idleTicks = s.wheel.Ticks(cfg.IdleTimeout)
 	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
+	s.pol.Store(s.newPolicyState(*cfg.Policies))
 	s.fwd = newForwarder(s)
 	s.presence = newPresence(s)
 	return s, nil
@@ -225,7 +223,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		if c.partial {
 			hard = s.wheel.Now() + s.frameTicks
 		}
-		s.wheel.Set(&c.hb, s.idleTicks, hard)
+		s.wheel.Set(&c.hb, s.idleTicks(c.network), hard)
 	}
 	if gc.OutboundBuffered() > s.cfg.MaxOutbound {
 		return s.closeOnLoop(c, codec.CodeSlowConsumer)
@@ -302,27 +300,16 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 	if old := s.sessions.add(c); old != nil {
 		s.closeAsync(old, codec.CodeReplaced)
 	}
-	s.wheel.Set(&c.hb, s.idleTicks, heartbeat.Never)
+	s.wheel.Set(&c.hb, s.idleTicks(c.network), heartbeat.Never)
 	s.wheel.Touch(&c.hb)
 
 	ok, _ := proto.Marshal(&pb.AuthOK{
 		Uid: c.uid, Device: c.device, ServerTimeMs: time.Now().UnixMilli(),
-		Heartbeat: s.policy(a.Network), Node: s.cfg.Node, MaxBody: uint32(s.cfg.MaxBody),
+		Heartbeat: s.authPolicy(a.Network), Node: s.cfg.Node, MaxBody: uint32(s.cfg.MaxBody),
 	})
 	_, _ = c.gc.Write(codec.AppendFrame(nil, codec.CmdAuthOK, 0, 0, ok))
 	s.presence.online(c)
 	return codec.OK
-}
-
-// policy is the heartbeat policy advised to a client on network n. The first
-// interval is jittered so a reconnect wave does not stay synchronised.
-func (s *Server) policy(n pb.Network) *pb.HeartbeatPolicy {
-	iv := uint32(s.cfg.HeartbeatInterval / time.Second)
-	first := iv/2 + uint32(rand.IntN(int(iv/2)+1))
-	return &pb.HeartbeatPolicy{
-		MinIntervalS: iv, MaxIntervalS: iv, ProbeStepS: 0,
-		IdleTimeoutS: uint32(s.cfg.IdleTimeout / time.Second), FirstIntervalS: max(first, 1), Network: n,
-	}
 }
 
 // closeOnLoop writes the ERROR frame for code and returns gnet.Close; gnet
@@ -344,10 +331,12 @@ func (s *Server) closeAsync(c *conn, code codec.Code) {
 // expire is the wheel's callback: the connections whose deadline passed.
 func (s *Server) expire(batch []*conn) {
 	for _, c := range batch {
-		switch {
-		case c.state.Load() == stateNew:
+		switch c.state.Load() {
+		case stateNew:
+			s.metrics.evictions.WithLabelValues("auth_timeout").Inc()
 			s.closeAsync(c, codec.CodeAuthTimeout)
-		case c.state.Load() == stateAuthed:
+		case stateAuthed:
+			s.metrics.evictions.WithLabelValues("stale").Inc()
 			s.closeAsync(c, codec.CodeStale)
 		}
 	}

@@ -246,6 +246,35 @@ func (sv *supervisor) handler() http.Handler {
 			_ = enc.Encode(f)
 		}
 	})
+	mux.HandleFunc("/heartbeat/policy", func(w http.ResponseWriter, r *http.Request) {
+		// Every worker gets the change; the answer is worker 0's view.
+		body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+		sv.mu.Lock()
+		socks := make([]string, len(sv.workers))
+		for i, wk := range sv.workers {
+			socks[i] = wk.sock
+		}
+		sv.mu.Unlock()
+		var first []byte
+		status := http.StatusOK
+		for i, sock := range socks {
+			req, _ := http.NewRequest(r.Method, "http://worker/heartbeat/policy", strings.NewReader(string(body)))
+			resp, err := workerClient(sock).Do(req)
+			if err != nil {
+				status = http.StatusBadGateway
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				status, first = resp.StatusCode, b
+			} else if i == 0 && first == nil {
+				first = b
+			}
+		}
+		w.WriteHeader(status)
+		_, _ = w.Write(first)
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ok := 0
 		bodies := sv.scrape("/healthz")

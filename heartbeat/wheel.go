@@ -251,3 +251,15 @@ func (w *Wheel[T]) Each(fn func(*T)) {
 		}
 	}
 }
+
+// SetTimeout changes e's idle timeout, keeping its hard deadline, and
+// reschedules it. A no-op if e is not linked.
+func (w *Wheel[T]) SetTimeout(e *Entry[T], timeout uint32) {
+	w.mu.Lock()
+	if e.next != nil {
+		w.unlinkLocked(e)
+		e.timeout = timeout
+		w.linkLocked(e, w.deadline(e, w.now.Load()))
+	}
+	w.mu.Unlock()
+}

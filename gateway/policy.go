@@ -1,0 +1,99 @@
+package gateway
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/heartbeat"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+// policyState is the heartbeat policy in force, with what the hot paths
+// need precomputed. Replaced whole (copy on write) on every change.
+type policyState struct {
+	ps     heartbeat.Policies
+	idle   [3]uint32 // idle timeout in wheel ticks, by pb.Network
+	frames [3][]byte // pre-encoded POLICY frame, by pb.Network
+}
+
+func networkIndex(n pb.Network) int {
+	if n < 0 || int(n) > 2 {
+		return 0
+	}
+	return int(n)
+}
+
+func (s *Server) newPolicyState(ps heartbeat.Policies) *policyState {
+	st := &policyState{ps: ps}
+	for i, n := range []pb.Network{pb.Network_NETWORK_UNKNOWN, pb.Network_NETWORK_WIFI, pb.Network_NETWORK_CELLULAR} {
+		p := ps.For(n)
+		st.idle[i] = s.wheel.Ticks(p.Idle)
+		body, _ := proto.Marshal(p.Proto(n))
+		st.frames[i] = codec.AppendFrame(nil, codec.CmdPolicy, 0, 0, body)
+		for field, v := range map[string]time.Duration{"min": p.Min, "max": p.Max, "step": p.Step, "idle": p.Idle} {
+			s.metrics.policy.WithLabelValues(networkName(n), field).Set(v.Seconds())
+		}
+	}
+	return st
+}
+
+func networkName(n pb.Network) string {
+	switch n {
+	case pb.Network_NETWORK_WIFI:
+		return "wifi"
+	case pb.Network_NETWORK_CELLULAR:
+		return "cellular"
+	}
+	return "unknown"
+}
+
+// idleTicks is the idle timeout for a connection on network n.
+func (s *Server) idleTicks(n pb.Network) uint32 { return s.pol.Load().idle[networkIndex(n)] }
+
+// authPolicy is the policy sent in AUTH_OK: the network's policy with the
+// first heartbeat jittered over [min/2, min], so a reconnect wave does not
+// stay synchronised forever after.
+func (s *Server) authPolicy(n pb.Network) *pb.HeartbeatPolicy {
+	p := s.pol.Load().ps.For(n)
+	hp := p.Proto(n)
+	half := max(hp.MinIntervalS/2, 1)
+	hp.FirstIntervalS = half + uint32(rand.IntN(int(hp.MinIntervalS-half)+1))
+	return hp
+}
+
+// HeartbeatPolicies returns the policies in force. Goroutine-safe.
+func (s *Server) HeartbeatPolicies() heartbeat.Policies { return s.pol.Load().ps }
+
+// SetHeartbeatPolicies changes the heartbeat policy at runtime (for example
+// the degrade mode lengthening every interval): idle deadlines move first,
+// then every authenticated client gets a POLICY frame. It returns once the
+// frames are queued. Goroutine-safe.
+func (s *Server) SetHeartbeatPolicies(ps heartbeat.Policies) error {
+	if err := ps.Validate(); err != nil {
+		return err
+	}
+	st := s.newPolicyState(ps)
+	s.pol.Store(st)
+	var batch []*conn
+	for i := range s.sessions.shards {
+		sh := &s.sessions.shards[i]
+		batch = batch[:0]
+		sh.mu.Lock()
+		for _, head := range sh.m {
+			for c := head; c != nil; c = c.next {
+				batch = append(batch, c)
+			}
+		}
+		sh.mu.Unlock()
+		for _, c := range batch {
+			ni := networkIndex(c.network)
+			s.wheel.SetTimeout(&c.hb, st.idle[ni])
+			_ = c.gc.AsyncWrite(st.frames[ni], nil)
+		}
+	}
+	s.log.Info("heartbeat policy changed", "cellular", ps.Cellular, "wifi", ps.WiFi, "unknown", ps.Unknown)
+	return nil
+}
