@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-		"net"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
