@@ -47,6 +47,12 @@ type Config struct {
 	SystemRetries int           // retries of system failures per call (default 1)
 
 	DrainWindow time.Duration // spread GOAWAYs over this on shutdown (default 10s)
+
+	// Push (push/, gateway/push.go): NATS URLs (comma-separated) this worker
+	// takes notifies from; empty disables push. Notifies for the same user
+	// and type within PushWindow are merged (default 20ms).
+	NATS       string
+	PushWindow time.Duration
 }
 
 func (c *Config) fill() error {
@@ -110,5 +116,6 @@ func (c *Config) fill() error {
 		c.SystemRetries = 1
 	}
 	def(&c.DrainWindow, 10*time.Second)
+	def(&c.PushWindow, 20*time.Millisecond)
 	return nil
 }

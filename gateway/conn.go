@@ -35,8 +35,11 @@ type conn struct {
 	rateWin uint32 // flood window (in seconds of wheel time)
 	frames  uint16 // frames seen in rateWin
 	partial bool   // a frame is half-received
+	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
 
 	next *conn // sessions chain; guarded by the session shard's mutex
+
+	push *pushSeen // highest PUSH version written per type (push.go); owned by the event loop, nil until the first push
 
 	state     atomic.Uint32
 	inflight  atomic.Int32  // calls queued or running

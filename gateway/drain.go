@@ -51,7 +51,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			if c.state.Load() == stateClosed {
 				continue
 			}
-			_ = c.gc.AsyncWrite(s.goAwayFrame(), nil)
+			_ = s.sendAsync(c, s.goAwayFrame(), nil)
 		}
 		select {
 		case <-t.C:
@@ -60,7 +60,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	for ; sent < len(all); sent++ {
-		_ = all[sent].gc.AsyncWrite(s.goAwayFrame(), nil)
+		_ = s.sendAsync(all[sent], s.goAwayFrame(), nil)
 	}
 	if err := s.fwd.wait(ctx); err != nil {
 		s.log.Warn("drain: calls still in flight at the deadline", "err", err)

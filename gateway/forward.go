@@ -144,7 +144,7 @@ func (f *forwarder) release(j *job) {
 func (f *forwarder) replyNow(c *conn, seq uint16, code codec.Code, msg string, retryAfter uint32) {
 	bb := respPool.Get()
 	bb.B = appendResponse(bb.B[:0], seq, code, msg, nil, retryAfter)
-	_, _ = c.gc.Write(bb.B)
+	f.s.send(c, bb.B)
 	respPool.Put(bb)
 }
 
@@ -203,7 +203,7 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	bb := respPool.Get()
 	bb.B = appendResponse(bb.B[:0], j.seq, code, msg, resp, ra)
 	max := f.s.cfg.MaxOutbound
-	_ = c.gc.AsyncWrite(bb.B, func(gc gnet.Conn, _ error) error {
+	_ = f.s.sendAsync(c, bb.B, func(gc gnet.Conn, _ error) error {
 		respPool.Put(bb)
 		if gc != nil && gc.OutboundBuffered() > max {
 			cc, _ := gc.Context().(*conn)

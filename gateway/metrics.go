@@ -29,6 +29,7 @@ type metrics struct {
 	backendTime  *prometheus.HistogramVec
 	shed         *prometheus.CounterVec // reason
 	evictions    *prometheus.CounterVec // reason
+	wsUpgrades   *prometheus.CounterVec // result
 	policy       *prometheus.GaugeVec   // network, field
 
 	mu      sync.Mutex
@@ -69,7 +70,8 @@ func newMetrics() *metrics {
 	m.shed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_calls_shed_total", Help: "Calls refused before reaching the backend, by reason."}, []string{"reason"})
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_evictions_total", Help: "Connections closed by the idle-deadline wheel, by reason (stale, auth_timeout)."}, []string{"reason"})
 	m.policy = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "longlink_heartbeat_policy_seconds", Help: "Heartbeat policy in force, by network and field (min, max, step, idle)."}, []string{"network", "field"})
-	for _, c := range []prometheus.Collector{m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	m.wsUpgrades = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_websocket_upgrades_total", Help: "WebSocket upgrade attempts on the client port, by result."}, []string{"result"})
+	for _, c := range []prometheus.Collector{m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m

@@ -91,7 +91,7 @@ func (s *Server) SetHeartbeatPolicies(ps heartbeat.Policies) error {
 		for _, c := range batch {
 			ni := networkIndex(c.network)
 			s.wheel.SetTimeout(&c.hb, st.idle[ni])
-			_ = c.gc.AsyncWrite(st.frames[ni], nil)
+			_ = s.sendAsync(c, st.frames[ni], nil)
 		}
 	}
 	s.log.Info("heartbeat policy changed", "cellular", ps.Cellular, "wifi", ps.WiFi, "unknown", ps.Unknown)

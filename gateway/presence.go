@@ -67,6 +67,7 @@ func (p *presence) online(c *conn)  { p.send(c, true) }
 func (p *presence) offline(c *conn) { p.send(c, false) }
 
 func (p *presence) send(c *conn, online bool) {
+	p.s.push.presence(c, online)
 	ev := presenceEvent{online: online, p: backend.Presence{UID: c.uid, Device: c.device, Node: p.s.cfg.Node, ConnID: c.id}}
 	select {
 	case p.shards[c.uid%presenceShards] <- ev:

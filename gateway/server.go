@@ -47,6 +47,7 @@ type Server struct {
 	sessions *sessions
 	fwd      *forwarder
 	presence *presence
+	push     *pusher // nil when Config.NATS is empty
 
 	secTicks   uint32 // wheel ticks per second (flood window)
 	authTicks  uint32
@@ -90,6 +91,7 @@ func New(cfg Config) (*Server, error) {
 	s.pol.Store(s.newPolicyState(*cfg.Policies))
 	s.fwd = newForwarder(s)
 	s.presence = newPresence(s)
+	s.push = newPusher(s)
 	return s, nil
 }
 
@@ -118,6 +120,10 @@ func (s *Server) Start() error {
 		s.fwd.stop()
 		s.presence.stop()
 		return fmt.Errorf("gateway: listen %s: %w", s.cfg.Listen, s.runErr)
+	}
+	if err := s.push.start(); err != nil {
+		_ = s.Close()
+		return fmt.Errorf("gateway: push: %w", err)
 	}
 	s.log.Info("gateway listening", "addr", s.addr, "node", s.cfg.Node, "loops", s.cfg.Loops)
 	return nil
@@ -196,28 +202,52 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c := gc.Context().(*conn)
 	buf, _ := gc.Peek(-1)
+	if c.ws {
+		return s.onWSTraffic(c, buf, 0)
+	}
+	if len(buf) > 0 && buf[0] == 'G' && c.state.Load() == stateNew {
+		return s.upgrade(c, buf) // an HTTP GET: WebSocket on the same port
+	}
+	off, code := s.frames(c, buf)
+	if code != codec.OK {
+		return s.closeOnLoop(c, code)
+	}
+	if off > 0 { // Discard(0) would drop everything
+		_, _ = gc.Discard(off)
+	}
+	s.afterTraffic(c, len(buf)-off)
+	if gc.OutboundBuffered() > s.cfg.MaxOutbound {
+		return s.closeOnLoop(c, codec.CodeSlowConsumer)
+	}
+	return gnet.None
+}
+
+// frames handles the whole frames at the start of buf and returns how many
+// bytes they took; a non-OK code means close the connection with it.
+func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
 	off := 0
 	for off < len(buf) {
 		f, n, err := codec.Split(buf[off:], s.cfg.MaxBody)
 		if err != nil {
-			s.connLog.Warn("bad frame", "conn", c.id, "remote", gc.RemoteAddr().String(), "err", err)
-			return s.closeOnLoop(c, codec.ErrCode(err))
+			s.connLog.Warn("bad frame", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+			return off, codec.ErrCode(err)
 		}
 		if n == 0 {
 			break
 		}
 		off += n
 		if code := s.handle(c, f); code != codec.OK {
-			return s.closeOnLoop(c, code)
+			return off, code
 		}
 	}
-	if off > 0 { // Discard(0) would drop everything
-		_, _ = gc.Discard(off)
-	}
-	// A frame left half-received must complete within FrameTimeout, whatever
-	// the idle timeout (slowloris). Only authenticated connections need this:
-	// before AUTH the auth deadline is already hard.
-	if rest := len(buf) - off; rest > 0 != c.partial && c.state.Load() == stateAuthed {
+	return off, codec.OK
+}
+
+// afterTraffic applies the slowloris rule: a frame left half-received must
+// complete within FrameTimeout, whatever the idle timeout. Only
+// authenticated connections need this: before AUTH the auth deadline is hard.
+func (s *Server) afterTraffic(c *conn, rest int) {
+	if rest > 0 != c.partial && c.state.Load() == stateAuthed {
 		c.partial = rest > 0
 		hard := heartbeat.Never
 		if c.partial {
@@ -225,10 +255,24 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		s.wheel.Set(&c.hb, s.idleTicks(c.network), hard)
 	}
-	if gc.OutboundBuffered() > s.cfg.MaxOutbound {
-		return s.closeOnLoop(c, codec.CodeSlowConsumer)
+}
+
+// send writes a protocol frame to c. Must run on c's event loop.
+func (s *Server) send(c *conn, frame []byte) {
+	if c.ws {
+		_, _ = c.gc.Writev([][]byte{wsHeader(make([]byte, 0, 10), 0x2, len(frame)), frame})
+		return
 	}
-	return gnet.None
+	_, _ = c.gc.Write(frame)
+}
+
+// sendAsync queues a protocol frame to c from any goroutine; cb (may be nil)
+// runs on the loop afterwards. frame must stay untouched until then.
+func (s *Server) sendAsync(c *conn, frame []byte, cb gnet.AsyncCallback) error {
+	if c.ws {
+		return c.gc.AsyncWritev([][]byte{wsHeader(make([]byte, 0, 10), 0x2, len(frame)), frame}, cb)
+	}
+	return c.gc.AsyncWrite(frame, cb)
 }
 
 // handle processes one frame on the event loop. A non-OK code closes the
@@ -254,7 +298,11 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 	switch f.Cmd {
 	case codec.CmdHeartbeat:
 		s.metrics.heartbeats.Inc()
-		_, _ = c.gc.Write(pongFrame(f.Seq))
+		if c.ws {
+			_, _ = c.gc.Write(wsPongFrame(f.Seq))
+		} else {
+			_, _ = c.gc.Write(pongFrame(f.Seq))
+		}
 	case codec.CmdRequest:
 		s.fwd.submit(c, f.Seq, f.Body)
 	case codec.CmdAuth:
@@ -307,7 +355,7 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 		Uid: c.uid, Device: c.device, ServerTimeMs: time.Now().UnixMilli(),
 		Heartbeat: s.authPolicy(a.Network), Node: s.cfg.Node, MaxBody: uint32(s.cfg.MaxBody),
 	})
-	_, _ = c.gc.Write(codec.AppendFrame(nil, codec.CmdAuthOK, 0, 0, ok))
+	s.send(c, codec.AppendFrame(nil, codec.CmdAuthOK, 0, 0, ok))
 	s.presence.online(c)
 	return codec.OK
 }
@@ -316,14 +364,20 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 // flushes the frame before closing. Must run on c's event loop.
 func (s *Server) closeOnLoop(c *conn, code codec.Code) gnet.Action {
 	c.closeCode.Store(uint32(code))
-	_, _ = c.gc.Write(errorFrame(code))
+	s.send(c, errorFrame(code))
+	if c.ws {
+		_, _ = c.gc.Write(wsClose(wsCloseForCode(code), code.String()))
+	}
 	return gnet.Close
 }
 
 // closeAsync closes c from any goroutine after sending the ERROR for code.
 func (s *Server) closeAsync(c *conn, code codec.Code) {
 	c.closeCode.CompareAndSwap(0, uint32(code))
-	_ = c.gc.AsyncWrite(errorFrame(code), func(gc gnet.Conn, _ error) error {
+	_ = s.sendAsync(c, errorFrame(code), func(gc gnet.Conn, _ error) error {
+		if c.ws {
+			_, _ = gc.Write(wsClose(wsCloseForCode(code), code.String()))
+		}
 		return gc.Close()
 	})
 }
@@ -352,6 +406,7 @@ func (s *Server) SessionUsers() int { return s.sessions.users() }
 func (s *Server) Close() error {
 	var err error
 	s.stopOnce.Do(func() {
+		s.push.close() // say goodbye first: routers stop sending here
 		s.engMu.Lock()
 		eng := s.eng
 		s.engMu.Unlock()

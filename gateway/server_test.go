@@ -110,7 +110,7 @@ func TestBadInputIsClosedWithCode(t *testing.T) {
 		run  func(w *wire)
 		code codec.Code
 	}{
-		{"garbage", func(w *wire) { w.send([]byte("GET / HTTP/1.1\r\n\r\n")) }, codec.CodeProtocol},
+		{"garbage", func(w *wire) { w.send([]byte("SSH-2.0-OpenSSH\r\n")) }, codec.CodeProtocol},
 		{"wrong magic", func(w *wire) { w.send([]byte{0xAA, 0x10, 1, 0, 0, 0, 0, 0}) }, codec.CodeProtocol},
 		{"bad version", func(w *wire) { w.send([]byte{codec.Magic, 0x70, 1, 0, 0, 0, 0, 0}) }, codec.CodeBadVersion},
 		{"oversize body", func(w *wire) { w.send(codec.AppendHeader(nil, codec.CmdAuth, 0, 0, 1025)) }, codec.CodeFrameTooBig},

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/proto"
@@ -36,6 +37,7 @@ type SupervisorConfig struct {
 	Args            []string // the command line after the program name, given to each worker
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
+	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
 }
 
 // RunSupervisor starts Workers copies of this program as gateway workers
@@ -66,7 +68,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 	}
 	defer os.RemoveAll(runDir)
 
-	sv := &supervisor{log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now()}
+	sv := &supervisor{log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
 	for i := range sv.workers {
 		sv.workers[i] = &workerProc{index: i, sock: filepath.Join(runDir, fmt.Sprintf("w%d.sock", i))}
 		sv.start(sv.workers[i])
@@ -103,6 +105,8 @@ type supervisor struct {
 	args    []string
 	runDir  string
 	started time.Time
+
+	extra prometheus.Gatherer
 
 	mu       sync.Mutex
 	workers  []*workerProc
@@ -237,6 +241,11 @@ func (sv *supervisor) handler() http.Handler {
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
+		}
+		if sv.extra != nil {
+			if more, err := sv.extra.Gather(); err == nil {
+				fams = append(fams, more...)
+			}
 		}
 		fams = append(fams, gaugeFamily("longlink_workers", "Worker processes answering the supervisor.", float64(alive)),
 			gaugeFamily("longlink_workers_configured", "Worker processes configured.", float64(len(bodies))))
