@@ -99,6 +99,9 @@ func New(cfg Config) (*Server, error) {
 // the admin listener (if configured), and returns once clients can connect.
 func (s *Server) Start() error {
 	s.started = time.Now()
+	if err := s.push.start(); err != nil { // before the loops: presence needs the node
+		return fmt.Errorf("gateway: push: %w", err)
+	}
 	s.wheel.Start()
 	s.fwd.start()
 	s.presence.start()
@@ -119,11 +122,8 @@ func (s *Server) Start() error {
 		s.wheel.Stop()
 		s.fwd.stop()
 		s.presence.stop()
+		s.push.close()
 		return fmt.Errorf("gateway: listen %s: %w", s.cfg.Listen, s.runErr)
-	}
-	if err := s.push.start(); err != nil {
-		_ = s.Close()
-		return fmt.Errorf("gateway: push: %w", err)
 	}
 	s.log.Info("gateway listening", "addr", s.addr, "node", s.cfg.Node, "loops", s.cfg.Loops)
 	return nil

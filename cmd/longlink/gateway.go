@@ -13,6 +13,7 @@ import (
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/push"
 )
 
 const gatewaySummary = "run the access gateway (one process, or a supervisor of --workers processes)"
@@ -46,6 +47,9 @@ func runGateway(args []string) int {
 	fs.IntVar(&cfg.QueueSize, "queue", 16384, "calls waiting for a forwarding goroutine before 'busy'")
 	fs.DurationVar(&cfg.CallTimeout, "call-timeout", 5*time.Second, "default deadline of a forwarded call")
 	fs.DurationVar(&cfg.DrainWindow, "drain", 10*time.Second, "on SIGTERM, spread GOAWAYs over this window")
+	fs.StringVar(&cfg.NATS, "nats", "", "external NATS cluster for push routing, e.g. nats://a:4222,nats://b:4222 (default: an embedded server)")
+	fs.DurationVar(&cfg.PushWindow, "push-window", 20*time.Millisecond, "notifies for the same user and type within this window are merged")
+	pf := addPushFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -55,8 +59,24 @@ func runGateway(args []string) int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
 	}
+	var hub *push.Hub
+	if *pf.on && *workerIdx < 0 { // one push hub per host: this process, or the supervisor
+		h, err := startPushHub(log, pf, cfg.NATS)
+		if err != nil {
+			log.Error("cannot start push", "err", err)
+			return 1
+		}
+		defer h.Close()
+		hub, cfg.NATS = h, h.NATSURL()
+	} else if !*pf.on {
+		cfg.NATS = ""
+	}
 	if *workers > 1 && *workerIdx < 0 {
-		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, os.Args[1:])
+		args := os.Args[1:]
+		if hub != nil {
+			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
+		}
+		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, args, hub)
 	}
 
 	keyPath := auth.KeyFile(*dataDir)
@@ -86,6 +106,11 @@ func runGateway(args []string) int {
 	if err != nil {
 		log.Error("bad configuration", "err", err)
 		return 2
+	}
+	if hub != nil {
+		for _, c := range hub.Router().Collectors() {
+			_ = srv.Registerer().Register(c)
+		}
 	}
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)

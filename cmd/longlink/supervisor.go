@@ -4,12 +4,25 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/push"
 )
 
-func runSupervisor(log *slog.Logger, workers int, admin, dataDir string, shutdownTimeout time.Duration, args []string) int {
+func runSupervisor(log *slog.Logger, workers int, admin, dataDir string, shutdownTimeout time.Duration, args []string, hub *push.Hub) int {
+	var extra prometheus.Gatherer
+	if hub != nil { // the push router and the embedded NATS server run here, in the supervisor
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "longlink_supervisor"}))
+		for _, c := range hub.Router().Collectors() {
+			reg.MustRegister(c)
+		}
+		extra = reg
+	}
 	return gateway.RunSupervisor(gateway.SupervisorConfig{
 		Workers: workers, Admin: admin, DataDir: dataDir, Args: args,
-		ShutdownTimeout: shutdownTimeout, Logger: log,
+		ShutdownTimeout: shutdownTimeout, Logger: log, Extra: extra,
 	})
 }
