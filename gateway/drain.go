@@ -62,6 +62,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ; sent < len(all); sent++ {
 		_ = s.sendAsync(all[sent], s.goAwayFrame(), nil)
 	}
+	if s.httpSrv != nil {
+		_ = s.httpSrv.Shutdown(ctx) // stop taking short connections, finish the ones in flight
+	}
 	if err := s.fwd.wait(ctx); err != nil {
 		s.log.Warn("drain: calls still in flight at the deadline", "err", err)
 	}

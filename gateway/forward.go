@@ -27,18 +27,32 @@ type forwarder struct {
 
 	stats statusCounters
 
+	closeMu sync.RWMutex // call (HTTP) sends under the read lock; stop closes jobs under the write lock
+	closed  bool
+
 	methodsMu sync.RWMutex
 	methods   map[string]*methodMetrics
 }
 
 // job is one queued call. Pooled; body is reused across calls.
 type job struct {
-	c        *conn
+	c        *conn // the TCP/WebSocket caller; nil for an HTTP call
 	seq      uint16
+	uid      uint64
+	device   string
 	m        *methodMetrics
 	body     []byte
 	enqueued time.Time
 	deadline time.Time
+	done     chan callResult // HTTP calls: the answer goes here instead of to c
+}
+
+// callResult is a finished call, for callers that wait (HTTP).
+type callResult struct {
+	code       codec.Code
+	msg        string
+	body       []byte
+	retryAfter uint32
 }
 
 var jobPool = sync.Pool{New: func() any { return new(job) }}
@@ -61,7 +75,10 @@ func (f *forwarder) start() {
 // loops have stopped, so nothing is submitted any more.
 func (f *forwarder) stop() {
 	f.stopCtx()
+	f.closeMu.Lock()
+	f.closed = true
 	close(f.jobs)
+	f.closeMu.Unlock()
 	f.wg.Wait()
 }
 
@@ -115,7 +132,7 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 		timeout = t
 	}
 	j := jobPool.Get().(*job)
-	j.c, j.seq, j.m = c, seq, f.method(method)
+	j.c, j.seq, j.uid, j.device, j.m, j.done = c, seq, c.uid, c.device, f.method(method), nil
 	j.body = append(j.body[:0], payload...) // the loop's buffer is reused after we return
 	j.enqueued, j.deadline = now, now.Add(timeout)
 	c.inflight.Add(1)
@@ -133,7 +150,7 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 }
 
 func (f *forwarder) release(j *job) {
-	j.c, j.m = nil, nil
+	j.c, j.m, j.done, j.device = nil, nil, nil, ""
 	if cap(j.body) > 64<<10 {
 		j.body = nil // don't pin big buffers in the pool
 	}
@@ -153,8 +170,10 @@ func (f *forwarder) worker() {
 	req := &backend.Request{Node: f.s.cfg.Node}
 	for j := range f.jobs {
 		f.run(j, req)
-		j.c.inflight.Add(-1)
-		f.release(j)
+		if j.c != nil {
+			j.c.inflight.Add(-1)
+			f.release(j)
+		} // HTTP jobs are released by their caller
 		f.busy.Add(-1)
 	}
 }
@@ -164,7 +183,7 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	start := time.Now()
 	j.m.queue.Observe(start.Sub(j.enqueued).Seconds())
 	c := j.c
-	if c.state.Load() != stateAuthed {
+	if c != nil && c.state.Load() != stateAuthed {
 		return // closed while queued: nobody to answer
 	}
 	var (
@@ -179,7 +198,7 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 		f.s.metrics.shed.WithLabelValues("expired_in_queue").Inc()
 	} else {
 		ctx, cancel := context.WithDeadline(f.ctx, j.deadline)
-		*req = backend.Request{UID: c.uid, Device: c.device, Node: f.s.cfg.Node, Method: j.m.name, Body: j.body}
+		*req = backend.Request{UID: j.uid, Device: j.device, Node: f.s.cfg.Node, Method: j.m.name, Body: j.body}
 		for attempt := 0; ; attempt++ {
 			resp, err = f.s.cfg.Backend.Call(ctx, req)
 			if err == nil {
@@ -199,6 +218,10 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	f.stats.calls.Add(1)
 	if code != codec.OK {
 		f.stats.errors.Add(1)
+	}
+	if c == nil {
+		j.done <- callResult{code: code, msg: msg, body: resp, retryAfter: ra}
+		return
 	}
 	bb := respPool.Get()
 	bb.B = appendResponse(bb.B[:0], j.seq, code, msg, resp, ra)
@@ -233,7 +256,36 @@ func (f *forwarder) classify(j *job, err error, ctx context.Context) (codec.Code
 		return codec.CodeTimeout, "backend deadline exceeded", 500
 	default:
 		j.m.finalSysFail.Inc()
-		f.s.connLog.Warn("backend call failed", "method", j.m.name, "uid", j.c.uid, "err", err)
+		f.s.connLog.Warn("backend call failed", "method", j.m.name, "uid", j.uid, "err", err)
 		return codec.CodeSystem, "backend failure", 1000
 	}
+}
+
+// call runs one call for a caller that waits (HTTP): through the same queue,
+// pool, deadlines, retries and metrics as calls from connections.
+func (f *forwarder) call(ctx context.Context, uid uint64, device, method string, body []byte) callResult {
+	now := time.Now()
+	timeout := f.s.cfg.CallTimeout
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+		timeout = time.Until(dl)
+	}
+	j := &job{uid: uid, device: device, m: f.method([]byte(method)), body: body,
+		enqueued: now, deadline: now.Add(timeout), done: make(chan callResult, 1)}
+	f.closeMu.RLock()
+	if f.closed {
+		f.closeMu.RUnlock()
+		return callResult{code: codec.CodeUnavailable, msg: "server stopping", retryAfter: 1000}
+	}
+	f.busy.Add(1)
+	select {
+	case f.jobs <- j:
+		f.closeMu.RUnlock()
+	default:
+		f.closeMu.RUnlock()
+		f.busy.Add(-1)
+		f.s.metrics.shed.WithLabelValues("queue_full").Inc()
+		f.s.metrics.calls.WithLabelValues(j.m.name, codec.CodeBusy.String()).Inc()
+		return callResult{code: codec.CodeBusy, msg: "server busy", retryAfter: 200}
+	}
+	return <-j.done // the worker always answers, by the job's deadline at the latest
 }

@@ -30,6 +30,7 @@ type metrics struct {
 	shed         *prometheus.CounterVec // reason
 	evictions    *prometheus.CounterVec // reason
 	wsUpgrades   *prometheus.CounterVec // result
+	httpCalls    *prometheus.CounterVec // status
 	policy       *prometheus.GaugeVec   // network, field
 
 	mu      sync.Mutex
@@ -71,7 +72,8 @@ func newMetrics() *metrics {
 	m.evictions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_evictions_total", Help: "Connections closed by the idle-deadline wheel, by reason (stale, auth_timeout)."}, []string{"reason"})
 	m.policy = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "longlink_heartbeat_policy_seconds", Help: "Heartbeat policy in force, by network and field (min, max, step, idle)."}, []string{"network", "field"})
 	m.wsUpgrades = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_websocket_upgrades_total", Help: "WebSocket upgrade attempts on the client port, by result."}, []string{"result"})
-	for _, c := range []prometheus.Collector{m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	m.httpCalls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_http_calls_total", Help: "Short-connection HTTP calls by HTTP status."}, []string{"status"})
+	for _, c := range []prometheus.Collector{m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m

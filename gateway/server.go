@@ -66,6 +66,7 @@ type Server struct {
 	runErr error
 
 	admin     *http.Server
+	httpSrv   *http.Server
 	adminAddr string
 	stopOnce  sync.Once
 }
@@ -419,6 +420,9 @@ func (s *Server) Close() error {
 		s.presence.stop()
 		if s.admin != nil {
 			_ = s.admin.Close()
+		}
+		if s.httpSrv != nil {
+			_ = s.httpSrv.Close()
 		}
 	})
 	return err

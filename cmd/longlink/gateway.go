@@ -33,9 +33,13 @@ func runGateway(args []string) int {
 		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat = fs.String("log-format", "text", "text or json")
 		drainMax  = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, close whatever is left after this long")
+		httpCfg   gateway.HTTPConfig
 		gcPercent = fs.Int("gc-percent", 25, "Go GC target percentage (GOGC); the gateway's heap is mostly long-lived connection state that allocates little, so a low value costs little CPU and keeps RSS near the live heap")
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":7100", "client TCP listen address")
+	fs.StringVar(&httpCfg.Addr, "http", ":7180", "short-connection HTTP access (POST /v1/call/{method}); empty disables")
+	fs.StringVar(&httpCfg.TLSCert, "http-tls-cert", "", "certificate for HTTPS with HTTP/2 on --http")
+	fs.StringVar(&httpCfg.TLSKey, "http-tls-key", "", "private key for --http-tls-cert")
 	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
 	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (default: number of CPUs)")
 	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
@@ -115,6 +119,17 @@ func runGateway(args []string) int {
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
+	}
+	if httpCfg.Addr != "" {
+		addr, err := srv.ServeHTTP(httpCfg, *workerIdx >= 0)
+		if err != nil {
+			log.Error("cannot start http listener", "err", err)
+			_ = srv.Close()
+			return 1
+		}
+		if *workerIdx <= 0 {
+			log.Info("http access listening", "addr", addr, "tls", httpCfg.TLSCert != "", "endpoint", "POST /v1/call/{method}")
+		}
 	}
 	if *admin != "" {
 		addr, err := srv.ServeAdmin(*admin)

@@ -1,0 +1,184 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/codec"
+)
+
+// HTTPConfig configures short-connection access: client requests over
+// plain HTTP/1.1, or HTTP/2 with TLS when a certificate is given. It shares
+// the forwarding queue, pool, admission and metrics with the long
+// connections; it carries no pushes.
+type HTTPConfig struct {
+	Addr              string        // e.g. ":7180"
+	TLSCert, TLSKey   string        // both set: HTTPS with HTTP/2
+	ReadHeaderTimeout time.Duration // default 5s: slowloris bound
+	ReadTimeout       time.Duration // default 10s
+	IdleTimeout       time.Duration // default 60s
+	MaxHeaderBytes    int           // default 8 KiB
+}
+
+// httpError is the JSON body of every non-200 answer.
+type httpError struct {
+	Code    codec.Code `json:"code"`
+	Message string     `json:"message"`
+}
+
+// ServeHTTP starts the short-connection listener and returns its address.
+// With reusePort several worker processes can share it.
+func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = 5 * time.Second
+	}
+	if cfg.ReadTimeout <= 0 {
+		cfg.ReadTimeout = 10 * time.Second
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.MaxHeaderBytes <= 0 {
+		cfg.MaxHeaderBytes = 8 << 10
+	}
+	lc := net.ListenConfig{}
+	if reusePort {
+		lc.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", cfg.Addr)
+	if err != nil {
+		return "", fmt.Errorf("gateway: http listen %s: %w", cfg.Addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/call/{method}", s.httpCall)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      s.cfg.CallTimeout + 5*time.Second,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          nil,
+	}
+	s.httpSrv = srv
+	go func() {
+		var err error
+		if cfg.TLSCert != "" && cfg.TLSKey != "" {
+			err = srv.ServeTLS(ln, cfg.TLSCert, cfg.TLSKey) // negotiates HTTP/2 by ALPN
+		} else {
+			err = srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("http listener stopped", "err", err)
+		}
+	}()
+	return ln.Addr().String(), nil
+}
+
+// httpCall serves POST /v1/call/{method}: a bearer token (the same tokens as
+// AUTH), the body passed to the backend as is, the backend's answer as the
+// body. Logical failures map to 4xx, busy and system failures to 503 (or 504
+// for timeouts) with Retry-After.
+func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		s.httpFail(w, http.StatusUnauthorized, codec.CodeBadToken, "missing bearer token", 0)
+		return
+	}
+	claims, err := s.cfg.Keys.Verify(strings.TrimSpace(tok), time.Now())
+	if err != nil {
+		code := codec.CodeBadToken
+		if errors.Is(err, auth.ErrExpired) {
+			code = codec.CodeTokenExpired
+		}
+		s.metrics.auths.WithLabelValues("http_" + code.String()).Inc()
+		s.httpFail(w, http.StatusUnauthorized, code, err.Error(), 0)
+		return
+	}
+	device := claims.Device
+	if device == "" {
+		device = r.Header.Get("X-Longlink-Device")
+	}
+	if len(device) > auth.MaxDevice {
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "device id too long", 0)
+		return
+	}
+	method := r.PathValue("method")
+	if method == "" || len(method) > 128 {
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "bad method", 0)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxBody)))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.httpFail(w, http.StatusRequestEntityTooLarge, codec.CodeBodyTooLarge, "body over the size limit", 0)
+			return
+		}
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "reading body: "+err.Error(), 0)
+		return
+	}
+	res := s.fwd.call(r.Context(), claims.UID, device, method, body)
+	if res.code == codec.OK {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("X-Longlink-Code", "0")
+		s.metrics.httpCalls.WithLabelValues("200").Inc()
+		_, _ = w.Write(res.body)
+		return
+	}
+	s.httpFail(w, httpStatus(res.code), res.code, res.msg, res.retryAfter)
+}
+
+// httpStatus maps a longlink code to an HTTP status.
+func httpStatus(c codec.Code) int {
+	switch {
+	case c == codec.CodeUnknownMethod:
+		return http.StatusNotFound
+	case c == codec.CodeBadRequest:
+		return http.StatusBadRequest
+	case c == codec.CodeBodyTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case c >= 1000 && c < 2000:
+		return http.StatusUnprocessableEntity
+	case c == codec.CodeTimeout:
+		return http.StatusGatewayTimeout
+	case c == codec.CodeTooManyCall:
+		return http.StatusTooManyRequests
+	}
+	return http.StatusServiceUnavailable
+}
+
+func (s *Server) httpFail(w http.ResponseWriter, status int, code codec.Code, msg string, retryAfterMS uint32) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Longlink-Code", strconv.Itoa(int(code)))
+	if code.Retryable() || status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", strconv.Itoa(int(max((retryAfterMS+999)/1000, 1))))
+	}
+	if status == http.StatusUnauthorized {
+		h.Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	s.metrics.httpCalls.WithLabelValues(strconv.Itoa(status)).Inc()
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(httpError{Code: code, Message: msg})
+}
