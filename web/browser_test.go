@@ -1,0 +1,112 @@
+package web
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/gateway"
+)
+
+// findChromium returns the browser to drive, or "" if none is installed.
+func findChromium() string {
+	for _, c := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(c); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+type stage struct {
+	Stage   string `json:"stage"`
+	UID     uint64 `json:"uid"`
+	Body    string `json:"body"`
+	Code    int    `json:"code"`
+	Type    uint32 `json:"type"`
+	Version uint64 `json:"version"`
+	Payload string `json:"payload"`
+	Error   string `json:"error"`
+}
+
+// TestBrowserClient runs web/longlink.js in a real headless Chromium against
+// a real gateway: connect, AUTH, call echo, get a logical error, receive a
+// push (when the gateway can push).
+func TestBrowserClient(t *testing.T) {
+	browser := findChromium()
+	if browser == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI must install chromium (see .ci/run)")
+		}
+		t.Skip("chromium not installed")
+	}
+	keys, _ := auth.NewKeySet(1, map[uint32][]byte{1: []byte("browser-test-key-0123456789abcd")})
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	tok, _ := keys.Mint(4242, "", time.Now().Add(time.Hour))
+
+	stages := make(chan stage, 16)
+	mux := http.NewServeMux()
+	mux.Handle("/longlink.js", http.FileServerFS(Files))
+	mux.HandleFunc("/selftest.html", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, "testdata/selftest.html") })
+	mux.HandleFunc("/result", func(w http.ResponseWriter, r *http.Request) {
+		var s stage
+		_ = json.NewDecoder(r.Body).Decode(&s)
+		stages <- s
+	})
+	page := httptest.NewServer(mux)
+	defer page.Close()
+
+	q := url.Values{"ws": {"ws://" + gw.Addr() + "/ws"}, "token": {tok}, "push": {pushParam}}
+	cmd := exec.Command(browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir="+t.TempDir(), page.URL+"/selftest.html?"+q.Encode())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() }()
+
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case s := <-stages:
+			switch s.Stage {
+			case "authed":
+				if s.UID != 4242 {
+					t.Fatalf("authed as %d", s.UID)
+				}
+				triggerPush(t, gw, 4242)
+			case "echo":
+				if s.Body != "hello from chromium" {
+					t.Fatalf("echo answered %q", s.Body)
+				}
+			case "error":
+				if s.Code != 1001 {
+					t.Fatalf("unknown method gave code %d", s.Code)
+				}
+			case "push":
+				checkPush(t, s)
+			case "failed":
+				t.Fatalf("browser: %s", s.Error)
+			case "done":
+				return
+			}
+		case <-timeout:
+			t.Fatal("browser test timed out")
+		}
+	}
+}

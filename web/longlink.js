@@ -1,0 +1,260 @@
+// longlink.js — a minimal browser client for the longlink gateway over
+// WebSocket. No dependencies, no build step: import it as an ES module.
+//
+//   import { LonglinkClient } from "./longlink.js";
+//   const c = new LonglinkClient("ws://127.0.0.1:7100/ws", { token, device: "web",
+//     onPush: (p) => console.log("type", p.type, "reached", p.version) });
+//   await c.connect();
+//   const answer = await c.call("echo", "hello");   // Uint8Array
+//
+// Each binary WebSocket message carries longlink frames exactly as on TCP
+// (docs/protocol.md): an 8-byte big-endian header, then a protobuf body,
+// encoded here by hand.
+
+const MAGIC = 0xd7, VERSION = 1;
+export const Cmd = Object.freeze({
+  AUTH: 0x01, AUTH_OK: 0x02, HEARTBEAT: 0x03, PONG: 0x04, REQUEST: 0x05,
+  RESPONSE: 0x06, PUSH: 0x07, ERROR: 0x08, GOAWAY: 0x09, POLICY: 0x0a,
+});
+
+const enc = new TextEncoder(), dec = new TextDecoder();
+const bytes = (v) => (v instanceof Uint8Array ? v : typeof v === "string" ? enc.encode(v) : new Uint8Array(v ?? 0));
+
+// --- protobuf, the small subset the protocol needs ---
+function varint(n, out) {
+  n = BigInt(n);
+  do {
+    let b = Number(n & 0x7fn);
+    n >>= 7n;
+    if (n) b |= 0x80;
+    out.push(b);
+  } while (n);
+}
+function fieldBytes(num, data, out) {
+  data = bytes(data);
+  if (!data.length) return;
+  varint((num << 3) | 2, out);
+  varint(data.length, out);
+  for (const b of data) out.push(b);
+}
+function fieldVarint(num, v, out) {
+  if (!v) return;
+  varint(num << 3, out);
+  varint(v, out);
+}
+// parse returns {fieldNumber: value}: BigInt-safe Numbers for varints
+// (as Number when exact), Uint8Array for length-delimited fields.
+export function parseFields(buf) {
+  const f = {};
+  let i = 0;
+  const rv = () => {
+    let shift = 0n, n = 0n, b;
+    do {
+      if (i >= buf.length) throw new Error("truncated varint");
+      b = buf[i++];
+      n |= BigInt(b & 0x7f) << shift;
+      shift += 7n;
+    } while (b & 0x80);
+    return n;
+  };
+  while (i < buf.length) {
+    const key = Number(rv()), num = key >> 3, typ = key & 7;
+    if (typ === 0) {
+      const v = rv();
+      f[num] = v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+    } else if (typ === 2) {
+      const n = Number(rv());
+      f[num] = buf.subarray(i, i + n);
+      i += n;
+    } else if (typ === 1) i += 8;
+    else if (typ === 5) i += 4;
+    else throw new Error("unsupported wire type " + typ);
+  }
+  return f;
+}
+
+// --- frames ---
+export function frame(cmd, seq, body) {
+  body = bytes(body);
+  const b = new Uint8Array(8 + body.length);
+  const dv = new DataView(b.buffer);
+  b[0] = MAGIC;
+  b[1] = VERSION << 4;
+  b[2] = cmd;
+  dv.setUint16(3, seq);
+  b[5] = (body.length >> 16) & 0xff;
+  b[6] = (body.length >> 8) & 0xff;
+  b[7] = body.length & 0xff;
+  b.set(body, 8);
+  return b;
+}
+export function* frames(buf) {
+  let off = 0;
+  while (off + 8 <= buf.length) {
+    if (buf[off] !== MAGIC || buf[off + 1] >> 4 !== VERSION) throw new Error("bad frame header");
+    const len = (buf[off + 5] << 16) | (buf[off + 6] << 8) | buf[off + 7];
+    if (off + 8 + len > buf.length) throw new Error("frame spans messages");
+    yield { cmd: buf[off + 2], seq: (buf[off + 3] << 8) | buf[off + 4], body: buf.subarray(off + 8, off + 8 + len) };
+    off += 8 + len;
+  }
+}
+
+// LonglinkError is a failed call (code 1000-2999) or a server close (3000-4999).
+export class LonglinkError extends Error {
+  constructor(code, message, retryAfterMs = 0) {
+    super(`longlink ${code}: ${message}`);
+    this.code = code;
+    this.retryAfterMs = retryAfterMs;
+  }
+  get temporary() { return this.code >= 2000 && this.code < 3000; }
+  get reconnect() { return this.code < 4000 || this.code >= 5000; }
+}
+
+export class LonglinkClient {
+  constructor(url, { token, device = "web", onPush, onState, reconnect = true, pongTimeoutMs = 10000 } = {}) {
+    Object.assign(this, { url, token, device, onPush, onState, reconnect, pongTimeoutMs });
+    this.pending = new Map();
+    this.seq = 0;
+    this.attempt = 0;
+    this.closed = false;
+  }
+
+  // connect opens the socket and authenticates; resolves with the AUTH_OK fields.
+  connect() {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(this.url);
+      ws.binaryType = "arraybuffer";
+      this.ws = ws;
+      let authed = false;
+      ws.onopen = () => {
+        const body = [];
+        fieldBytes(1, this.token, body);
+        fieldBytes(2, this.device, body);
+        ws.send(frame(Cmd.AUTH, 0, new Uint8Array(body)));
+      };
+      ws.onmessage = (ev) => {
+        for (const f of frames(new Uint8Array(ev.data))) {
+          if (!authed) {
+            if (f.cmd === Cmd.AUTH_OK) {
+              authed = true;
+              this.attempt = 0;
+              const ok = parseFields(f.body);
+              const hb = ok[4] ? parseFields(ok[4]) : {};
+              this.auth = { uid: ok[1], device: ok[2] ? dec.decode(ok[2]) : "", node: ok[5] ? dec.decode(ok[5]) : "", heartbeat: hb };
+              this._startHeartbeat(hb);
+              this._state("connected");
+              resolve(this.auth);
+              continue;
+            }
+            const e = this._closeError(f);
+            this.closed = this.closed || !e.reconnect;
+            reject(e);
+            continue;
+          }
+          this._frame(f);
+        }
+      };
+      ws.onclose = () => {
+        this._stopHeartbeat();
+        for (const [, p] of this.pending) p.reject(new LonglinkError(0, "connection lost"));
+        this.pending.clear();
+        if (!authed) reject(new LonglinkError(0, "connection closed before AUTH_OK"));
+        this._state("disconnected");
+        this._scheduleReconnect();
+      };
+    });
+  }
+
+  // call invokes a backend method; resolves with the answer body.
+  call(method, body, { timeoutMs = 10000 } = {}) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return Promise.reject(new LonglinkError(0, "not connected"));
+    do this.seq = (this.seq + 1) & 0xffff; while (this.seq === 0 || this.pending.has(this.seq));
+    const seq = this.seq, b = [];
+    fieldBytes(1, method, b);
+    fieldBytes(2, body, b);
+    fieldVarint(3, timeoutMs, b);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { this.pending.delete(seq); reject(new LonglinkError(2001, "timeout")); }, timeoutMs);
+      this.pending.set(seq, {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      });
+      this.ws.send(frame(Cmd.REQUEST, seq, new Uint8Array(b)));
+    });
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.ws?.close(1000, "bye");
+  }
+
+  _frame(f) {
+    this.lastRecv = Date.now();
+    switch (f.cmd) {
+      case Cmd.RESPONSE: {
+        const p = this.pending.get(f.seq);
+        if (!p) return;
+        this.pending.delete(f.seq);
+        const r = parseFields(f.body);
+        if (r[1]) p.reject(new LonglinkError(r[1], r[2] ? dec.decode(r[2]) : "", r[4] ?? 0));
+        else p.resolve(r[3] ?? new Uint8Array(0));
+        return;
+      }
+      case Cmd.PUSH: {
+        const p = parseFields(f.body);
+        this.onPush?.({ type: p[1] ?? 0, version: p[2] ?? 0, payload: p[3] ?? new Uint8Array(0) });
+        return;
+      }
+      case Cmd.POLICY:
+        this._startHeartbeat(parseFields(f.body));
+        return;
+      case Cmd.ERROR:
+      case Cmd.GOAWAY: {
+        const e = this._closeError(f);
+        this.closed = this.closed || !e.reconnect;
+        this.retryHint = e.retryAfterMs;
+        this.redirect = f.cmd === Cmd.GOAWAY ? this._redirect(f) : undefined;
+        this.ws.close(1000);
+        return;
+      }
+    }
+  }
+
+  _closeError(f) {
+    const e = parseFields(f.body);
+    const retry = f.cmd === Cmd.GOAWAY ? e[2] : e[3];
+    return new LonglinkError(e[1] ?? 0, e[f.cmd === Cmd.GOAWAY ? 4 : 2] ? dec.decode(e[f.cmd === Cmd.GOAWAY ? 4 : 2]) : "", retry ?? 0);
+  }
+
+  _redirect(f) {
+    const g = parseFields(f.body);
+    return g[3] ? dec.decode(g[3]) : undefined;
+  }
+
+  // A browser can't see NAT state, so it simply heartbeats at the server's
+  // minimum interval and treats a missing PONG as a dead link.
+  _startHeartbeat(hb) {
+    this._stopHeartbeat();
+    const everyMs = Math.max(1, hb[1] ?? 30) * 1000;
+    this.hbTimer = setInterval(() => {
+      if (this.ws?.readyState !== WebSocket.OPEN) return;
+      const sent = Date.now();
+      this.ws.send(frame(Cmd.HEARTBEAT, 0));
+      setTimeout(() => { if ((this.lastRecv ?? 0) < sent) this.ws?.close(4000, "dead link"); }, this.pongTimeoutMs);
+    }, everyMs);
+  }
+  _stopHeartbeat() { clearInterval(this.hbTimer); }
+
+  _scheduleReconnect() {
+    if (this.closed || !this.reconnect) return;
+    this.attempt++;
+    const ceil = Math.min(60000, 500 * 2 ** Math.min(this.attempt, 7));
+    const delay = Math.max(this.retryHint ?? 0, 250 + Math.random() * ceil);
+    this.retryHint = 0;
+    if (this.redirect) this.url = this.url.replace(/\/\/[^/]+/, "//" + this.redirect);
+    this.retryTimer = setTimeout(() => this.connect().catch(() => {}), delay);
+  }
+
+  _state(s) { this.onState?.(s); }
+}
