@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/codec"
@@ -28,6 +31,11 @@ import (
 //
 //	go test -run '^$' -bench IdleConnMemory -benchtime 1x ./gateway
 func BenchmarkIdleConnMemory(b *testing.B) {
+	b.Run("tcp", func(b *testing.B) { benchIdleMemory(b, "tcp") })
+	b.Run("websocket", func(b *testing.B) { benchIdleMemory(b, "ws") })
+}
+
+func benchIdleMemory(b *testing.B, mode string) {
 	n := 15000
 	if v, err := strconv.Atoi(os.Getenv("LONGLINK_BENCH_CONNS")); err == nil && v > 0 {
 		n = v
@@ -44,7 +52,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 		}
 		before := settle()
 		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperClients$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("LONGLINK_HELPER_CLIENTS=%s,%d", s.Addr(), n))
+		cmd.Env = append(os.Environ(), fmt.Sprintf("LONGLINK_HELPER_CLIENTS=%s,%d,%s", s.Addr(), n, mode))
 		stdin, _ := cmd.StdinPipe()
 		stdout, _ := cmd.StdoutPipe()
 		cmd.Stderr = os.Stderr
@@ -92,16 +100,32 @@ func TestHelperClients(t *testing.T) {
 	if spec == "" {
 		t.Skip("helper process only")
 	}
-	addr, ns, _ := strings.Cut(spec, ",")
-	n, _ := strconv.Atoi(ns)
+	parts := strings.Split(spec, ",")
+	addr, mode := parts[0], parts[2]
+	n, _ := strconv.Atoi(parts[1])
 	conns := make([]net.Conn, 0, n)
+	// wrap puts a frame in a masked binary WebSocket message in ws mode.
+	wrap := func(f []byte) []byte {
+		if mode != "ws" {
+			return f
+		}
+		var out bytes.Buffer
+		_ = ws.WriteFrame(&out, ws.MaskFrame(ws.NewBinaryFrame(f)))
+		return out.Bytes()
+	}
 	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", addr)
+		var c net.Conn
+		var err error
+		if mode == "ws" {
+			c, _, _, err = ws.Dial(context.Background(), "ws://"+addr+"/ws")
+		} else {
+			c, err = net.Dial("tcp", addr)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		body, _ := proto.Marshal(&pb.Auth{Token: token(t, uint64(i+1), "", time.Hour), Device: "bench"})
-		if _, err := c.Write(codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body)); err != nil {
+		if _, err := c.Write(wrap(codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body))); err != nil {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
@@ -109,9 +133,10 @@ func TestHelperClients(t *testing.T) {
 	fmt.Println("ready")
 	go func() {
 		buf := make([]byte, 4096)
+		hb := wrap(codec.AppendFrame(nil, codec.CmdHeartbeat, 0, 1, nil))
 		for {
 			for _, c := range conns {
-				_, _ = c.Write(codec.AppendFrame(nil, codec.CmdHeartbeat, 0, 1, nil))
+				_, _ = c.Write(hb)
 			}
 			time.Sleep(time.Second)
 			for _, c := range conns { // drain AUTH_OK and PONGs
