@@ -89,6 +89,13 @@ func StartNode(cfg NodeConfig, sink Sink) (*Node, error) {
 			n.log.Warn("push: NATS reconnected; resyncing presence and clients")
 			n.requestSnapshot() // routers may have missed deltas
 			sink.Resync()       // we may have missed deliveries
+			// In a cluster our re-made subscriptions reach the other servers
+			// a moment later; what was routed there meanwhile is lost too.
+			time.AfterFunc(time.Second, func() {
+				if !n.closing.Load() {
+					sink.Resync()
+				}
+			})
 		}))
 	if err != nil {
 		return nil, err

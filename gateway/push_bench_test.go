@@ -1,0 +1,69 @@
+package gateway
+
+import (
+	"context"
+	"testing"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/longlink/longlink/push"
+)
+
+// benchConn is a gnet.Conn that counts writes; benchLoop runs tasks at once.
+type benchConn struct {
+	gnet.Conn
+	el     gnet.EventLoop
+	writes int
+	bytes  int
+}
+
+func (c *benchConn) Write(b []byte) (int, error) { c.writes++; c.bytes += len(b); return len(b), nil }
+func (c *benchConn) OutboundBuffered() int       { return 0 }
+func (c *benchConn) EventLoop() gnet.EventLoop   { return c.el }
+
+type benchLoop struct{ gnet.EventLoop }
+
+func (benchLoop) Execute(ctx context.Context, r gnet.Runnable) error { return r.Run(ctx) }
+
+// BenchmarkPushDelivery measures one window: coalescer adds for n users
+// (two notifies per user and type, merged), the flush that groups frames per
+// loop, and the loop task writing one frame batch per connection.
+func BenchmarkPushDelivery(b *testing.B) {
+	s, err := New(Config{Keys: testKeys, NATS: "nats://unused"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := s.push
+	const n = 1000
+	el := benchLoop{}
+	conns := make([]*benchConn, n)
+	for i := range conns {
+		conns[i] = &benchConn{el: el}
+		c := &conn{gc: conns[i], uid: uint64(i + 1), device: "phone"}
+		c.state.Store(stateAuthed)
+		s.sessions.add(c)
+	}
+	payload := []byte("0123456789abcdef")
+	window := func(v uint64) {
+		for i := 0; i < n; i++ {
+			p.co.Add(uint64(i+1), nil, 1, v, payload, 1)
+			p.co.Add(uint64(i+1), nil, 1, v+1, payload, 1)
+		}
+		bt := p.co.Take()
+		p.flush(bt)
+		p.co.Recycle(bt)
+	}
+	window(1) // grow the tables
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		window(uint64(i*2 + 3))
+	}
+	b.StopTimer()
+	if conns[0].writes != b.N+1 {
+		b.Fatalf("writes %d, want one per window (%d)", conns[0].writes, b.N+1)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
+}
+
+var _ push.Sink = (*pusher)(nil)

@@ -1,0 +1,400 @@
+package push_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/client"
+	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/push"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// binary builds cmd/longlink once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "longlink-push-e2e")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "longlink")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, "../cmd/longlink").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+// gatewayProc runs `longlink gateway --workers N` with push on.
+type gatewayProc struct {
+	addr, grpc string
+	keys       *auth.KeySet
+}
+
+func startGateway(t *testing.T, workers int, extra ...string) *gatewayProc {
+	t.Helper()
+	dir := t.TempDir()
+	keys, _, err := auth.LoadOrCreate(auth.KeyFile(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gatewayProc{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpc: fmt.Sprintf("127.0.0.1:%d", freePort(t)), keys: keys}
+	args := append([]string{"gateway", "--workers", strconv.Itoa(workers), "--listen", g.addr, "--admin", "", "--data", dir,
+		"--push-grpc", g.grpc, "--nats-listen", "127.0.0.1:0", "--log-level", "error", "--loops", "1"}, extra...)
+	cmd := exec.Command(binary(t), args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	checkFor(t, 20*time.Second, func() error {
+		for _, a := range []string{g.addr, g.grpc} {
+			c, err := net.Dial("tcp", a)
+			if err != nil {
+				return err
+			}
+			c.Close()
+		}
+		return nil
+	})
+	return g
+}
+
+// store is the logic service's view: the current version per (user, type).
+type store struct {
+	mu sync.Mutex
+	v  map[[2]uint64]uint64
+}
+
+func (s *store) bump(uid uint64, typ uint32) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := [2]uint64{uid, uint64(typ)}
+	s.v[k]++
+	return s.v[k]
+}
+
+func (s *store) get(uid uint64, typ uint32) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.v[[2]uint64{uid, uint64(typ)}]
+}
+
+const e2eTypes = 3
+
+// device is one simulated app: it syncs on connect and on PUSH type 0, takes
+// the version of every other PUSH, and checks that versions pushed on one
+// client never go backwards.
+type device struct {
+	uid    uint64
+	name   string
+	st     *store
+	mu     sync.Mutex
+	state  [e2eTypes + 1]uint64
+	pushed [e2eTypes + 1]uint64 // last pushed version on the current client
+	cl     *client.Client
+	errs   []string
+	pushes atomic.Int64
+}
+
+func (d *device) sync() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for typ := uint32(1); typ <= e2eTypes; typ++ {
+		d.state[typ] = max(d.state[typ], d.st.get(d.uid, typ))
+	}
+}
+
+func (d *device) onPush(p *pb.Push) {
+	if p.Type == 0 {
+		d.sync()
+		return
+	}
+	d.pushes.Add(1)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.Type == e2eTypes+1 {
+		return // the routability probe
+	}
+	if p.Type > e2eTypes {
+		d.errs = append(d.errs, fmt.Sprintf("unknown type %d", p.Type))
+		return
+	}
+	if p.Version <= d.pushed[p.Type] {
+		d.errs = append(d.errs, fmt.Sprintf("uid %d %s type %d: pushed %d after %d", d.uid, d.name, p.Type, p.Version, d.pushed[p.Type]))
+	}
+	d.pushed[p.Type] = p.Version
+	d.state[p.Type] = max(d.state[p.Type], p.Version)
+}
+
+func (d *device) dial(t *testing.T, g *gatewayProc) {
+	tok, err := g.keys.Mint(d.uid, d.name, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.pushed = [e2eTypes + 1]uint64{}
+	d.mu.Unlock()
+	cl, err := client.Dial(context.Background(), client.Options{
+		Addr: g.addr, Token: tok, Device: d.name, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
+		OnPush: d.onPush,
+		OnState: func(s client.State, _ error) {
+			if s == client.Connected {
+				d.sync()
+			}
+		},
+	})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	d.sync() // the SDK may report Connected before Dial returns; sync again
+	d.cl = cl
+}
+
+// churn runs random notifies (gRPC Notify and Multicast) at random users
+// while clients disconnect and reconnect; mid runs halfway. Every client must
+// end with the latest version of every type, and none may see a pushed
+// version go backwards.
+func churn(t *testing.T, g *gatewayProc, users int, dur time.Duration, mid func()) {
+	st := &store{v: map[[2]uint64]uint64{}}
+	var devs []*device
+	for u := 1; u <= users; u++ {
+		for _, name := range []string{"phone", "pad"}[:1+u%2] {
+			d := &device{uid: uint64(u), name: name, st: st}
+			d.dial(t, g)
+			devs = append(devs, d)
+		}
+	}
+	defer func() {
+		for _, d := range devs {
+			d.cl.Close()
+		}
+	}()
+	cc, err := grpc.NewClient(g.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	api := pb.NewPushServiceClient(cc)
+	// Wait until every user is routable: the first notifies must not race
+	// the registry (the grace replay covers reconnects later).
+	checkFor(t, 10*time.Second, func() error {
+		rep, err := api.Multicast(context.Background(), &pb.MulticastRequest{Uids: seq(users), Type: e2eTypes + 1})
+		if err != nil || rep.Offline > 0 {
+			return fmt.Errorf("multicast probe: %v %v", rep, err)
+		}
+		return nil
+	})
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls, failed atomic.Int64
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				typ := uint32(1 + rng.IntN(e2eTypes))
+				var err error
+				if rng.IntN(10) == 0 {
+					uids := []uint64{uint64(1 + rng.IntN(users)), uint64(1 + rng.IntN(users))}
+					if uids[0] == uids[1] {
+						continue
+					}
+					// One version per user: bump both, send each its own
+					// (multicast carries one version, so use it when equal).
+					v0, v1 := st.bump(uids[0], typ), st.bump(uids[1], typ)
+					if v0 == v1 {
+						_, err = api.Multicast(context.Background(), &pb.MulticastRequest{Uids: uids, Type: typ, Version: v0})
+					} else {
+						_, err = api.Notify(context.Background(), &pb.NotifyRequest{Uid: uids[0], Type: typ, Version: v0})
+						if err == nil {
+							_, err = api.Notify(context.Background(), &pb.NotifyRequest{Uid: uids[1], Type: typ, Version: v1})
+						}
+					}
+				} else {
+					uid := uint64(1 + rng.IntN(users))
+					v := st.bump(uid, typ)
+					_, err = api.Notify(context.Background(), &pb.NotifyRequest{Uid: uid, Type: typ, Version: v, Payload: []byte("x")})
+				}
+				calls.Add(1)
+				if err != nil {
+					failed.Add(1)
+				}
+				time.Sleep(time.Duration(rng.IntN(500)) * time.Microsecond)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { // reconnects
+		defer wg.Done()
+		rng := rand.New(rand.NewPCG(9, 9))
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(30 * time.Millisecond):
+			}
+			d := devs[rng.IntN(len(devs))]
+			d.cl.Close()
+			d.dial(t, g)
+		}
+	}()
+	time.Sleep(dur / 2)
+	if mid != nil {
+		mid()
+	}
+	time.Sleep(dur / 2)
+	close(stop)
+	wg.Wait()
+
+	checkFor(t, 20*time.Second, func() error {
+		for _, d := range devs {
+			d.mu.Lock()
+			for typ := uint32(1); typ <= e2eTypes; typ++ {
+				if have, want := d.state[typ], st.get(d.uid, typ); have != want {
+					d.mu.Unlock()
+					return fmt.Errorf("uid %d %s type %d at version %d, latest %d", d.uid, d.name, typ, have, want)
+				}
+			}
+			d.mu.Unlock()
+		}
+		return nil
+	})
+	var pushes int64
+	for _, d := range devs {
+		d.mu.Lock()
+		for _, e := range d.errs {
+			t.Error(e)
+		}
+		d.mu.Unlock()
+		pushes += d.pushes.Load()
+	}
+	t.Logf("%d notify calls (%d failed), %d pushes received by %d devices", calls.Load(), failed.Load(), pushes, len(devs))
+	if pushes < calls.Load()/4 {
+		t.Errorf("only %d pushes for %d calls: delivery is mostly by sync, not push", pushes, calls.Load())
+	}
+}
+
+func seq(n int) []uint64 {
+	s := make([]uint64, n)
+	for i := range s {
+		s[i] = uint64(i + 1)
+	}
+	return s
+}
+
+func TestWorkersEmbeddedNATS(t *testing.T) {
+	g := startGateway(t, 3)
+	churn(t, g, 40, 4*time.Second, nil)
+}
+
+// TestWorkersNATSClusterNodeKilled runs the gateway against a 3-node NATS
+// cluster (embedded servers clustered over loopback: CI needs nothing
+// installed) and kills one node halfway.
+func TestWorkersNATSClusterNodeKilled(t *testing.T) {
+	const n = 3
+	cports := make([]int, n)
+	for i := range cports {
+		cports[i] = freePort(t)
+	}
+	var servers []*server.Server
+	var urls []string
+	for i := 0; i < n; i++ {
+		var routes []string
+		for j := 0; j < n; j++ {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", cports[j]))
+			}
+		}
+		ns, err := push.StartEmbedded(push.EmbeddedConfig{Listen: "127.0.0.1:0", Name: fmt.Sprintf("n%d", i),
+			ClusterListen: fmt.Sprintf("127.0.0.1:%d", cports[i]), Routes: routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		servers = append(servers, ns)
+		urls = append(urls, ns.ClientURL())
+	}
+	checkFor(t, 10*time.Second, func() error {
+		for _, s := range servers {
+			if s.NumRoutes() < n-1 {
+				return fmt.Errorf("%s has %d routes", s.Name(), s.NumRoutes())
+			}
+		}
+		return nil
+	})
+	g := startGateway(t, 3, "--nats", strings.Join(urls, ","))
+	churn(t, g, 40, 6*time.Second, func() {
+		victim := servers[0] // the busiest node
+		for _, s := range servers {
+			if s.NumClients() > victim.NumClients() {
+				victim = s
+			}
+		}
+		t.Logf("killing NATS node %s with %d clients", victim.Name(), victim.NumClients())
+		victim.Shutdown()
+	})
+}
