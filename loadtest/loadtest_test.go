@@ -365,7 +365,7 @@ func TestConfigChecks(t *testing.T) {
 		want string
 	}{
 		{func(c *Config) { c.Target = "10.1.2.3:7100" }, "loopback"},
-		{func(c *Config) { c.Scenarios = []string{"push"} }, "not available"},
+		{func(c *Config) { c.Scenarios = []string{"shake"} }, "not available"},
 		{func(c *Config) { c.Scenarios = []string{"nope"} }, "unknown scenario"},
 		{func(c *Config) { c.Duration = 0 }, "bounded"},
 		{func(c *Config) { c.PerProc = 1 << 30 }, "open-file limit"},

@@ -263,6 +263,9 @@ func (l *leg) report() *Report {
 					onlyHB = false
 				}
 			}
+			if p := c["push_recv"] - base["push_recv"]; p > 0 && l.kind == "gateway" {
+				r.GatewayCPUPerPush = cpu / float64(p) * 1e6 // the push scenario: CPU per delivered notify
+			}
 			if hb := c["pongs"] - base["pongs"]; hb > 0 && onlyHB {
 				r.GatewayCPUPerHB = cpu / float64(hb) * 1e6
 			} else if !onlyHB {

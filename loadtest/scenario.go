@@ -76,7 +76,6 @@ func init() {
 		worker: newSlowScenario})
 	// Hooks for later issues: each becomes a file with a worker part that
 	// records into the "push", "shake" or "open" histogram and counter.
-	registerScenario(scenarioDef{name: "push", summary: "notifies driven through the push API, delivery latency", unavailable: "the gateway has no push API yet (the floor leg measures pushed writes regardless)"})
 	registerScenario(scenarioDef{name: "shake", summary: "shake red packets", unavailable: "the gateway has no SHAKE command yet"})
 	registerScenario(scenarioDef{name: "open", summary: "open red packets", unavailable: "the gateway has no OPEN command yet"})
 }
