@@ -23,10 +23,10 @@ import (
 //
 // Plaintext (32 bytes, two AES blocks):
 //
-//	  0  18  record (key id + AES ticket, as in the ticket file)
-//	 18   8  uid, LE
-//	 26   4  issue time, unix seconds, LE
-//	 30   2  issuing instance, LE (equal to the nonce's)
+//	 0  18  record (key id + AES ticket, as in the ticket file)
+//	18   8  uid, LE
+//	26   4  issue time, unix seconds, LE
+//	30   2  issuing instance, LE (equal to the nonce's)
 //
 // Forgery: GCM's tag is a Carter–Wegman MAC (GHASH, keyed by AES_K(0)) over
 // the additional data and ciphertext; any sealed ticket not produced by a
