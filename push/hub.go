@@ -26,6 +26,7 @@ type EmbeddedConfig struct {
 	Name          string   // server name (default: derived from the listener)
 	ClusterListen string   // optional host:port for cluster routes
 	Routes        []string // optional nats-route://host:port of the other cluster members
+	JetStreamDir  string   // non-empty: enable JetStream, storing streams here (shake's durable queue)
 }
 
 // StartEmbedded runs a NATS server inside this process and waits until it
@@ -44,6 +45,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		MaxPayload:    4 << 20,
 		MaxPending:    256 << 20,
 		WriteDeadline: 10 * time.Second,
+	}
+	if cfg.JetStreamDir != "" {
+		opts.JetStream, opts.StoreDir = true, cfg.JetStreamDir
 	}
 	if cfg.ClusterListen != "" {
 		ch, cp, err := splitHostPort(cfg.ClusterListen, "127.0.0.1", 6222)
@@ -90,6 +94,7 @@ func splitHostPort(hp, defHost string, defPort int) (string, int, error) {
 type HubConfig struct {
 	NATS          string // external NATS URLs (comma-separated); empty runs an embedded server
 	NATSListen    string // embedded server's client listener (default 127.0.0.1:4222; port 0 picks one)
+	JetStreamDir  string // embedded server: enable JetStream with this store directory (empty: off)
 	GRPCListen    string // PushService listener; empty: no gRPC
 	BroadcastRate float64
 	Grace         time.Duration
@@ -118,7 +123,7 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 	var err error
 	var opts []nats.Option
 	if cfg.NATS == "" {
-		if h.ns, err = StartEmbedded(EmbeddedConfig{Listen: cfg.NATSListen}); err != nil {
+		if h.ns, err = StartEmbedded(EmbeddedConfig{Listen: cfg.NATSListen, JetStreamDir: cfg.JetStreamDir}); err != nil {
 			return nil, err
 		}
 		h.url = h.ns.ClientURL()
