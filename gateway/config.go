@@ -48,6 +48,8 @@ type Config struct {
 
 	DrainWindow time.Duration // spread GOAWAYs over this on shutdown (default 10s)
 
+	Admission AdmissionConfig // overload control on the forwarding pools
+
 	// Push (push/, gateway/push.go): NATS URLs (comma-separated) this worker
 	// takes notifies from; empty disables push. Notifies for the same user
 	// and type within PushWindow are merged (default 20ms).

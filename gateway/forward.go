@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"math/rand/v2"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +28,9 @@ type forwarder struct {
 	busy    atomic.Int64 // jobs queued or running, for drain
 
 	stats statusCounters
+
+	adm         *admission
+	retryTokens atomic.Int64 // retry budget, in tenths of a retry
 
 	closeMu sync.RWMutex // call (HTTP) sends under the read lock; stop closes jobs under the write lock
 	closed  bool
@@ -61,7 +66,18 @@ var respPool bytebufferpool.Pool
 
 func newForwarder(s *Server) *forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &forwarder{s: s, jobs: make(chan *job, s.cfg.QueueSize), ctx: ctx, stopCtx: cancel, methods: map[string]*methodMetrics{}}
+	f := &forwarder{s: s, jobs: make(chan *job, s.cfg.QueueSize), ctx: ctx, stopCtx: cancel, methods: map[string]*methodMetrics{}}
+	f.retryTokens.Store(100) // start with 10 retries banked
+	f.adm = newAdmission(s.cfg.Admission, time.Now)
+	f.adm.onLevel = func(th uint32, over bool) {
+		s.metrics.admLevel.Set(float64(th))
+		if over {
+			s.metrics.admOverload.Set(1)
+		} else {
+			s.metrics.admOverload.Set(0)
+		}
+	}
+	return f
 }
 
 func (f *forwarder) start() {
@@ -69,6 +85,36 @@ func (f *forwarder) start() {
 		f.wg.Add(1)
 		go f.worker()
 	}
+	f.wg.Add(1)
+	go func() { // admission windows also close on time when calls are few
+		defer f.wg.Done()
+		t := time.NewTicker(f.adm.cfg.Window / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				f.adm.tick()
+			case <-f.ctx.Done():
+				return
+			}
+		}
+	}()
+}
+
+// shed answers a call refused by admission control.
+func (f *forwarder) shedRetryAfter() uint32 {
+	ra := f.adm.cfg.RetryAfter
+	return uint32((ra + time.Duration(rand.Int64N(int64(ra)))) / time.Millisecond)
+}
+
+// admit runs admission control for a call; false means shed it.
+func (f *forwarder) admit(m *methodMetrics, uid uint64) bool {
+	if f.adm.admit(f.adm.level(m.prio, uid)) {
+		return true
+	}
+	f.s.metrics.admShed.WithLabelValues(strconv.Itoa(int(m.prio))).Inc()
+	f.s.metrics.calls.WithLabelValues(m.name, codec.CodeBusy.String()).Inc()
+	return false
 }
 
 // stop cancels calls in flight and ends the workers. Call after the event
@@ -105,7 +151,7 @@ func (f *forwarder) method(name []byte) *methodMetrics {
 	if m != nil {
 		return m
 	}
-	m = f.s.metrics.method(string(name))
+	m = f.s.metrics.method(string(name), f.adm.bizPriority)
 	f.methodsMu.Lock()
 	if len(f.methods) < maxMethods*4 { // names beyond this are garbage; don't grow forever
 		f.methods[string(name)] = m
@@ -126,13 +172,18 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 		f.replyNow(c, seq, codec.CodeTooManyCall, "too many calls in flight on this connection", 100)
 		return
 	}
+	m := f.method(method)
+	if !f.admit(m, c.uid) {
+		f.replyNow(c, seq, codec.CodeBusy, "overloaded: retry later", f.shedRetryAfter())
+		return
+	}
 	now := time.Now()
 	timeout := f.s.cfg.CallTimeout
 	if t := time.Duration(timeoutMS) * time.Millisecond; t > 0 && t < timeout {
 		timeout = t
 	}
 	j := jobPool.Get().(*job)
-	j.c, j.seq, j.uid, j.device, j.m, j.done = c, seq, c.uid, c.device, f.method(method), nil
+	j.c, j.seq, j.uid, j.device, j.m, j.done = c, seq, c.uid, c.device, m, nil
 	j.body = append(j.body[:0], payload...) // the loop's buffer is reused after we return
 	j.enqueued, j.deadline = now, now.Add(timeout)
 	c.inflight.Add(1)
@@ -181,7 +232,9 @@ func (f *forwarder) worker() {
 // run executes one call: plain synchronous code, off the event loop.
 func (f *forwarder) run(j *job, req *backend.Request) {
 	start := time.Now()
-	j.m.queue.Observe(start.Sub(j.enqueued).Seconds())
+	queued := start.Sub(j.enqueued)
+	j.m.queue.Observe(queued.Seconds())
+	f.adm.observe(queued)
 	c := j.c
 	if c != nil && c.state.Load() != stateAuthed {
 		return // closed while queued: nobody to answer
@@ -199,12 +252,22 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	} else {
 		ctx, cancel := context.WithDeadline(f.ctx, j.deadline)
 		*req = backend.Request{UID: j.uid, Device: j.device, Node: f.s.cfg.Node, Method: j.m.name, Body: j.body}
+		if f.retryTokens.Load() < 1000 { // each call earns a tenth of a retry, up to 100 banked
+			f.retryTokens.Add(1)
+		}
 		for attempt := 0; ; attempt++ {
 			resp, err = f.s.cfg.Backend.Call(ctx, req)
 			if err == nil {
 				break
 			}
 			if kind, _ := backend.Classify(err); kind != backend.KindSystem || attempt >= f.s.cfg.SystemRetries || ctx.Err() != nil {
+				break
+			}
+			// The retry budget keeps retries under ~10% of calls, so they can't
+			// amplify an overload of the backend.
+			if f.retryTokens.Add(-10) < 0 {
+				f.retryTokens.Add(10)
+				f.s.metrics.shed.WithLabelValues("retry_budget").Inc()
 				break
 			}
 		}
@@ -269,7 +332,11 @@ func (f *forwarder) call(ctx context.Context, uid uint64, device, method string,
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 		timeout = time.Until(dl)
 	}
-	j := &job{uid: uid, device: device, m: f.method([]byte(method)), body: body,
+	m := f.method([]byte(method))
+	if !f.admit(m, uid) {
+		return callResult{code: codec.CodeBusy, msg: "overloaded: retry later", retryAfter: f.shedRetryAfter()}
+	}
+	j := &job{uid: uid, device: device, m: m, body: body,
 		enqueued: now, deadline: now.Add(timeout), done: make(chan callResult, 1)}
 	f.closeMu.RLock()
 	if f.closed {

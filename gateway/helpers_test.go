@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -179,3 +180,5 @@ func checkFor(t testing.TB, timeout time.Duration, fn func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }

@@ -116,7 +116,7 @@ func TestHTTPCalls(t *testing.T) {
 
 func TestHTTPBusyWhenQueueFull(t *testing.T) {
 	block := make(chan struct{})
-	s, addr := startHTTP(t, func(c *Config) { c.PoolSize = 1; c.QueueSize = 1 }, HTTPConfig{})
+	s, addr := startHTTP(t, func(c *Config) { c.PoolSize = 1; c.QueueSize = 1; c.CallTimeout = 300 * time.Millisecond }, HTTPConfig{})
 	s.cfg.Backend.(*backend.Embedded).Handle("block", func(ctx context.Context, _ *backend.Request) ([]byte, error) {
 		select {
 		case <-block:
@@ -126,12 +126,19 @@ func TestHTTPBusyWhenQueueFull(t *testing.T) {
 	})
 	defer close(block)
 	tok := token(t, 1, "", time.Hour)
-	for i := 0; i < 2; i++ { // one running, one queued
+	for i := 0; i < 3; i++ { // keep the one goroutine and the one queue slot taken
 		go func() {
-			req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/call/block", nil)
-			req.Header.Set("Authorization", "Bearer "+tok)
-			if resp, err := http.DefaultClient.Do(req); err == nil {
-				resp.Body.Close()
+			for {
+				select {
+				case <-block:
+					return
+				default:
+				}
+				req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/call/block", nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				if resp, err := http.DefaultClient.Do(req); err == nil {
+					resp.Body.Close()
+				}
 			}
 		}()
 	}

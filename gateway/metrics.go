@@ -31,6 +31,9 @@ type metrics struct {
 	evictions    *prometheus.CounterVec // reason
 	wsUpgrades   *prometheus.CounterVec // result
 	httpCalls    *prometheus.CounterVec // status
+	admLevel     prometheus.Gauge
+	admOverload  prometheus.Gauge
+	admShed      *prometheus.CounterVec // business priority
 	policy       *prometheus.GaugeVec   // network, field
 
 	mu      sync.Mutex
@@ -40,6 +43,7 @@ type metrics struct {
 // methodMetrics are one method's pre-resolved series.
 type methodMetrics struct {
 	name         string
+	prio         uint8 // business priority for admission control
 	queue        prometheus.Observer
 	backend      prometheus.Observer
 	finalSysFail prometheus.Counter
@@ -73,7 +77,11 @@ func newMetrics() *metrics {
 	m.policy = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "longlink_heartbeat_policy_seconds", Help: "Heartbeat policy in force, by network and field (min, max, step, idle)."}, []string{"network", "field"})
 	m.wsUpgrades = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_websocket_upgrades_total", Help: "WebSocket upgrade attempts on the client port, by result."}, []string{"result"})
 	m.httpCalls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_http_calls_total", Help: "Short-connection HTTP calls by HTTP status."}, []string{"status"})
-	for _, c := range []prometheus.Collector{m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	m.admLevel = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_admission_level", Help: "Admission threshold: calls with compound priority level (business<<7 | user) above it are shed; 8191 admits everything."})
+	m.admOverload = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_admission_overloaded", Help: "1 if the last window's average queueing time was over the target."})
+	m.admShed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_admission_shed_total", Help: "Calls shed by admission control, by business priority (0 = most important)."}, []string{"priority"})
+	m.admLevel.Set(maxLevel)
+	for _, c := range []prometheus.Collector{m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m
@@ -81,7 +89,7 @@ func newMetrics() *metrics {
 
 // method returns the pre-resolved series for a method name, creating them on
 // first use. Goroutine-safe.
-func (m *metrics) method(name string) *methodMetrics {
+func (m *metrics) method(name string, prio func(string) uint8) *methodMetrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mm, ok := m.methods[name]; ok {
@@ -96,6 +104,7 @@ func (m *metrics) method(name string) *methodMetrics {
 	}
 	mm := &methodMetrics{
 		name:         label,
+		prio:         prio(label),
 		queue:        m.queueTime.WithLabelValues(label),
 		backend:      m.backendTime.WithLabelValues(label),
 		finalSysFail: m.finalSysFail.WithLabelValues(label),

@@ -1,0 +1,255 @@
+package gateway
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Admission control on the forwarding pools, after WeChat's DAGOR (SoCC
+// 2018): overload is detected by queueing time (how long calls wait for a
+// forwarding goroutine), not CPU; under overload calls are shed by business
+// priority first and then by user priority, so the same users keep being
+// served instead of everyone failing at random.
+//
+// Every call has a compound level = business<<7 | user (lower is more
+// important): business from the method's entry in a configurable table,
+// user from a hash of the user id that rotates every hour (so no user is
+// always last). A call is admitted if its level is at most the threshold.
+// Once per window the controller looks at the average queueing time: over
+// the target, it lowers the threshold so about Alpha (scaled up by how far
+// over target the queue is, at most half) fewer of the calls seen in the
+// window would have been admitted; under it, it raises the threshold
+// to admit about Beta more (twice as many when the queue is nearly empty, so
+// recovery takes a window or two once the load is gone). A histogram of arriving levels per window makes
+// that a lookup, not a guess.
+//
+// Concurrency: admit runs on event loops and HTTP goroutines (atomics only);
+// observe runs on forwarding goroutines; the window roll takes a mutex once
+// per window.
+
+const (
+	userLevels  = 128
+	bizLevels   = 64
+	levelCount  = bizLevels * userLevels
+	maxLevel    = levelCount - 1
+	defaultBizP = 4
+)
+
+// AdmissionConfig tunes admission control. Zero fields take the defaults.
+type AdmissionConfig struct {
+	Disabled    bool
+	QueueTarget time.Duration  // average queueing time above which the pool counts as overloaded (20ms)
+	Window      time.Duration  // how often the threshold moves (1s)
+	WindowCalls int            // ...or after this many calls, whichever first (2000)
+	Alpha, Beta float64        // shed fraction when overloaded (0.05), readmit fraction when not (0.01)
+	Priorities  map[string]int // method → business priority 0 (most important) .. 63; others DefaultPriority
+	// DefaultPriority for methods not in Priorities (4).
+	DefaultPriority int
+	RetryAfter      time.Duration // hint sent with a shed call (500ms, jittered up to 2x)
+}
+
+// DefaultPriorities: login, sync and send above shake and open, above
+// everything else.
+func DefaultPriorities() map[string]int {
+	return map[string]int{
+		"login": 1, "sync": 1, "msg.send": 1, "msg.send_group": 1,
+		"contact.add": 2, "contact.remove": 2, "profile.get": 2, "profile.set": 2, "group.create": 2,
+		"shake": 3, "open": 3,
+	}
+}
+
+func (c *AdmissionConfig) fill() {
+	if c.QueueTarget <= 0 {
+		c.QueueTarget = 20 * time.Millisecond
+	}
+	if c.Window <= 0 {
+		c.Window = time.Second
+	}
+	if c.WindowCalls <= 0 {
+		c.WindowCalls = 2000
+	}
+	if c.Alpha <= 0 {
+		c.Alpha = 0.05
+	}
+	if c.Beta <= 0 {
+		c.Beta = 0.01
+	}
+	if c.Priorities == nil {
+		c.Priorities = DefaultPriorities()
+	}
+	if c.DefaultPriority <= 0 {
+		c.DefaultPriority = defaultBizP
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = 500 * time.Millisecond
+	}
+}
+
+type admission struct {
+	cfg AdmissionConfig // static
+	now func() time.Time
+
+	threshold atomic.Uint32 // admit levels <= threshold
+	arrivals  [levelCount]atomic.Uint32
+	queueSum  atomic.Int64 // ns, this window
+	queueN    atomic.Int64
+	shedTotal atomic.Uint64
+
+	mu          sync.Mutex
+	windowStart time.Time
+	overloaded  bool // the last window's verdict
+
+	onLevel func(threshold uint32, overloaded bool) // metrics hook; may be nil
+}
+
+func newAdmission(cfg AdmissionConfig, now func() time.Time) *admission {
+	cfg.fill()
+	a := &admission{cfg: cfg, now: now, windowStart: now()}
+	a.threshold.Store(maxLevel)
+	return a
+}
+
+func (a *admission) bizPriority(method string) uint8 {
+	p, ok := a.cfg.Priorities[method]
+	if !ok {
+		p = a.cfg.DefaultPriority
+	}
+	return uint8(min(max(p, 0), bizLevels-1))
+}
+
+// userPriority hashes the user id with the current hour, so each user's
+// priority is stable within an hour and reshuffled across hours.
+func userPriority(uid uint64, at time.Time) uint32 {
+	x := uid ^ uint64(at.Unix()/3600)*0x9E3779B97F4A7C15
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	return uint32(x % userLevels)
+}
+
+// level is a call's compound priority level.
+func (a *admission) level(biz uint8, uid uint64) uint32 {
+	return uint32(biz)<<7 | userPriority(uid, a.now())
+}
+
+// admit records the arrival and reports whether the call may enter the
+// queue. Lock-free; no allocation.
+func (a *admission) admit(level uint32) bool {
+	if a.cfg.Disabled {
+		return true
+	}
+	a.arrivals[level].Add(1)
+	if level > a.threshold.Load() {
+		a.shedTotal.Add(1)
+		return false
+	}
+	return true
+}
+
+// observe records one call's queueing time and rolls the window when due.
+func (a *admission) observe(queued time.Duration) {
+	if a.cfg.Disabled {
+		return
+	}
+	a.queueSum.Add(int64(queued))
+	n := a.queueN.Add(1)
+	if n >= int64(a.cfg.WindowCalls) {
+		a.roll()
+	}
+}
+
+// tick rolls the window on time (called every few hundred ms).
+func (a *admission) tick() {
+	a.mu.Lock()
+	due := a.now().Sub(a.windowStart) >= a.cfg.Window
+	a.mu.Unlock()
+	if due {
+		a.roll()
+	}
+}
+
+// roll closes the window and moves the threshold.
+func (a *admission) roll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := a.queueN.Swap(0)
+	sum := a.queueSum.Swap(0)
+	a.windowStart = a.now()
+	var hist [levelCount]uint32
+	var admitted uint64
+	th := a.threshold.Load()
+	for i := range hist {
+		hist[i] = a.arrivals[i].Swap(0)
+		if uint32(i) <= th {
+			admitted += uint64(hist[i])
+		}
+	}
+	over := n > 0 && time.Duration(sum/n) > a.cfg.QueueTarget
+	a.overloaded = over
+	switch {
+	case over:
+		// Cut harder the further over target the queue is, so a sudden
+		// overload is contained in a few windows, not dozens.
+		alpha := min(0.5, a.cfg.Alpha*float64(sum/n)/float64(a.cfg.QueueTarget))
+		th = pickThreshold(&hist, uint64(math.Floor(float64(admitted)*(1-alpha))), th, false)
+	case th < maxLevel:
+		var total uint64
+		for _, h := range hist {
+			total += uint64(h)
+		}
+		beta := a.cfg.Beta
+		if n == 0 || time.Duration(sum/n) < a.cfg.QueueTarget/4 {
+			beta = 1 // the queue is nearly empty: readmit fast, recovery in a window or two
+		}
+		target := uint64(math.Ceil(float64(admitted)*(1+beta))) + 1
+		if target > total {
+			th = maxLevel // everything that arrives fits: stop shedding at once
+		} else {
+			th = pickThreshold(&hist, target, th, true)
+		}
+	}
+	a.threshold.Store(th)
+	if a.onLevel != nil {
+		a.onLevel(th, over)
+	}
+}
+
+// pickThreshold returns the level at which the cumulative arrivals reach
+// target. When lowering it always moves down at least one level (so a
+// persistent overload sheds even with sparse traffic); when raising, at
+// least one level up.
+func pickThreshold(hist *[levelCount]uint32, target uint64, cur uint32, up bool) uint32 {
+	var cum uint64
+	lvl := uint32(0)
+	found := false
+	for i := range hist {
+		cum += uint64(hist[i])
+		if cum >= target {
+			lvl, found = uint32(i), true
+			break
+		}
+	}
+	if !found {
+		lvl = maxLevel
+	}
+	if up {
+		return min(max(lvl, cur+1), maxLevel)
+	}
+	if lvl >= cur {
+		if cur == 0 {
+			return 0
+		}
+		lvl = cur - 1
+	}
+	return lvl
+}
+
+// Level returns the current threshold and whether the last window was
+// overloaded. maxLevel means everything is admitted.
+func (a *admission) Level() (uint32, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.threshold.Load(), a.overloaded
+}
