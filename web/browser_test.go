@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -12,8 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/push"
 )
 
 // findChromium returns the browser to drive, or "" if none is installed.
@@ -37,9 +43,30 @@ type stage struct {
 	Error   string `json:"error"`
 }
 
+// notify pushes "type 3 reached version 17" to uid through the real push
+// path (gRPC PushService → router → NATS → gateway worker), retrying until
+// the router has heard the user is online.
+func notify(t *testing.T, hub *push.Hub, uid uint64) {
+	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer cc.Close()
+	api := pb.NewPushServiceClient(cc)
+	for i := 0; i < 100; i++ {
+		r, err := api.Notify(context.Background(), &pb.NotifyRequest{Uid: uid, Type: 3, Version: 17, Payload: []byte("new message")})
+		if err == nil && r.Routed > 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Error("push never routed to the browser's connection")
+}
+
 // TestBrowserClient runs web/longlink.js in a real headless Chromium against
 // a real gateway: connect, AUTH, call echo, get a logical error, receive a
-// push (when the gateway can push).
+// push sent through the push API.
 func TestBrowserClient(t *testing.T) {
 	browser := findChromium()
 	if browser == "" {
@@ -49,7 +76,13 @@ func TestBrowserClient(t *testing.T) {
 		t.Skip("chromium not installed")
 	}
 	keys, _ := auth.NewKeySet(1, map[uint32][]byte{1: []byte("browser-test-key-0123456789abcd")})
-	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hub, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close()
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: quiet, NATS: hub.NATSURL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +104,7 @@ func TestBrowserClient(t *testing.T) {
 	page := httptest.NewServer(mux)
 	defer page.Close()
 
-	q := url.Values{"ws": {"ws://" + gw.Addr() + "/ws"}, "token": {tok}, "push": {pushParam}}
+	q := url.Values{"ws": {"ws://" + gw.Addr() + "/ws"}, "token": {tok}, "push": {"1"}}
 	cmd := exec.Command(browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+t.TempDir(), page.URL+"/selftest.html?"+q.Encode())
@@ -89,7 +122,7 @@ func TestBrowserClient(t *testing.T) {
 				if s.UID != 4242 {
 					t.Fatalf("authed as %d", s.UID)
 				}
-				triggerPush(t, gw, 4242)
+				go notify(t, hub, 4242)
 			case "echo":
 				if s.Body != "hello from chromium" {
 					t.Fatalf("echo answered %q", s.Body)
@@ -99,7 +132,9 @@ func TestBrowserClient(t *testing.T) {
 					t.Fatalf("unknown method gave code %d", s.Code)
 				}
 			case "push":
-				checkPush(t, s)
+				if s.Type != 3 || s.Version != 17 || s.Payload != "new message" {
+					t.Fatalf("push received: %+v", s)
+				}
 			case "failed":
 				t.Fatalf("browser: %s", s.Error)
 			case "done":
