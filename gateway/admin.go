@@ -82,6 +82,7 @@ func (s *Server) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
+	s.shakeRoutes(mux)
 	return mux
 }
 

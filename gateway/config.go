@@ -55,6 +55,10 @@ type Config struct {
 	// and type within PushWindow are merged (default 20ms).
 	NATS       string
 	PushWindow time.Duration
+
+	// Shake red packets (gateway/shake.go): nil answers SHAKE and OPEN with
+	// "no event here".
+	Shake *ShakeConfig
 }
 
 func (c *Config) fill() error {

@@ -48,6 +48,7 @@ type Server struct {
 	fwd      *forwarder
 	presence *presence
 	push     *pusher // nil when Config.NATS is empty
+	shake    *shaker // SHAKE and OPEN (shake.go)
 
 	secTicks   uint32 // wheel ticks per second (flood window)
 	authTicks  uint32
@@ -93,6 +94,7 @@ func New(cfg Config) (*Server, error) {
 	s.fwd = newForwarder(s)
 	s.presence = newPresence(s)
 	s.push = newPusher(s)
+	s.shake = newShaker(s)
 	return s, nil
 }
 
@@ -306,6 +308,10 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 		}
 	case codec.CmdRequest:
 		s.fwd.submit(c, f.Seq, f.Body)
+	case codec.CmdShake:
+		s.shake.onShake(c, f.Seq)
+	case codec.CmdOpen:
+		s.shake.onOpen(c, f.Seq, f.Body)
 	case codec.CmdAuth:
 		return codec.CodeAuthTwice
 	default:
@@ -417,6 +423,7 @@ func (s *Server) Close() error {
 		<-s.done
 		s.wheel.Stop()
 		s.fwd.stop()
+		s.shake.stop()
 		s.presence.stop()
 		if s.admin != nil {
 			_ = s.admin.Close()

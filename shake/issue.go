@@ -654,3 +654,13 @@ func (is *Issuer) Status() IssuerStatus {
 	sort.Ints(s.Down)
 	return s
 }
+
+// RefillForBenchmark rewinds the current slot to its first record and fills
+// the bucket, so that a benchmark can shake forever. It hands tickets out
+// again: never call it outside benchmarks.
+func (is *Issuer) RefillForBenchmark() {
+	if st := is.cur.Load(); st != nil {
+		st.cursor.Store(0)
+		st.tokens.Store(int64(st.total))
+	}
+}
