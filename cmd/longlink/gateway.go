@@ -54,6 +54,8 @@ func runGateway(args []string) int {
 	fs.StringVar(&cfg.NATS, "nats", "", "external NATS cluster for push routing, e.g. nats://a:4222,nats://b:4222 (default: an embedded server)")
 	fs.DurationVar(&cfg.PushWindow, "push-window", 20*time.Millisecond, "notifies for the same user and type within this window are merged")
 	pf := addPushFlags(fs)
+	sf := addShakeFlags(fs)
+	backendSpec := fs.String("backend", "embedded", "logic backend: embedded (the reference IM logic on <data>/logic.db; with --workers it runs in the supervisor), echo (test methods only), or grpc://host:port[,host:port…] (remote `longlink logic` instances)")
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -63,6 +65,7 @@ func runGateway(args []string) int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
 	}
+	sf.prepareHub(*dataDir)
 	var hub *push.Hub
 	if *pf.on && *workerIdx < 0 { // one push hub per host: this process, or the supervisor
 		h, err := startPushHub(log, pf, cfg.NATS)
@@ -75,12 +78,27 @@ func runGateway(args []string) int {
 	} else if !*pf.on {
 		cfg.NATS = ""
 	}
+	if *workerIdx < 0 { // one ledger per host
+		stopLedger, err := startShakeLedger(log, sf, *dataDir, cfg.NATS)
+		if err != nil {
+			log.Error("cannot start the shake ledger", "err", err)
+			return 1
+		}
+		defer stopLedger()
+	}
+	gb, err := openGatewayBackend(log, *backendSpec, *dataDir, hub, *workers > 1 && *workerIdx < 0)
+	if err != nil {
+		log.Error("cannot open the backend", "err", err)
+		return 1
+	}
+	defer gb.close()
 	if *workers > 1 && *workerIdx < 0 {
 		args := os.Args[1:]
 		if hub != nil {
 			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
 		}
-		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, args, hub)
+		args = append(args[:len(args):len(args)], gb.workerArgs...)
+		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, args, hub, gb.collectors...)
 	}
 
 	keyPath := auth.KeyFile(*dataDir)
@@ -96,6 +114,7 @@ func runGateway(args []string) int {
 	}
 	cfg.Keys = keys
 	cfg.Logger = log
+	cfg.Backend = gb.be
 	if *workerIdx >= 0 {
 		cfg.ReusePort = true
 		if cfg.Loops == 0 {
@@ -106,6 +125,12 @@ func runGateway(args []string) int {
 			cfg.Node = fmt.Sprintf("%s/%s/w%d", h, cfg.Listen, *workerIdx)
 		}
 	}
+	stopShake, err := setupShake(log, sf, &cfg, *dataDir, *workerIdx)
+	if err != nil {
+		log.Error("cannot load the shake event", "err", err)
+		return 1
+	}
+	defer stopShake()
 	srv, err := gateway.New(cfg)
 	if err != nil {
 		log.Error("bad configuration", "err", err)
@@ -115,6 +140,9 @@ func runGateway(args []string) int {
 		for _, c := range hub.Router().Collectors() {
 			_ = srv.Registerer().Register(c)
 		}
+	}
+	for _, c := range gb.collectors {
+		_ = srv.Registerer().Register(c)
 	}
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", "err", err)

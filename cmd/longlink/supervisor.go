@@ -11,14 +11,17 @@ import (
 	"github.com/longlink/longlink/push"
 )
 
-func runSupervisor(log *slog.Logger, workers int, admin, dataDir string, shutdownTimeout time.Duration, args []string, hub *push.Hub) int {
+func runSupervisor(log *slog.Logger, workers int, admin, dataDir string, shutdownTimeout time.Duration, args []string, hub *push.Hub, more ...prometheus.Collector) int {
 	var extra prometheus.Gatherer
-	if hub != nil { // the push router and the embedded NATS server run here, in the supervisor
+	if hub != nil || len(more) > 0 { // the push router, the embedded NATS server and the embedded logic run here, in the supervisor
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "longlink_supervisor"}))
-		for _, c := range hub.Router().Collectors() {
-			reg.MustRegister(c)
+		if hub != nil {
+			for _, c := range hub.Router().Collectors() {
+				reg.MustRegister(c)
+			}
 		}
+		reg.MustRegister(more...)
 		extra = reg
 	}
 	return gateway.RunSupervisor(gateway.SupervisorConfig{
