@@ -90,9 +90,9 @@ type IssuerConfig struct {
 
 // ShakeHint is what every SHAKE reply tells the client about shaking again.
 type ShakeHint struct {
-	RetryAfterMS  uint32 // after "no packet": wait at least this long
-	MinIntervalMS uint32 // degrade: never shake more often than this (0: no limit)
-	ProbPermille  uint32 // degrade: send a shake only with this probability (1000 or 0: always)
+	RetryAfterMS  uint32 `json:"retry_after_ms"`       // after "no packet": wait at least this long
+	MinIntervalMS uint32 `json:"min_interval_ms"`      // degrade: never shake more often than this (0: no limit)
+	ProbPermille  uint32 `json:"probability_permille"` // degrade: send a shake only with this probability (1000 or 0: always)
 }
 
 // ShakeResult is the outcome of one shake.

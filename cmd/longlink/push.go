@@ -35,6 +35,7 @@ func startPushHub(log *slog.Logger, pf pushFlags, nats string) (*push.Hub, error
 	h, err := push.StartHub(push.HubConfig{
 		NATS: nats, NATSListen: *pf.natsListen, GRPCListen: *pf.grpc,
 		BroadcastRate: *pf.broadcastRate, Grace: *pf.grace, Logger: log,
+		JetStreamDir: hubJetStreamDir,
 	})
 	if err != nil {
 		return nil, err

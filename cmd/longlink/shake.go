@@ -19,7 +19,7 @@ import (
 // report out. Progress bars go to stdout only when it is a terminal.
 
 func init() {
-	register(command{name: "shake", summary: "shake red packets: keys, check, gen, split, verify, reconcile", run: runShake})
+	register(command{name: "shake", summary: "shake red packets: keys, check, gen, split, verify, reconcile, opener, ledger", run: runShake})
 }
 
 var shakeCommands = []struct {
@@ -33,6 +33,9 @@ var shakeCommands = []struct {
 	{"verify", "decrypt and check every record, dedupe packet ids, compare sums with the plan", shakeVerify},
 	{"reconcile", "check a ledger of opened packets against the ticket files", shakeReconcile},
 	{"fake-ledger", "write a ledger opening a fraction of the packets (to exercise reconcile)", shakeFakeLedger},
+	{"opener", "run an opener service (verify, claim, enqueue) for gateways with --shake-opener remote", shakeOpener},
+	{"ledger", "run the ledger consumer: credit opened packets exactly once into a bbolt file", shakeLedger},
+	{"ledger-export", "export a ledger file as the CSV that reconcile reads", shakeLedgerExport},
 }
 
 func runShake(args []string) int {
