@@ -48,7 +48,8 @@ type Config struct {
 
 	DrainWindow time.Duration // spread GOAWAYs over this on shutdown (default 10s)
 
-	Admission AdmissionConfig // overload control on the forwarding pools
+	Admission     AdmissionConfig     // overload control on the forwarding pools
+	ConnAdmission ConnAdmissionConfig // accept rate, connection cap, flapping
 
 	// Push (push/, gateway/push.go): NATS URLs (comma-separated) this worker
 	// takes notifies from; empty disables push. Notifies for the same user

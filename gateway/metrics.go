@@ -34,6 +34,7 @@ type metrics struct {
 	admLevel     prometheus.Gauge
 	admOverload  prometheus.Gauge
 	admShed      *prometheus.CounterVec // business priority
+	connRefused  *prometheus.CounterVec // reason
 	policy       *prometheus.GaugeVec   // network, field
 
 	mu      sync.Mutex
@@ -81,7 +82,8 @@ func newMetrics() *metrics {
 	m.admOverload = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_admission_overloaded", Help: "1 if the last window's average queueing time was over the target."})
 	m.admShed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_admission_shed_total", Help: "Calls shed by admission control, by business priority (0 = most important)."}, []string{"priority"})
 	m.admLevel.Set(maxLevel)
-	for _, c := range []prometheus.Collector{m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_connections_refused_total", Help: "Connections refused by connection admission, by reason (accept_limit, flapping)."}, []string{"reason"})
+	for _, c := range []prometheus.Collector{m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m

@@ -46,6 +46,7 @@ type Server struct {
 	wheel    *heartbeat.Wheel[conn]
 	sessions *sessions
 	fwd      *forwarder
+	connAdm  *connAdmission
 	presence *presence
 	push     *pusher // nil when Config.NATS is empty
 	shake    *shaker // SHAKE and OPEN (shake.go)
@@ -91,6 +92,7 @@ func New(cfg Config) (*Server, error) {
 	s.authTicks = s.wheel.Ticks(cfg.AuthTimeout)
 	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
 	s.pol.Store(s.newPolicyState(*cfg.Policies))
+	s.connAdm = newConnAdmission(cfg.ConnAdmission)
 	s.fwd = newForwarder(s)
 	s.presence = newPresence(s)
 	s.push = newPusher(s)
@@ -171,6 +173,12 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	if s.draining.Load() {
 		c.closeCode.Store(uint32(codec.CodeShutdown))
 		return s.goAwayFrame(), gnet.Close
+	}
+	if !s.connAdm.accept(s.wheel.Len()) {
+		c.closeCode.Store(uint32(codec.CodeServerBusy))
+		s.connAdm.refused.Add(1)
+		s.metrics.connRefused.WithLabelValues("accept_limit").Inc()
+		return s.connAdm.busyFrame(0), gnet.Close
 	}
 	s.wheel.Add(&c.hb, c, heartbeat.Never, s.wheel.Now()+s.authTicks)
 	return nil, gnet.None
@@ -348,6 +356,12 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 		s.metrics.auths.WithLabelValues("malformed").Inc()
 		return codec.CodeBadToken
 	}
+	if ban, flapping := s.connAdm.flapping(claims.UID, time.Now()); flapping {
+		s.metrics.connRefused.WithLabelValues("flapping").Inc()
+		c.closeCode.Store(uint32(codec.CodeServerBusy))
+		s.send(c, s.connAdm.busyFrame(ban))
+		return codeSent
+	}
 	c.uid, c.device, c.network = claims.UID, device, a.Network
 	c.state.Store(stateAuthed)
 	s.metrics.auths.WithLabelValues("ok").Inc()
@@ -367,9 +381,19 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 	return codec.OK
 }
 
+// codeSent is an internal close code: close, the ERROR frame is already sent.
+const codeSent codec.Code = 1
+
 // closeOnLoop writes the ERROR frame for code and returns gnet.Close; gnet
 // flushes the frame before closing. Must run on c's event loop.
 func (s *Server) closeOnLoop(c *conn, code codec.Code) gnet.Action {
+	if code == codeSent { // the caller already sent its own ERROR
+		code = codec.Code(c.closeCode.Load())
+		if c.ws {
+			_, _ = c.gc.Write(wsClose(wsCloseForCode(code), code.String()))
+		}
+		return gnet.Close
+	}
 	c.closeCode.Store(uint32(code))
 	s.send(c, errorFrame(code))
 	if c.ws {

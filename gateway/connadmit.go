@@ -1,0 +1,124 @@
+package gateway
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/longlink/longlink/codec"
+)
+
+// Connection admission: a per-node accept rate and a connection cap, and
+// flapping detection for clients that reconnect too often (like EMQX's).
+// A refused connection gets ERROR 3007 server_busy with a jittered
+// retry_after and is closed, so refusals spread the retries out instead of
+// causing the gateway's own reconnect storm.
+
+// ConnAdmissionConfig tunes connection admission. Zero fields: no limit.
+type ConnAdmissionConfig struct {
+	AcceptRate     float64       // new connections per second per process (token bucket, burst = 1 s worth)
+	MaxConns       int           // connections per process
+	FlapWindow     time.Duration // flapping: more than FlapMax authentications of one user within FlapWindow...
+	FlapMax        int
+	FlapBan        time.Duration // ...refuse that user for this long (default 1 min)
+	RetryAfterBase time.Duration // refusals say "retry after" this plus up to the same again at random (default 2s)
+}
+
+type connAdmission struct {
+	cfg ConnAdmissionConfig
+
+	tokens   atomic.Int64 // accept tokens, in millitokens
+	lastFill atomic.Int64 // unix nanos
+
+	flapMu  sync.Mutex
+	flaps   map[uint64]*flapState
+	lastGC  time.Time
+	refused atomic.Uint64
+}
+
+type flapState struct {
+	windowStart time.Time
+	count       int
+	bannedUntil time.Time
+}
+
+func newConnAdmission(cfg ConnAdmissionConfig) *connAdmission {
+	if cfg.FlapBan <= 0 {
+		cfg.FlapBan = time.Minute
+	}
+	if cfg.RetryAfterBase <= 0 {
+		cfg.RetryAfterBase = 2 * time.Second
+	}
+	a := &connAdmission{cfg: cfg, flaps: map[uint64]*flapState{}}
+	a.tokens.Store(int64(cfg.AcceptRate * 1000))
+	a.lastFill.Store(time.Now().UnixNano())
+	return a
+}
+
+// accept reports whether a new connection may proceed, open being the
+// number already open. Runs on event loops.
+func (a *connAdmission) accept(open int) bool {
+	if a.cfg.MaxConns > 0 && open >= a.cfg.MaxConns {
+		return false
+	}
+	if a.cfg.AcceptRate <= 0 {
+		return true
+	}
+	now := time.Now().UnixNano()
+	last := a.lastFill.Swap(now)
+	burst := int64(a.cfg.AcceptRate * 1000)
+	add := int64(float64(now-last) / 1e6 * a.cfg.AcceptRate) // millitokens
+	if t := a.tokens.Add(add); t > burst {
+		a.tokens.Store(burst)
+	}
+	if a.tokens.Add(-1000) < 0 {
+		a.tokens.Add(1000)
+		return false
+	}
+	return true
+}
+
+// flapping records an authentication of uid and reports whether the user
+// reconnects too often (and for how long it stays refused).
+func (a *connAdmission) flapping(uid uint64, now time.Time) (time.Duration, bool) {
+	if a.cfg.FlapMax <= 0 || a.cfg.FlapWindow <= 0 {
+		return 0, false
+	}
+	a.flapMu.Lock()
+	defer a.flapMu.Unlock()
+	if now.Sub(a.lastGC) > a.cfg.FlapWindow { // forget users quiet for a window
+		for id, st := range a.flaps {
+			if now.Sub(st.windowStart) > a.cfg.FlapWindow && now.After(st.bannedUntil) {
+				delete(a.flaps, id)
+			}
+		}
+		a.lastGC = now
+	}
+	st := a.flaps[uid]
+	if st == nil {
+		st = &flapState{windowStart: now}
+		a.flaps[uid] = st
+	}
+	if now.Before(st.bannedUntil) {
+		return st.bannedUntil.Sub(now), true
+	}
+	if now.Sub(st.windowStart) > a.cfg.FlapWindow {
+		st.windowStart, st.count = now, 0
+	}
+	st.count++
+	if st.count > a.cfg.FlapMax {
+		st.bannedUntil = now.Add(a.cfg.FlapBan)
+		st.count = 0
+		return a.cfg.FlapBan, true
+	}
+	return 0, false
+}
+
+// busyFrame encodes ERROR server_busy with a jittered retry hint (at least
+// min), so refused clients don't come back together.
+func (a *connAdmission) busyFrame(min time.Duration) []byte {
+	base := max(a.cfg.RetryAfterBase, min)
+	ra := base + time.Duration(rand.Int64N(int64(base)))
+	return encodeError(codec.CodeServerBusy, "server busy: reconnect later", uint32(ra/time.Millisecond))
+}
