@@ -145,6 +145,7 @@ type session struct {
 
 type result struct {
 	resp *pb.Response
+	raw  []byte // SHAKE_RESP / OPEN_RESP body (shake.go)
 	err  error
 }
 
@@ -430,6 +431,8 @@ func (c *Client) read(s *session, r *frameReader) {
 			if ch != nil {
 				ch <- result{resp: &resp}
 			}
+		case codec.CmdShakeRsp, codec.CmdOpenRsp:
+			s.deliverRaw(f.Seq, f.Body)
 		case codec.CmdPush:
 			if c.opts.OnPush != nil {
 				var p pb.Push
