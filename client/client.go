@@ -121,8 +121,9 @@ type Client struct {
 	authOK  *pb.AuthOK
 	lastErr error
 
-	smart *heartbeat.Smart // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
-	kick  chan struct{}    // wakes the heartbeat loop after a policy or mode change
+	smart  *heartbeat.Smart // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
+	config *pb.ClientConfig // last CONFIG (degrade mode); guarded by mu
+	kick   chan struct{}    // wakes the heartbeat loop after a policy or mode change
 
 	closing  chan struct{}
 	closeOne sync.Once
@@ -301,11 +302,14 @@ func (c *Client) backoff(attempt int, hint time.Duration) time.Duration {
 	if hint > 0 && attempt <= 1 {
 		return hint
 	}
-	ceil := c.opts.BackoffMin << min(attempt, 16)
-	if ceil > c.opts.BackoffMax || ceil <= 0 {
-		ceil = c.opts.BackoffMax
+	c.mu.Lock()
+	lo, hi := c.opts.BackoffMin, c.opts.BackoffMax // the server may change them (CONFIG)
+	c.mu.Unlock()
+	ceil := lo << min(attempt, 16)
+	if ceil > hi || ceil <= 0 {
+		ceil = hi
 	}
-	d := c.opts.BackoffMin/2 + time.Duration(rand.Int64N(int64(ceil)))
+	d := lo/2 + time.Duration(rand.Int64N(int64(ceil)))
 	return max(d, hint)
 }
 
@@ -450,11 +454,41 @@ func (c *Client) read(s *session, r *frameReader) {
 			if proto.Unmarshal(f.Body, &hp) == nil {
 				c.applyPolicy(&hp)
 			}
+		case codec.CmdConfig:
+			var cc pb.ClientConfig
+			if proto.Unmarshal(f.Body, &cc) == nil {
+				c.applyConfig(&cc)
+			}
 		case codec.CmdGoAway, codec.CmdError:
 			s.close(serverClose(f))
 			return
 		}
 	}
+}
+
+// applyConfig takes a CONFIG frame (the server's degrade mode): heartbeat
+// policy and reconnect backoff; the shake hints are kept for Shake callers.
+func (c *Client) applyConfig(cc *pb.ClientConfig) {
+	c.mu.Lock()
+	c.config = cc
+	if cc.BackoffMinMs > 0 {
+		c.opts.BackoffMin = time.Duration(cc.BackoffMinMs) * time.Millisecond
+	}
+	if cc.BackoffMaxMs > 0 {
+		c.opts.BackoffMax = time.Duration(cc.BackoffMaxMs) * time.Millisecond
+	}
+	c.mu.Unlock()
+	if cc.Heartbeat != nil {
+		c.applyPolicy(cc.Heartbeat)
+	}
+}
+
+// DegradeConfig returns the last CONFIG the server sent (nil if none): its
+// degrade level and the levers it asks the client to apply.
+func (c *Client) DegradeConfig() *pb.ClientConfig {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.config
 }
 
 // applyPolicy takes a POLICY frame from the server.

@@ -55,7 +55,7 @@ func TestAdaptiveClientNeverEvicted(t *testing.T) {
 // A policy change reaches connected clients at once, through the API and
 // through the admin endpoint.
 func TestPolicyChangeReachesClients(t *testing.T) {
-	s := startGateway(t, "127.0.0.1:0", nil)
+	s := startGateway(t, "127.0.0.1:0", func(c *gateway.Config) { c.AdminToken = "secret" })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var cs []*Client
@@ -92,12 +92,19 @@ func TestPolicyChangeReachesClients(t *testing.T) {
 	defer admin.Close()
 	req, _ := http.NewRequest(http.MethodPut, admin.URL+"/heartbeat/policy", strings.NewReader(`{"scale":0.5}`))
 	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("admin PUT without the token: %v %v", err, resp.Status)
+	}
+	req, _ = http.NewRequest(http.MethodPut, admin.URL+"/heartbeat/policy", strings.NewReader(`{"scale":0.5}`))
+	req.Header.Set("Authorization", "Bearer secret")
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("admin PUT: %v %v", err, resp.Status)
 	}
 	resp.Body.Close()
 	waitPolicy(orig)
 	req, _ = http.NewRequest(http.MethodPut, admin.URL+"/heartbeat/policy", strings.NewReader(`{"cellular":{"min":"10s","max":"5s","step":"1s","idle":"20s"}}`))
+	req.Header.Set("Authorization", "Bearer secret")
 	resp, _ = http.DefaultClient.Do(req)
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("invalid policy accepted: %v", resp.Status)

@@ -62,6 +62,7 @@ const (
 	CmdError     Cmd = 0x08 // s→c: Error
 	CmdGoAway    Cmd = 0x09 // s→c: GoAway
 	CmdPolicy    Cmd = 0x0A // s→c: HeartbeatPolicy update
+	CmdConfig    Cmd = 0x0B // s→c: ClientConfig (degrade mode)
 
 	CmdSync     Cmd = 0x10 // reserved: sync by SyncKey
 	CmdSyncResp Cmd = 0x11 // reserved
@@ -77,7 +78,7 @@ const (
 var cmdNames = [256]string{
 	CmdAuth: "AUTH", CmdAuthOK: "AUTH_OK", CmdHeartbeat: "HEARTBEAT", CmdPong: "PONG",
 	CmdRequest: "REQUEST", CmdResponse: "RESPONSE", CmdPush: "PUSH", CmdError: "ERROR",
-	CmdGoAway: "GOAWAY", CmdPolicy: "POLICY", CmdSync: "SYNC", CmdSyncResp: "SYNC_RESP",
+	CmdGoAway: "GOAWAY", CmdPolicy: "POLICY", CmdConfig: "CONFIG", CmdSync: "SYNC", CmdSyncResp: "SYNC_RESP",
 	CmdShake: "SHAKE", CmdShakeRsp: "SHAKE_RESP", CmdOpen: "OPEN", CmdOpenRsp: "OPEN_RESP",
 	CmdHello: "HELLO", CmdHelloOK: "HELLO_OK",
 }

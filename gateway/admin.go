@@ -82,8 +82,9 @@ func (s *Server) AdminHandler() http.Handler {
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
+	mux.HandleFunc("/switches", s.handleSwitches)
 	s.shakeRoutes(mux)
-	return mux
+	return s.requireToken(mux)
 }
 
 func writeStatus(w http.ResponseWriter, r *http.Request, st Status) {
@@ -165,6 +166,24 @@ func toPolicyJSON(p heartbeat.Policy) policyJSON {
 	return policyJSON{Min: p.Min.String(), Max: p.Max.String(), Step: p.Step.String(), Idle: p.Idle.String()}
 }
 
+func toPoliciesJSON(ps heartbeat.Policies) policiesJSON {
+	return policiesJSON{Unknown: toPolicyJSON(ps.Unknown), WiFi: toPolicyJSON(ps.WiFi), Cellular: toPolicyJSON(ps.Cellular)}
+}
+
+func (pj policiesJSON) policies() (heartbeat.Policies, error) {
+	var ps heartbeat.Policies
+	var err error
+	for _, f := range []struct {
+		j policyJSON
+		p *heartbeat.Policy
+	}{{pj.Unknown, &ps.Unknown}, {pj.WiFi, &ps.WiFi}, {pj.Cellular, &ps.Cellular}} {
+		if *f.p, err = f.j.policy(); err != nil {
+			return ps, fmt.Errorf("bad duration: %w", err)
+		}
+	}
+	return ps, nil
+}
+
 func (pj policyJSON) policy() (heartbeat.Policy, error) {
 	var p heartbeat.Policy
 	for _, f := range []struct {
@@ -197,17 +216,12 @@ func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) {
 		}
 		var ps heartbeat.Policies
 		if req.Scale > 0 {
-			ps = s.HeartbeatPolicies().Scale(req.Scale)
+			ps = s.basePolicies().Scale(req.Scale)
 		} else {
 			var err error
-			for _, f := range []struct {
-				j policyJSON
-				p *heartbeat.Policy
-			}{{req.Unknown, &ps.Unknown}, {req.WiFi, &ps.WiFi}, {req.Cellular, &ps.Cellular}} {
-				if *f.p, err = f.j.policy(); err != nil {
-					http.Error(w, "bad duration: "+err.Error(), http.StatusBadRequest)
-					return
-				}
+			if ps, err = req.policies(); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
 			}
 		}
 		if err := s.SetHeartbeatPolicies(ps); err != nil {
@@ -218,7 +232,6 @@ func (s *Server) handlePolicy(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "GET or PUT", http.StatusMethodNotAllowed)
 		return
 	}
-	ps := s.HeartbeatPolicies()
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(policiesJSON{Unknown: toPolicyJSON(ps.Unknown), WiFi: toPolicyJSON(ps.WiFi), Cellular: toPolicyJSON(ps.Cellular)})
+	_ = json.NewEncoder(w).Encode(toPoliciesJSON(s.HeartbeatPolicies()))
 }

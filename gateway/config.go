@@ -48,6 +48,12 @@ type Config struct {
 
 	DrainWindow time.Duration // spread GOAWAYs over this on shutdown (default 10s)
 
+	// AdminToken protects the admin switch endpoints (/switches,
+	// /heartbeat/, /shake/, /workers/); empty refuses them all.
+	AdminToken string
+	// SwitchesFile persists the operator's switches ("" = not persisted).
+	SwitchesFile string
+
 	Admission     AdmissionConfig     // overload control on the forwarding pools
 	ConnAdmission ConnAdmissionConfig // accept rate, connection cap, flapping
 

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,10 @@ type ConnAdmissionConfig struct {
 }
 
 type connAdmission struct {
-	cfg ConnAdmissionConfig
+	cfg ConnAdmissionConfig // static, except the two limits below
+
+	rate     atomic.Uint64 // math.Float64bits(accept rate); switchable at runtime
+	maxConns atomic.Int64
 
 	tokens   atomic.Int64 // accept tokens, in millitokens
 	lastFill atomic.Int64 // unix nanos
@@ -51,6 +55,7 @@ func newConnAdmission(cfg ConnAdmissionConfig) *connAdmission {
 		cfg.RetryAfterBase = 2 * time.Second
 	}
 	a := &connAdmission{cfg: cfg, flaps: map[uint64]*flapState{}}
+	a.setLimits(cfg.AcceptRate, cfg.MaxConns)
 	a.tokens.Store(int64(cfg.AcceptRate * 1000))
 	a.lastFill.Store(time.Now().UnixNano())
 	return a
@@ -59,16 +64,17 @@ func newConnAdmission(cfg ConnAdmissionConfig) *connAdmission {
 // accept reports whether a new connection may proceed, open being the
 // number already open. Runs on event loops.
 func (a *connAdmission) accept(open int) bool {
-	if a.cfg.MaxConns > 0 && open >= a.cfg.MaxConns {
+	if m := a.maxConns.Load(); m > 0 && int64(open) >= m {
 		return false
 	}
-	if a.cfg.AcceptRate <= 0 {
+	rate := math.Float64frombits(a.rate.Load())
+	if rate <= 0 {
 		return true
 	}
 	now := time.Now().UnixNano()
 	last := a.lastFill.Swap(now)
-	burst := int64(a.cfg.AcceptRate * 1000)
-	add := int64(float64(now-last) / 1e6 * a.cfg.AcceptRate) // millitokens
+	burst := int64(rate * 1000)
+	add := int64(float64(now-last) / 1e6 * rate) // millitokens
 	if t := a.tokens.Add(add); t > burst {
 		a.tokens.Store(burst)
 	}
@@ -77,6 +83,12 @@ func (a *connAdmission) accept(open int) bool {
 		return false
 	}
 	return true
+}
+
+// setLimits changes the accept rate and the connection cap (0: none).
+func (a *connAdmission) setLimits(rate float64, maxConns int) {
+	a.rate.Store(math.Float64bits(rate))
+	a.maxConns.Store(int64(maxConns))
 }
 
 // flapping records an authentication of uid and reports whether the user

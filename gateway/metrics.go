@@ -35,7 +35,8 @@ type metrics struct {
 	admOverload  prometheus.Gauge
 	admShed      *prometheus.CounterVec // business priority
 	connRefused  *prometheus.CounterVec // reason
-	policy       *prometheus.GaugeVec   // network, field
+	degrade      prometheus.Gauge
+	policy       *prometheus.GaugeVec // network, field
 
 	mu      sync.Mutex
 	methods map[string]*methodMetrics
@@ -83,7 +84,8 @@ func newMetrics() *metrics {
 	m.admShed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_admission_shed_total", Help: "Calls shed by admission control, by business priority (0 = most important)."}, []string{"priority"})
 	m.admLevel.Set(maxLevel)
 	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_connections_refused_total", Help: "Connections refused by connection admission, by reason (accept_limit, flapping)."}, []string{"reason"})
-	for _, c := range []prometheus.Collector{m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	m.degrade = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_degrade_level", Help: "Degrade level in force (0 normal .. 3)."})
+	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m

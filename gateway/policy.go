@@ -67,16 +67,42 @@ func (s *Server) authPolicy(n pb.Network) *pb.HeartbeatPolicy {
 // HeartbeatPolicies returns the policies in force. Goroutine-safe.
 func (s *Server) HeartbeatPolicies() heartbeat.Policies { return s.pol.Load().ps }
 
-// SetHeartbeatPolicies changes the heartbeat policy at runtime (for example
-// the degrade mode lengthening every interval): idle deadlines move first,
-// then every authenticated client gets a POLICY frame. It returns once the
-// frames are queued. Goroutine-safe.
+// SetHeartbeatPolicies changes the heartbeat policy at runtime: it becomes
+// the switches' base policy (scaled by the degrade level in force, and
+// persisted with the switches); idle deadlines move first, then every
+// authenticated client gets a POLICY frame. Goroutine-safe.
 func (s *Server) SetHeartbeatPolicies(ps heartbeat.Policies) error {
 	if err := ps.Validate(); err != nil {
 		return err
 	}
+	sw := s.Switches()
+	pj := toPoliciesJSON(ps)
+	sw.Heartbeat = &pj
+	return s.SetSwitches(sw, "heartbeat policy API")
+}
+
+// setPolicies puts policies into force: idle deadlines of every
+// authenticated connection move; with notify each also gets a POLICY frame.
+func (s *Server) setPolicies(ps heartbeat.Policies, notify bool) {
+	old := s.pol.Load()
+	if old != nil && old.ps == ps {
+		return
+	}
 	st := s.newPolicyState(ps)
 	s.pol.Store(st)
+	s.eachSession(func(c *conn) {
+		ni := networkIndex(c.network)
+		s.wheel.SetTimeout(&c.hb, st.idle[ni])
+		if notify {
+			_ = s.sendAsync(c, st.frames[ni], nil)
+		}
+	})
+	s.log.Info("heartbeat policy in force", "cellular", ps.Cellular, "wifi", ps.WiFi, "unknown", ps.Unknown)
+}
+
+// eachSession calls fn for every authenticated connection, a shard at a
+// time, outside the shard locks (fn may write to connections).
+func (s *Server) eachSession(fn func(*conn)) {
 	var batch []*conn
 	for i := range s.sessions.shards {
 		sh := &s.sessions.shards[i]
@@ -89,11 +115,7 @@ func (s *Server) SetHeartbeatPolicies(ps heartbeat.Policies) error {
 		}
 		sh.mu.Unlock()
 		for _, c := range batch {
-			ni := networkIndex(c.network)
-			s.wheel.SetTimeout(&c.hb, st.idle[ni])
-			_ = s.sendAsync(c, st.frames[ni], nil)
+			fn(c)
 		}
 	}
-	s.log.Info("heartbeat policy changed", "cellular", ps.Cellular, "wifi", ps.WiFi, "unknown", ps.Unknown)
-	return nil
 }

@@ -47,6 +47,7 @@ type Server struct {
 	sessions *sessions
 	fwd      *forwarder
 	connAdm  *connAdmission
+	switches *switchboard
 	presence *presence
 	push     *pusher // nil when Config.NATS is empty
 	shake    *shaker // SHAKE and OPEN (shake.go)
@@ -93,6 +94,10 @@ func New(cfg Config) (*Server, error) {
 	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
 	s.pol.Store(s.newPolicyState(*cfg.Policies))
 	s.connAdm = newConnAdmission(cfg.ConnAdmission)
+	var err error
+	if s.switches, err = newSwitchboard(s, cfg.SwitchesFile); err != nil {
+		return nil, err
+	}
 	s.fwd = newForwarder(s)
 	s.presence = newPresence(s)
 	s.push = newPusher(s)
@@ -104,6 +109,7 @@ func New(cfg Config) (*Server, error) {
 // the admin listener (if configured), and returns once clients can connect.
 func (s *Server) Start() error {
 	s.started = time.Now()
+	s.switches.run(s.done)
 	if err := s.push.start(); err != nil { // before the loops: presence needs the node
 		return fmt.Errorf("gateway: push: %w", err)
 	}

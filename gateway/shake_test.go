@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,7 +197,7 @@ func TestShakeNeedsAuth(t *testing.T) {
 
 func TestShakeAdminSwitches(t *testing.T) {
 	env := newShakeEnv(t, 1)
-	s := startServer(t, func(c *Config) { c.Shake = env.cfg })
+	s := startServer(t, func(c *Config) { c.Shake = env.cfg; c.AdminToken = "tok" })
 	h := s.AdminHandler()
 	do := func(path, body string, want int) ShakeStatus {
 		t.Helper()
@@ -204,6 +205,7 @@ func TestShakeAdminSwitches(t *testing.T) {
 		if body == "" {
 			req = httptest.NewRequest(http.MethodGet, path, nil)
 		}
+		req.Header.Set("Authorization", "Bearer tok") // switch endpoints need the admin token
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code != want {
@@ -340,4 +342,27 @@ func TestShakeOnLoopZeroAlloc(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, func() { c.frames = 0; s.OnTraffic(fc) }); n != 0 {
 		t.Fatalf("SHAKE on the loop allocates %v times", n)
 	}
+}
+
+// BenchmarkShakeWire: SHAKE round trips over loopback TCP from parallel
+// connections (client and gateway in one process, so it mixes both sides'
+// CPU): shakes/s through the whole stack, most answered "no packet" once
+// the slot's tickets are out.
+func BenchmarkShakeWire(b *testing.B) {
+	env := newShakeEnv(b, 1000)
+	s := startServer(b, func(c *Config) { c.Shake = env.cfg; c.MaxFrameRate = 1 << 20 })
+	var uid atomic.Uint64
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := dialWire(b, s.Addr())
+		u := uid.Add(1)
+		w.auth(token(b, u, "d", time.Hour), "d")
+		frame := codec.AppendFrame(nil, codec.CmdShake, 0, 1, nil)
+		for pb.Next() {
+			w.send(frame)
+			w.expect(codec.CmdShakeRsp, 5*time.Second)
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "shakes/s")
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,6 +39,7 @@ type SupervisorConfig struct {
 	ShutdownTimeout time.Duration
 	Logger          *slog.Logger
 	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
+	AdminToken      string              // protects switch endpoints and worker drain
 }
 
 // RunSupervisor starts Workers copies of this program as gateway workers
@@ -68,7 +70,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 	}
 	defer os.RemoveAll(runDir)
 
-	sv := &supervisor{log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
+	sv := &supervisor{token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
 	for i := range sv.workers {
 		sv.workers[i] = &workerProc{index: i, sock: filepath.Join(runDir, fmt.Sprintf("w%d.sock", i))}
 		sv.start(sv.workers[i])
@@ -100,6 +102,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 }
 
 type supervisor struct {
+	token   string
 	log     *slog.Logger
 	exe     string
 	args    []string
@@ -255,9 +258,15 @@ func (sv *supervisor) handler() http.Handler {
 			_ = enc.Encode(f)
 		}
 	})
-	mux.HandleFunc("/heartbeat/policy", func(w http.ResponseWriter, r *http.Request) {
-		// Every worker gets the change; the answer is worker 0's view.
-		body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<16))
+	// Switch endpoints go to every worker (each checks the admin token too);
+	// the answer is worker 0's.
+	proxy := func(w http.ResponseWriter, r *http.Request) {
+		if !sv.authorized(r) {
+			sv.log.Warn("audit: unauthenticated admin request refused", "path", r.URL.Path, "remote", r.RemoteAddr)
+			http.Error(w, "admin token required", http.StatusUnauthorized)
+			return
+		}
+		body, _ := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 		sv.mu.Lock()
 		socks := make([]string, len(sv.workers))
 		for i, wk := range sv.workers {
@@ -267,7 +276,8 @@ func (sv *supervisor) handler() http.Handler {
 		var first []byte
 		status := http.StatusOK
 		for i, sock := range socks {
-			req, _ := http.NewRequest(r.Method, "http://worker/heartbeat/policy", strings.NewReader(string(body)))
+			req, _ := http.NewRequest(r.Method, "http://worker"+r.URL.RequestURI(), strings.NewReader(string(body)))
+			req.Header.Set("Authorization", r.Header.Get("Authorization"))
 			resp, err := workerClient(sock).Do(req)
 			if err != nil {
 				status = http.StatusBadGateway
@@ -283,6 +293,29 @@ func (sv *supervisor) handler() http.Handler {
 		}
 		w.WriteHeader(status)
 		_, _ = w.Write(first)
+	}
+	mux.HandleFunc("/heartbeat/", proxy)
+	mux.HandleFunc("/switches", proxy)
+	mux.HandleFunc("/shake/", proxy)
+	mux.HandleFunc("POST /workers/{index}/drain", func(w http.ResponseWriter, r *http.Request) {
+		if !sv.authorized(r) {
+			http.Error(w, "admin token required", http.StatusUnauthorized)
+			return
+		}
+		i, err := strconv.Atoi(r.PathValue("index"))
+		sv.mu.Lock()
+		var cmd *exec.Cmd
+		if err == nil && i >= 0 && i < len(sv.workers) {
+			cmd = sv.workers[i].cmd
+		}
+		sv.mu.Unlock()
+		if cmd == nil || cmd.Process == nil {
+			http.Error(w, "no such worker", http.StatusNotFound)
+			return
+		}
+		sv.log.Info("audit: draining worker on request", "worker", i, "remote", r.RemoteAddr)
+		_ = cmd.Process.Signal(syscall.SIGTERM) // it drains (GOAWAY over its window) and exits; we restart it
+		fmt.Fprintf(w, "worker %d draining; it will be restarted\n", i)
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ok := 0
@@ -414,4 +447,9 @@ func addMetric(name string, dst, src *dto.Metric) {
 			}
 		}
 	}
+}
+
+func (sv *supervisor) authorized(r *http.Request) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && sv.token != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(sv.token)) == 1
 }

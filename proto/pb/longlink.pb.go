@@ -640,6 +640,94 @@ func (x *GoAway) GetMessage() string {
 	return ""
 }
 
+// ClientConfig is the body of CONFIG (server to client): the degrade mode's
+// levers, sent to all clients or a share of them when an operator (or the
+// gateway itself, under persistent overload) changes the degrade level.
+// Zero fields leave the client's setting as it is.
+type ClientConfig struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	DegradeLevel       uint32                 `protobuf:"varint,1,opt,name=degrade_level,json=degradeLevel,proto3" json:"degrade_level,omitempty"`                       // 0 normal .. 3 heaviest
+	Heartbeat          *HeartbeatPolicy       `protobuf:"bytes,2,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`                                                  // also sent alone as POLICY
+	BackoffMinMs       uint32                 `protobuf:"varint,3,opt,name=backoff_min_ms,json=backoffMinMs,proto3" json:"backoff_min_ms,omitempty"`                     // reconnect backoff floor
+	BackoffMaxMs       uint32                 `protobuf:"varint,4,opt,name=backoff_max_ms,json=backoffMaxMs,proto3" json:"backoff_max_ms,omitempty"`                     // reconnect backoff ceiling
+	ShakeMinIntervalMs uint32                 `protobuf:"varint,5,opt,name=shake_min_interval_ms,json=shakeMinIntervalMs,proto3" json:"shake_min_interval_ms,omitempty"` // shake no more often than this
+	ShakePermille      uint32                 `protobuf:"varint,6,opt,name=shake_permille,json=shakePermille,proto3" json:"shake_permille,omitempty"`                    // of the user's shake attempts, send only this many per thousand (1000 = all)
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ClientConfig) Reset() {
+	*x = ClientConfig{}
+	mi := &file_longlink_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientConfig) ProtoMessage() {}
+
+func (x *ClientConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_longlink_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientConfig.ProtoReflect.Descriptor instead.
+func (*ClientConfig) Descriptor() ([]byte, []int) {
+	return file_longlink_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ClientConfig) GetDegradeLevel() uint32 {
+	if x != nil {
+		return x.DegradeLevel
+	}
+	return 0
+}
+
+func (x *ClientConfig) GetHeartbeat() *HeartbeatPolicy {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return nil
+}
+
+func (x *ClientConfig) GetBackoffMinMs() uint32 {
+	if x != nil {
+		return x.BackoffMinMs
+	}
+	return 0
+}
+
+func (x *ClientConfig) GetBackoffMaxMs() uint32 {
+	if x != nil {
+		return x.BackoffMaxMs
+	}
+	return 0
+}
+
+func (x *ClientConfig) GetShakeMinIntervalMs() uint32 {
+	if x != nil {
+		return x.ShakeMinIntervalMs
+	}
+	return 0
+}
+
+func (x *ClientConfig) GetShakePermille() uint32 {
+	if x != nil {
+		return x.ShakePermille
+	}
+	return 0
+}
+
 var File_longlink_proto protoreflect.FileDescriptor
 
 const file_longlink_proto_rawDesc = "" +
@@ -687,7 +775,14 @@ const file_longlink_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12,\n" +
 	"\x12reconnect_after_ms\x18\x02 \x01(\rR\x10reconnectAfterMs\x12\x1a\n" +
 	"\bredirect\x18\x03 \x01(\tR\bredirect\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage*F\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\x95\x02\n" +
+	"\fClientConfig\x12#\n" +
+	"\rdegrade_level\x18\x01 \x01(\rR\fdegradeLevel\x12:\n" +
+	"\theartbeat\x18\x02 \x01(\v2\x1c.longlink.v1.HeartbeatPolicyR\theartbeat\x12$\n" +
+	"\x0ebackoff_min_ms\x18\x03 \x01(\rR\fbackoffMinMs\x12$\n" +
+	"\x0ebackoff_max_ms\x18\x04 \x01(\rR\fbackoffMaxMs\x121\n" +
+	"\x15shake_min_interval_ms\x18\x05 \x01(\rR\x12shakeMinIntervalMs\x12%\n" +
+	"\x0eshake_permille\x18\x06 \x01(\rR\rshakePermille*F\n" +
 	"\aNetwork\x12\x13\n" +
 	"\x0fNETWORK_UNKNOWN\x10\x00\x12\x10\n" +
 	"\fNETWORK_WIFI\x10\x01\x12\x14\n" +
@@ -706,7 +801,7 @@ func file_longlink_proto_rawDescGZIP() []byte {
 }
 
 var file_longlink_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_longlink_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_longlink_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_longlink_proto_goTypes = []any{
 	(Network)(0),            // 0: longlink.v1.Network
 	(*Auth)(nil),            // 1: longlink.v1.Auth
@@ -717,16 +812,18 @@ var file_longlink_proto_goTypes = []any{
 	(*Push)(nil),            // 6: longlink.v1.Push
 	(*Error)(nil),           // 7: longlink.v1.Error
 	(*GoAway)(nil),          // 8: longlink.v1.GoAway
+	(*ClientConfig)(nil),    // 9: longlink.v1.ClientConfig
 }
 var file_longlink_proto_depIdxs = []int32{
 	0, // 0: longlink.v1.Auth.network:type_name -> longlink.v1.Network
 	0, // 1: longlink.v1.HeartbeatPolicy.network:type_name -> longlink.v1.Network
 	2, // 2: longlink.v1.AuthOK.heartbeat:type_name -> longlink.v1.HeartbeatPolicy
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	2, // 3: longlink.v1.ClientConfig.heartbeat:type_name -> longlink.v1.HeartbeatPolicy
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_longlink_proto_init() }
@@ -740,7 +837,7 @@ func file_longlink_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_longlink_proto_rawDesc), len(file_longlink_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,160 @@
+package gateway
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+func adminReq(t *testing.T, h http.Handler, method, path, body, tok string) *httptest.ResponseRecorder {
+	t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	if tok != "" {
+		r.Header.Set("Authorization", "Bearer "+tok)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func (w *wire) expectConfig(timeout time.Duration) *pb.ClientConfig {
+	w.t.Helper()
+	for {
+		f, err := w.next(timeout)
+		if err != nil {
+			w.t.Fatalf("no CONFIG: %v", err)
+		}
+		if f.Cmd == codec.CmdConfig {
+			var cc pb.ClientConfig
+			if err := proto.Unmarshal(f.Body, &cc); err != nil {
+				w.t.Fatal(err)
+			}
+			return &cc
+		}
+	}
+}
+
+func TestSwitchesNeedToken(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.AdminToken = "s3cret" })
+	h := s.AdminHandler()
+	for _, tc := range []struct{ method, path, tok string }{
+		{"GET", "/switches", ""}, {"PUT", "/switches", ""}, {"GET", "/switches", "wrong"},
+		{"PUT", "/heartbeat/policy", ""}, {"POST", "/shake/speed", ""},
+	} {
+		if w := adminReq(t, h, tc.method, tc.path, `{"degrade":1}`, tc.tok); w.Code != http.StatusUnauthorized {
+			t.Errorf("%s %s with token %q: %d", tc.method, tc.path, tc.tok, w.Code)
+		}
+	}
+	if s.Switches().Degrade != 0 {
+		t.Fatal("an unauthenticated request changed a switch")
+	}
+	if w := adminReq(t, h, "GET", "/metrics", "", ""); w.Code != 200 {
+		t.Fatalf("/metrics must stay open for scrapers: %d", w.Code)
+	}
+	if w := adminReq(t, h, "GET", "/switches", "", "s3cret"); w.Code != 200 || !strings.Contains(w.Body.String(), `"degrade":0`) {
+		t.Fatalf("GET /switches: %d %s", w.Code, w.Body)
+	}
+}
+
+func TestDegradeReachesClientsAndPersists(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "switches.json")
+	mod := func(c *Config) { c.AdminToken = "tok"; c.SwitchesFile = file }
+	s := startServer(t, mod)
+	ws := make([]*wire, 4)
+	for i := range ws {
+		ws[i] = dialWire(t, s.Addr())
+		ws[i].auth(token(t, uint64(i+1), "", time.Hour), "d")
+	}
+	base := s.HeartbeatPolicies().Cellular
+	start := time.Now()
+	if w := adminReq(t, s.AdminHandler(), "PUT", "/switches", `{"degrade":2}`, "tok"); w.Code != 200 {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	for _, w := range ws {
+		cc := w.expectConfig(time.Second)
+		if cc.DegradeLevel != 2 || cc.BackoffMinMs == 0 || cc.ShakePermille != 500 {
+			t.Fatalf("CONFIG: %v", cc)
+		}
+		if cc.Heartbeat.GetMinIntervalS() != 2*uint32(base.Min/time.Second) {
+			t.Fatalf("heartbeat not doubled: %v vs base %v", cc.Heartbeat, base)
+		}
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("switch took %v to reach clients", el)
+	}
+	if got := s.HeartbeatPolicies().Cellular.Idle; got != 2*base.Idle {
+		t.Fatalf("idle timeout %v, want %v", got, 2*base.Idle)
+	}
+	s.Close()
+
+	// Restart on the same file: the switch is still in force.
+	s2 := startServer(t, mod)
+	if s2.Switches().Degrade != 2 || s2.DegradeLevel() != 2 {
+		t.Fatalf("after restart degrade %d in force %d", s2.Switches().Degrade, s2.DegradeLevel())
+	}
+	w := dialWire(t, s2.Addr())
+	ok := w.auth(token(t, 9, "", time.Hour), "d")
+	if ok.Heartbeat.GetMinIntervalS() != 2*uint32(base.Min/time.Second) {
+		t.Fatalf("new client after restart got %v", ok.Heartbeat)
+	}
+}
+
+func TestDegradeShareAndRedirect(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.AdminToken = "tok" })
+	var in, out []*wire
+	for uid := uint64(1); uid <= 40 && (len(in) < 2 || len(out) < 2); uid++ {
+		w := dialWire(t, s.Addr())
+		w.auth(token(t, uid, "", time.Hour), "d")
+		if inShare(uid, 50) {
+			in = append(in, w)
+		} else {
+			out = append(out, w)
+		}
+	}
+	if w := adminReq(t, s.AdminHandler(), "PUT", "/switches", `{"degrade":3,"degrade_share":50,"redirect":"10.0.0.9:7100"}`, "tok"); w.Code != 200 {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	for _, w := range in {
+		if cc := w.expectConfig(time.Second); cc.DegradeLevel != 3 {
+			t.Fatalf("level %d", cc.DegradeLevel)
+		}
+		f := w.expect(codec.CmdGoAway, time.Second)
+		var g pb.GoAway
+		_ = proto.Unmarshal(f.Body, &g)
+		if g.Redirect != "10.0.0.9:7100" {
+			t.Fatalf("goaway %v", &g)
+		}
+	}
+	for _, w := range out { // outside the share: policy changes only move server deadlines
+		if f, err := w.next(300 * time.Millisecond); err == nil {
+			t.Fatalf("client outside the share got %v", f.Cmd)
+		}
+	}
+}
+
+func TestAutoDegrade(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.AdminToken = "tok" })
+	if err := s.SetSwitches(Switches{AutoDegrade: true, DegradeShare: 100}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		s.switches.autoTick(true, time.Second)
+	}
+	if s.DegradeLevel() != 1 {
+		t.Fatalf("after 10 s of overload: level %d", s.DegradeLevel())
+	}
+	for i := 0; i < 30; i++ {
+		s.switches.autoTick(false, time.Second)
+	}
+	if s.DegradeLevel() != 0 {
+		t.Fatalf("after 30 s calm: level %d", s.DegradeLevel())
+	}
+}
