@@ -359,6 +359,36 @@ func TestMemoryBaselineFigures(t *testing.T) {
 	}
 }
 
+// TestCPUWindowBetweenGoodReads: when the last scrapes of the server fail,
+// the CPU figures come from the last good read and the client counters of
+// that moment, not from a failed read (which would drop them) or the
+// counters at the stop (which would dilute them).
+func TestCPUWindowBetweenGoodReads(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Scenarios = []string{"idle"}
+	t0 := time.Unix(1000, 0)
+	l := &leg{cfg: &cfg, kind: "gateway", start: t0, steadyAt: t0.Add(10 * time.Second),
+		steadyEnd: t0.Add(60 * time.Second),
+		finalC:    counters{"pongs": 9000}, finalTimes: map[string]int64{},
+		base:      counters{"pongs": 1000},
+		baseSrv:   serverUsage{OK: true, CPU: 5, RSS: 1 << 20},
+		baseSrvAt: t0.Add(10 * time.Second),
+		baseSrvC:  counters{"pongs": 1000},
+		lastSrv:   serverUsage{OK: true, CPU: 7, RSS: 2 << 20, Conns: 100},
+		lastSrvAt: t0.Add(50 * time.Second),
+		lastSrvC:  counters{"pongs": 5000},
+		series:    []Sample{{Open: 100}},
+	}
+	r := l.report()
+	// 2 CPU seconds over 40 s between the good reads, 4000 heartbeats.
+	if r.GatewayCPUCores != 0.05 || r.GatewayCPUPerHB != 500 {
+		t.Errorf("cpu %.4f cores, %.1f µs/heartbeat; want 0.05 and 500", r.GatewayCPUCores, r.GatewayCPUPerHB)
+	}
+	if r.GatewayRSS != 2<<20 || len(r.Notes) == 0 {
+		t.Errorf("rss %d notes %v", r.GatewayRSS, r.Notes)
+	}
+}
+
 func TestConfigChecks(t *testing.T) {
 	cases := []struct {
 		mod  func(*Config)

@@ -249,24 +249,35 @@ func (l *leg) report() *Report {
 				r.Notes = append(r.Notes, "server RSS did not grow over its baseline: gateway_bytes_per_conn_growth left at 0")
 			}
 		}
-		if baseSrv.OK && win > 0 {
+		// The CPU window: between the good reads of the server's usage at
+		// (or soon after) the start of the steady state and at (or shortly
+		// before) its end, with the clients' counters of those moments.
+		cwin, cb, ce := win, base, c
+		if !steadyAt.IsZero() && !l.baseSrvAt.IsZero() && !l.lastSrvAt.IsZero() {
+			cwin = l.lastSrvAt.Sub(l.baseSrvAt).Seconds()
+			cb, ce = l.baseSrvC, l.lastSrvC
+			if gap := l.steadyEnd.Sub(l.lastSrvAt) + l.baseSrvAt.Sub(steadyAt); gap > 5*time.Second {
+				r.Notes = append(r.Notes, fmt.Sprintf("server usage reads failed for %.0fs of the steady state: its CPU figures cover %.0fs", gap.Seconds(), cwin))
+			}
+		}
+		if baseSrv.OK && cwin > 0 {
 			cpu := srv.CPU - baseSrv.CPU
 			if l.kind == "floor" {
 				// The push round is timed separately; keep it out of the
 				// steady-state CPU so CPU per echo is what it says.
-				cpu -= float64(c["floor_push_cpu_ns"]-base["floor_push_cpu_ns"]) / 1e9
+				cpu -= float64(ce["floor_push_cpu_ns"]-cb["floor_push_cpu_ns"]) / 1e9
 			}
-			r.GatewayCPUCores = cpu / win
+			r.GatewayCPUCores = cpu / cwin
 			onlyHB := true
 			for _, s := range cfg.Scenarios {
 				if s != "idle" && s != "heartbeat" {
 					onlyHB = false
 				}
 			}
-			if p := c["push_recv"] - base["push_recv"]; p > 0 && l.kind == "gateway" {
+			if p := ce["push_recv"] - cb["push_recv"]; p > 0 && l.kind == "gateway" {
 				r.GatewayCPUPerPush = cpu / float64(p) * 1e6 // the push scenario: CPU per delivered notify
 			}
-			if hb := c["pongs"] - base["pongs"]; hb > 0 && onlyHB {
+			if hb := ce["pongs"] - cb["pongs"]; hb > 0 && onlyHB {
 				r.GatewayCPUPerHB = cpu / float64(hb) * 1e6
 			} else if !onlyHB {
 				r.Notes = append(r.Notes, "gateway_cpu_us_per_heartbeat is only given for the idle and heartbeat scenarios")

@@ -77,6 +77,11 @@ type leg struct {
 	finalErrors          map[string]int64
 	firstSrv             serverUsage
 	preSrv               serverUsage // before the ramp: the server's baseline
+	// The steady-state CPU window runs between two good reads of the
+	// server's usage (a scrape of a busy many-worker gateway can time out):
+	// when and with which counters baseSrv and lastSrv were taken.
+	baseSrvAt, lastSrvAt time.Time
+	baseSrvC, lastSrvC   counters
 }
 
 // counters is the sum of every worker's latest cumulative counters.
@@ -489,6 +494,7 @@ func (l *leg) loop(ctx context.Context) error {
 			l.steadyAt = now
 			l.mu.Unlock()
 			l.base, l.baseSrv, l.toolAtSteady = c, l.serverUsage(ctx, c), l.toolUsage()
+			l.baseSrvAt, l.baseSrvC = now, c
 		}
 		if final || now.Sub(l.prevT) >= time.Second-50*time.Millisecond {
 			l.sample(ctx, now)
@@ -558,7 +564,17 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 	}
 	l.series = append(l.series, s)
 	l.prevC, l.prevSrv, l.prevT, l.prevTool = c, srv, now, tool.CPU
-	l.lastSrv, l.lastTool = srv, tool
+	l.lastTool = tool
+	if srv.OK || !l.lastSrv.OK {
+		// Keep the last good read: one timed-out scrape must not wipe the
+		// leg's memory and CPU figures.
+		l.lastSrv, l.lastSrvAt, l.lastSrvC = srv, now, c
+	}
+	if srv.OK && !l.baseSrv.OK && !l.steadyAt.IsZero() {
+		// The read at the start of the steady state failed: start the CPU
+		// window at this one.
+		l.baseSrv, l.baseSrvAt, l.baseSrvC = srv, now, c
+	}
 	l.finalC, l.finalTimes, l.finalErrors = c, times, errs
 	if l.progress {
 		line := fmt.Sprintf("[%s] %4.0fs open %d/%d fail %d conn/s %.0f hb/s %.0f rpc/s %.0f",
