@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -122,6 +123,7 @@ type workerProc struct {
 	sock     string
 	cmd      *exec.Cmd // guarded by supervisor.mu
 	restarts int
+	draining atomic.Bool // a drain was requested: the exit is expected
 }
 
 func (sv *supervisor) start(w *workerProc) {
@@ -152,7 +154,12 @@ func (sv *supervisor) start(w *workerProc) {
 		}
 		delay := min(time.Duration(1<<min(w.restarts, 5))*time.Second, 30*time.Second)
 		w.restarts++
-		sv.log.Error("worker exited; restarting", "worker", w.index, "err", err, "in", delay)
+		if w.draining.Swap(false) {
+			delay = 0
+			sv.log.Info("drained worker exited; restarting", "worker", w.index)
+		} else {
+			sv.log.Error("worker exited; restarting", "worker", w.index, "err", err, "in", delay)
+		}
 		time.Sleep(delay)
 		sv.mu.Lock()
 		stopping = sv.stopping
@@ -278,6 +285,7 @@ func (sv *supervisor) handler() http.Handler {
 		for i, sock := range socks {
 			req, _ := http.NewRequest(r.Method, "http://worker"+r.URL.RequestURI(), strings.NewReader(string(body)))
 			req.Header.Set("Authorization", r.Header.Get("Authorization"))
+			req.Header.Set("X-Longlink-Remote", r.RemoteAddr) // for the workers' audit lines
 			resp, err := workerClient(sock).Do(req)
 			if err != nil {
 				status = http.StatusBadGateway
@@ -307,6 +315,7 @@ func (sv *supervisor) handler() http.Handler {
 		var cmd *exec.Cmd
 		if err == nil && i >= 0 && i < len(sv.workers) {
 			cmd = sv.workers[i].cmd
+			sv.workers[i].draining.Store(true)
 		}
 		sv.mu.Unlock()
 		if cmd == nil || cmd.Process == nil {

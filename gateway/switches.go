@@ -41,10 +41,10 @@ type Switches struct {
 	// Connection admission.
 	AcceptRate float64 `json:"accept_rate"`
 	MaxConns   int     `json:"max_conns"`
-	// Shake red packets (when this gateway dispenses them).
-	ShakeEnabled *bool    `json:"shake_enabled,omitempty"`
-	ShakeSpeed   *float64 `json:"shake_speed,omitempty"`
-	ShakeLimit   *float64 `json:"shake_limit,omitempty"`
+	// Shake red packets (when this gateway dispenses them): pacing factor
+	// and per-second issue limit (nil: leave as configured).
+	ShakeSpeed *float64 `json:"shake_speed,omitempty"`
+	ShakeLimit *float64 `json:"shake_limit,omitempty"`
 }
 
 // degradeLevel is what one degrade level asks of clients.
@@ -241,6 +241,19 @@ func (b *switchboard) apply(notify bool) {
 	if changed || (notify && level > 0) {
 		b.broadcastConfig(level, sw)
 	}
+	if s.shake != nil && s.shake.cfg.Issuer != nil {
+		iss := s.shake.cfg.Issuer
+		if sw.ShakeSpeed != nil {
+			if err := iss.SetSpeed(*sw.ShakeSpeed); err != nil {
+				s.log.Warn("switch shake_speed refused", "err", err)
+			}
+		}
+		if sw.ShakeLimit != nil {
+			if err := iss.SetLimit(*sw.ShakeLimit); err != nil {
+				s.log.Warn("switch shake_limit refused", "err", err)
+			}
+		}
+	}
 	for _, h := range hooks {
 		h(sw)
 	}
@@ -374,7 +387,11 @@ func (s *Server) handleSwitches(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "bad switches JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		if err := s.SetSwitches(sw, r.RemoteAddr); err != nil {
+		who := r.RemoteAddr
+		if fwd := r.Header.Get("X-Longlink-Remote"); fwd != "" && (who == "" || who == "@") {
+			who = fwd + " (via supervisor)"
+		}
+		if err := s.SetSwitches(sw, who); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -25,16 +26,17 @@ func init() {
 func runGateway(args []string) int {
 	fs := newFlagSet("gateway", gatewaySummary)
 	var (
-		cfg       gateway.Config
-		admin     = fs.String("admin", "127.0.0.1:7101", "admin HTTP listener (/metrics, /healthz, /status); empty disables")
-		dataDir   = fs.String("data", auth.DefaultDataDir(), "data directory (token keys in keys.json; created with a dev key on first run)")
-		workers   = fs.Int("workers", 1, "worker processes sharing the port with SO_REUSEPORT (each holds up to ~19k connections here)")
-		workerIdx = fs.Int("worker-index", -1, "internal: set by the supervisor for its workers")
-		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
-		logFormat = fs.String("log-format", "text", "text or json")
-		drainMax  = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, close whatever is left after this long")
-		httpCfg   gateway.HTTPConfig
-		gcPercent = fs.Int("gc-percent", 25, "Go GC target percentage (GOGC); the gateway's heap is mostly long-lived connection state that allocates little, so a low value costs little CPU and keeps RSS near the live heap")
+		cfg          gateway.Config
+		admin        = fs.String("admin", "127.0.0.1:7101", "admin HTTP listener (/metrics, /healthz, /status); empty disables")
+		dataDir      = fs.String("data", auth.DefaultDataDir(), "data directory (token keys in keys.json; created with a dev key on first run)")
+		workers      = fs.Int("workers", 1, "worker processes sharing the port with SO_REUSEPORT (each holds up to ~19k connections here)")
+		workerIdx    = fs.Int("worker-index", -1, "internal: set by the supervisor for its workers")
+		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat    = fs.String("log-format", "text", "text or json")
+		drainMax     = fs.Duration("shutdown-timeout", 30*time.Second, "on SIGTERM, close whatever is left after this long")
+		httpCfg      gateway.HTTPConfig
+		switchesFile = fs.String("switches", "", "file the operator's switches persist in (default <data>/switches.json)")
+		gcPercent    = fs.Int("gc-percent", 25, "Go GC target percentage (GOGC); the gateway's heap is mostly long-lived connection state that allocates little, so a low value costs little CPU and keeps RSS near the live heap")
 	)
 	fs.StringVar(&cfg.Listen, "listen", ":7100", "client TCP listen address")
 	fs.StringVar(&httpCfg.Addr, "http", ":7180", "short-connection HTTP access (POST /v1/call/{method}); empty disables")
@@ -65,6 +67,20 @@ func runGateway(args []string) int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
 	}
+	adminTokenPath := filepath.Join(*dataDir, "admin.token")
+	adminToken, tokCreated, err := gateway.LoadOrCreateAdminToken(adminTokenPath)
+	if err != nil {
+		log.Error("cannot load the admin token", "file", adminTokenPath, "err", err)
+		return 1
+	}
+	if tokCreated {
+		log.Info("created the admin token for switch endpoints and `longlink admin`", "file", adminTokenPath)
+	}
+	cfg.AdminToken = adminToken
+	if *switchesFile == "" {
+		*switchesFile = filepath.Join(*dataDir, "switches.json")
+	}
+	cfg.SwitchesFile = *switchesFile
 	sf.prepareHub(*dataDir)
 	var hub *push.Hub
 	if *pf.on && *workerIdx < 0 { // one push hub per host: this process, or the supervisor
@@ -98,7 +114,7 @@ func runGateway(args []string) int {
 			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
 		}
 		args = append(args[:len(args):len(args)], gb.workerArgs...)
-		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, args, hub, gb.collectors...)
+		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, adminToken, args, hub, gb.collectors...)
 	}
 
 	keyPath := auth.KeyFile(*dataDir)

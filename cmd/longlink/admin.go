@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/longlink/longlink/auth"
+)
+
+const adminSummary = "read and set a running gateway's switches (degrade, quotas, policies, shake, drain)"
+
+func init() { register(command{name: "admin", summary: adminSummary, run: runAdmin}) }
+
+const adminUsage = `Usage: longlink admin [flags] <command> [args]
+
+Commands:
+  status                      connections, calls/s, errors (no token needed)
+  switches                    show the switches in force
+  set key=value ...           change switches, e.g. degrade=2 degrade_share=30 auto_degrade=true
+                              accept_rate=5000 max_conns=19000 redirect=10.0.0.9:7100
+                              shake_speed=1.5 shake_limit=20000
+  policy [scale]              show the heartbeat policy, or multiply it by scale
+  shake <switch> [json]       shake switches: status, speed {"speed":2}, limit {"per_s":5000},
+                              degrade {"min_interval_ms":5000,"probability_permille":200},
+                              down {"instance":3,"down":true}, keys {"allow":[..],"deny":[..]}
+  drain N                     drain and restart worker N (with --workers)
+
+Every change is applied at once, logged as an audit line by the gateway, and
+persisted across restarts. The admin token is read from <data>/admin.token.
+`
+
+func runAdmin(args []string) int {
+	fs := newFlagSet("admin", adminSummary)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), adminUsage, "\nFlags:\n"); fs.PrintDefaults() }
+	addr := fs.String("admin", "127.0.0.1:7101", "the gateway's admin address")
+	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory holding admin.token")
+	tokenFile := fs.String("token-file", "", "admin token file (default <data>/admin.token)")
+	if !parseFlags(fs, args) {
+		return 2
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return 2
+	}
+	if *tokenFile == "" {
+		*tokenFile = filepath.Join(*dataDir, "admin.token")
+	}
+	tok := ""
+	if raw, err := os.ReadFile(*tokenFile); err == nil {
+		tok = strings.TrimSpace(string(raw))
+	}
+	base := "http://" + *addr
+	do := func(method, path string, body any) int {
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "longlink admin:", err)
+			return 1
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		var pretty bytes.Buffer
+		if json.Indent(&pretty, out, "", "  ") == nil {
+			out = append(pretty.Bytes(), '\n')
+		}
+		if resp.StatusCode != http.StatusOK {
+			fmt.Fprintf(os.Stderr, "longlink admin: %s: %s", resp.Status, out)
+			return 1
+		}
+		os.Stdout.Write(out)
+		return 0
+	}
+	switch rest[0] {
+	case "status":
+		return do("GET", "/status?format=json", nil)
+	case "switches":
+		return do("GET", "/switches", nil)
+	case "set":
+		if len(rest) < 2 {
+			fmt.Fprintln(os.Stderr, "longlink admin set: give key=value pairs")
+			return 2
+		}
+		m := map[string]any{}
+		for _, kv := range rest[1:] {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				fmt.Fprintf(os.Stderr, "longlink admin set: %q is not key=value\n", kv)
+				return 2
+			}
+			var val any
+			if json.Unmarshal([]byte(v), &val) != nil {
+				val = v // a bare string
+			}
+			m[k] = val
+		}
+		return do("PUT", "/switches", m)
+	case "policy":
+		if len(rest) == 1 {
+			return do("GET", "/heartbeat/policy", nil)
+		}
+		f, err := strconv.ParseFloat(rest[1], 64)
+		if err != nil || f <= 0 {
+			fmt.Fprintln(os.Stderr, "longlink admin policy: scale must be a positive number")
+			return 2
+		}
+		return do("PUT", "/heartbeat/policy", map[string]float64{"scale": f})
+	case "shake":
+		if len(rest) < 2 {
+			fmt.Fprintln(os.Stderr, "longlink admin shake: give a switch (status, speed, limit, degrade, down, keys)")
+			return 2
+		}
+		if rest[1] == "status" {
+			return do("GET", "/shake/status", nil)
+		}
+		var body any = map[string]any{}
+		if len(rest) > 2 {
+			if err := json.Unmarshal([]byte(rest[2]), &body); err != nil {
+				fmt.Fprintln(os.Stderr, "longlink admin shake: the argument must be JSON:", err)
+				return 2
+			}
+		}
+		return do("POST", "/shake/"+rest[1], body)
+	case "drain":
+		if len(rest) < 2 {
+			fmt.Fprintln(os.Stderr, "longlink admin drain: give a worker index")
+			return 2
+		}
+		return do("POST", "/workers/"+rest[1]+"/drain", nil)
+	}
+	fmt.Fprintf(os.Stderr, "longlink admin: unknown command %q\n\n%s", rest[0], adminUsage)
+	return 2
+}
