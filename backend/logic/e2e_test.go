@@ -401,3 +401,53 @@ func TestE2E(t *testing.T) {
 	alice.waitPushThenSync("still here")
 	t.Logf("acknowledged %d of 95 sends (%d attempts) across a logic kill -9 and a worker kill -9; all delivered in order", len(acked), attempts)
 }
+
+// TestE2EEmbedded runs `longlink gateway` on its defaults (the embedded
+// logic, in process) and with --workers 2 (the logic in the supervisor):
+// a message and its notify arrive, and the store survives a restart.
+func TestE2EEmbedded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs processes")
+	}
+	for _, workers := range []string{"1", "2"} {
+		t.Run("workers="+workers, func(t *testing.T) {
+			dir := t.TempDir()
+			keys, _, err := auth.LoadOrCreate(auth.KeyFile(dir))
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := freeAddr(t)
+			gw := start(t, "gateway", "--workers", workers, "--listen", addr, "--admin", "", "--http", "", "--data", dir,
+				"--nats-listen", "127.0.0.1:0", "--push-grpc", "", "--log-level", "error", "--loops", "1")
+			until(t, "gateway up", 30*time.Second, func() error { return dialable(addr) })
+			a := connect(t, addr, keys, 1, "a")
+			b := connect(t, addr, keys, 2, "b")
+			var sr pb.SendReply
+			if err := a.call(logic.MethodSend, &pb.SendRequest{To: 2, Text: "embedded"}, &sr); err != nil {
+				t.Fatal(err)
+			}
+			b.waitPushThenSync("embedded")
+			if err := a.call("echo", &pb.SendRequest{}, nil); err != nil {
+				t.Fatalf("echo: %v", err)
+			}
+			// Restart: the data is still there.
+			gw.kill()
+			a.c.Close()
+			// A new port: a single gateway process does not set SO_REUSEADDR,
+			// so its old port is busy while the killed connections linger.
+			addr = freeAddr(t)
+			for i, arg := range gw.args {
+				if arg == "--listen" {
+					gw.args[i+1] = addr
+				}
+			}
+			gw.start(t)
+			until(t, "gateway back", 30*time.Second, func() error { return dialable(addr) })
+			b2 := connect(t, addr, keys, 2, "b2")
+			until(t, "sync after restart", 10*time.Second, b2.sync)
+			if !b2.has("embedded") {
+				t.Fatalf("after restart b2 has %v", b2.texts())
+			}
+		})
+	}
+}
