@@ -114,6 +114,7 @@ func runRole(role string, c roleCfg) error {
 			return err
 		}
 		js, _ := jetstream.New(nc)
+		l.AckWait = 3 * time.Second // a killed predecessor's unacked batch comes back soon
 		go func() { _ = l.Run(context.Background(), js, 32) }()
 		return nil
 	case "gateway":
@@ -137,9 +138,10 @@ func runRole(role string, c roleCfg) error {
 		if err != nil {
 			return err
 		}
-		// The killed predecessor's sockets may hold the port for a moment.
+		// SO_REUSEPORT lets the restarted gateway bind although the killed one
+		// left TIME_WAIT connections on the port.
 		for deadline := time.Now().Add(15 * time.Second); ; {
-			s, err := gateway.New(gateway.Config{Listen: c.Gateway, Keys: keys, Logger: quiet, Loops: 2,
+			s, err := gateway.New(gateway.Config{Listen: c.Gateway, Keys: keys, Logger: quiet, Loops: 2, ReusePort: true, // binds despite TIME_WAIT
 				Shake: &gateway.ShakeConfig{Issuer: iss, Opener: &opening.Remote{NC: nc, Node: "chaos-gw"}, OpenTimeout: 2 * time.Second}})
 			if err != nil {
 				return err

@@ -33,6 +33,11 @@ type Ledger struct {
 
 	credited, duplicates, poison atomic.Uint64
 	delay                        atomic.Int64 // artificial per-batch delay (tests: a slow ledger)
+
+	// AckWait is how long a delivered message may stay unacknowledged
+	// before JetStream redelivers it (after a ledger crash, say); set
+	// before Run. Default 30s; it must exceed a batch's credit time.
+	AckWait time.Duration
 }
 
 var (
@@ -120,11 +125,14 @@ func (l *Ledger) Credit(ps []*pb.OpenedPacket, seqs []uint64) (int, error) {
 }
 
 // Consumer creates (or finds) the ledger's durable pull consumer.
-func Consumer(ctx context.Context, js jetstream.JetStream) (jetstream.Consumer, error) {
+func Consumer(ctx context.Context, js jetstream.JetStream, ackWait time.Duration) (jetstream.Consumer, error) {
+	if ackWait <= 0 {
+		ackWait = 30 * time.Second
+	}
 	return js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
 		Durable:       LedgerDurable,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       ackWait,
 		MaxAckPending: 8192,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -138,7 +146,7 @@ func (l *Ledger) Run(ctx context.Context, js jetstream.JetStream, batch int) err
 	}
 	var cons jetstream.Consumer
 	for cons == nil {
-		c, err := Consumer(ctx, js)
+		c, err := Consumer(ctx, js, l.AckWait)
 		if err == nil {
 			cons = c
 			break
