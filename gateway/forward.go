@@ -113,6 +113,7 @@ func (f *forwarder) admit(m *methodMetrics, uid uint64) bool {
 		return true
 	}
 	f.s.metrics.admShed.WithLabelValues(strconv.Itoa(int(m.prio))).Inc()
+	f.stats.shed.Add(1)
 	f.s.metrics.calls.WithLabelValues(m.name, codec.CodeBusy.String()).Inc()
 	return false
 }
@@ -235,6 +236,8 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	queued := start.Sub(j.enqueued)
 	j.m.queue.Observe(queued.Seconds())
 	f.adm.observe(queued)
+	f.stats.queueNs.Add(int64(queued))
+	f.stats.queueN.Add(1)
 	c := j.c
 	if c != nil && c.state.Load() != stateAuthed {
 		return // closed while queued: nobody to answer

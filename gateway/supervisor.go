@@ -355,6 +355,8 @@ func (sv *supervisor) handler() http.Handler {
 			st.CallsPerS += ws.CallsPerS
 			st.ErrorsPerS += ws.ErrorsPerS
 			st.Draining = st.Draining || ws.Draining
+			st.Degrade = max(st.Degrade, ws.Degrade)
+			st.Series.add(ws.Series)
 			if st.Node == "supervisor" {
 				st.Node = strings.TrimSuffix(ws.Node, "/w"+strconv.Itoa(0))
 			}
