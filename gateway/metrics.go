@@ -59,6 +59,7 @@ func newMetrics() *metrics {
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f(collectors.NewGoCollector())
+	f(rssAnonCollector())
 	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_connections", Help: "Open client connections (authenticated or not)."})
 	m.sessions = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_sessions", Help: "Authenticated client connections."})
 	m.accepts = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_accepts_total", Help: "Accepted TCP connections."})

@@ -110,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Start() error {
 	s.started = time.Now()
 	s.switches.run(s.done)
+	go s.returnMemory(15*time.Second, 4<<20)
 	if err := s.push.start(); err != nil { // before the loops: presence needs the node
 		return fmt.Errorf("gateway: push: %w", err)
 	}
@@ -121,6 +122,7 @@ func (s *Server) Start() error {
 			gnet.WithNumEventLoop(s.cfg.Loops),
 			gnet.WithMulticore(s.cfg.Loops > 1),
 			gnet.WithReusePort(s.cfg.ReusePort),
+			gnet.WithReuseAddr(true), // restart on the same port at once, even after kill -9
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithLogger(gnetLogger{s.log}),
 		)
