@@ -3,6 +3,8 @@ package backend
 import (
 	"context"
 	"encoding/binary"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -13,7 +15,10 @@ type Handler func(ctx context.Context, req *Request) ([]byte, error)
 // Embedded is the in-process backend: a method table of plain synchronous Go
 // handlers. The default table answers "echo" (the body back) and "time" (the
 // server's unix time in nanoseconds, 8 bytes big-endian), enough to test
-// forwarding end to end.
+// forwarding end to end, and, as a load-test fixture, "sleep" and any
+// "sleep.<name>" (wait the number of milliseconds in the body, as decimal
+// text, at most 10 s): a backend of known capacity, under method names that
+// can carry different admission priorities.
 type Embedded struct {
 	mu       sync.RWMutex
 	handlers map[string]Handler
@@ -31,6 +36,20 @@ func NewEmbedded() *Embedded {
 		return binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano())), nil
 	})
 	return e
+}
+
+// sleepHandler waits the milliseconds given in the body (decimal text).
+func sleepHandler(ctx context.Context, r *Request) ([]byte, error) {
+	ms, err := strconv.Atoi(strings.TrimSpace(string(r.Body)))
+	if err != nil || ms < 0 || ms > 10000 {
+		return nil, Logical(1002, "sleep: body must be 0..10000 (milliseconds)")
+	}
+	select {
+	case <-time.After(time.Duration(ms) * time.Millisecond):
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // Handle registers (or replaces) the handler for method. Goroutine-safe.
@@ -52,6 +71,9 @@ func (e *Embedded) Call(ctx context.Context, req *Request) ([]byte, error) {
 	e.mu.RLock()
 	h := e.handlers[req.Method]
 	e.mu.RUnlock()
+	if h == nil && (req.Method == "sleep" || strings.HasPrefix(req.Method, "sleep.")) {
+		h = sleepHandler
+	}
 	if h == nil {
 		return nil, ErrUnknownMethod(req.Method)
 	}

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +43,12 @@ func runGateway(args []string) int {
 	fs.StringVar(&httpCfg.Addr, "http", ":7180", "short-connection HTTP access (POST /v1/call/{method}); empty disables")
 	fs.StringVar(&httpCfg.TLSCert, "http-tls-cert", "", "certificate for HTTPS with HTTP/2 on --http")
 	fs.StringVar(&httpCfg.TLSKey, "http-tls-key", "", "private key for --http-tls-cert")
+	prios := fs.String("priority", "", "admission priorities, method=N[,method=N…] (0 most important; merged into the defaults: login/sync/msg.send 1, contacts/profile 2, shake/open 3, others 4)")
+	fs.DurationVar(&cfg.Admission.QueueTarget, "queue-target", 20*time.Millisecond, "overload signal: average queueing time above this sheds low-priority calls")
+	fs.Float64Var(&cfg.ConnAdmission.AcceptRate, "accept-rate", 0, "new connections per second per process (0: no limit; also a runtime switch)")
+	fs.IntVar(&cfg.ConnAdmission.MaxConns, "max-conns", 0, "connections per process (0: no limit; also a runtime switch)")
+	fs.IntVar(&cfg.ConnAdmission.FlapMax, "flap-max", 60, "refuse a user that authenticates more than this many times per --flap-window (0: off)")
+	fs.DurationVar(&cfg.ConnAdmission.FlapWindow, "flap-window", time.Minute, "window of the flapping rule")
 	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
 	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (default: number of CPUs)")
 	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
@@ -60,6 +67,18 @@ func runGateway(args []string) int {
 	backendSpec := fs.String("backend", "embedded", "logic backend: embedded (the reference IM logic on <data>/logic.db; with --workers it runs in the supervisor), echo (test methods only), or grpc://host:port[,host:port…] (remote `longlink logic` instances)")
 	if !parseFlags(fs, args) {
 		return 2
+	}
+	if *prios != "" {
+		cfg.Admission.Priorities = gateway.DefaultPriorities()
+		for _, kv := range strings.Split(*prios, ",") {
+			m, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+			n, err := strconv.Atoi(v)
+			if !ok || err != nil || n < 0 || n > 63 {
+				fmt.Fprintf(os.Stderr, "longlink gateway: --priority %q: want method=0..63\n", kv)
+				return 2
+			}
+			cfg.Admission.Priorities[m] = n
+		}
 	}
 	log := newLogger(*logLevel, *logFormat, *workerIdx)
 	slog.SetDefault(log)
