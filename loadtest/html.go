@@ -163,6 +163,12 @@ func legCharts(r *Report) htmlLeg {
 		chart("latency p99 per second", "ms", xs, lat),
 		chart("memory", "MiB", xs, []line{
 			{"server rss", palette[0], get(func(s Sample) float64 { return float64(s.ServerRSS) / (1 << 20) })},
+			{"server anon", palette[2], get(func(s Sample) float64 {
+				if s.ServerAnon <= 0 {
+					return math.NaN()
+				}
+				return float64(s.ServerAnon) / (1 << 20)
+			})},
 			{"load tool rss", palette[3], get(func(s Sample) float64 { return float64(s.ToolRSS) / (1 << 20) })},
 		}),
 		chart("CPU", "cores", xs, []line{
@@ -208,6 +214,7 @@ td:first-child,th:first-child{text-align:left}
 <table><tr><th>figure</th><th>ratio</th><th>better</th></tr>
 <tr><td>memory per connection</td><td>{{r .Main.Report.RatioBytesPerConn}}</td><td>lower</td></tr>
 <tr><td>memory growth per connection (over the baseline)</td><td>{{r .Main.Report.RatioBytesGrowth}}</td><td>lower</td></tr>
+<tr><td>anonymous memory growth per connection</td><td>{{r .Main.Report.RatioAnonGrowth}}</td><td>lower</td></tr>
 <tr><td>CPU per heartbeat (floor: per 16-byte echo)</td><td>{{r .Main.Report.RatioCPUPerHeartbeat}}</td><td>lower</td></tr>
 <tr><td>CPU cores in steady state</td><td>{{r .Main.Report.RatioCPUCores}}</td><td>lower</td></tr>
 <tr><td>connect rate</td><td>{{r .Main.Report.RatioConnectRate}}</td><td>higher</td></tr>
@@ -222,6 +229,7 @@ td:first-child,th:first-child{text-align:left}
 <tr><td>connect rate</td><td>{{f .Report.ConnectRate}} /s over {{f .Report.RampS}} s</td></tr>
 <tr><td>server memory (rss), per connection</td><td>{{bytes .Report.GatewayRSS}}, {{f .Report.GatewayBytesPerConn}} B</td></tr>
 <tr><td>server baseline before the ramp; growth per connection</td><td>{{bytes .Report.GatewayRSSBaseline}}; {{f .Report.GatewayBytesGrowth}} B</td></tr>
+<tr><td>server anonymous memory (heap, stacks); baseline; growth per connection</td><td>{{bytes .Report.GatewayAnon}}; {{bytes .Report.GatewayAnonBaseline}}; {{f .Report.GatewayAnonGrowth}} B</td></tr>
 <tr><td>server CPU in steady state</td><td>{{f .Report.GatewayCPUCores}} cores; {{f .Report.GatewayCPUPerHB}} µs per heartbeat</td></tr>
 <tr><td>heartbeats, rpc, push per second</td><td>{{f .Report.HeartbeatPerS}}, {{f .Report.RPCPerS}}, {{f .Report.PushPerS}}</td></tr>
 <tr><td>reconnect rate</td><td>{{f .Report.ReconnectRate}} /s</td></tr>

@@ -195,7 +195,8 @@ func TestGatewayHeartbeatJSONAndHTML(t *testing.T) {
 	for _, k := range []string{"conns_target", "conns_established", "conns_failed", "connect_rate_per_s",
 		"gateway_rss_bytes", "gateway_bytes_per_conn", "gateway_cpu_cores", "rpc_per_s", "rpc_p99_ms",
 		"push_per_s", "push_p99_ms", "shake_per_s", "shake_p99_ms", "open_per_s", "errors", "series",
-		"gateway_rss_baseline_bytes", "gateway_bytes_per_conn_growth"} {
+		"gateway_rss_baseline_bytes", "gateway_bytes_per_conn_growth", "gateway_anon_bytes",
+		"gateway_anon_bytes_per_conn_growth"} {
 		if _, ok := m[k]; !ok {
 			t.Errorf("JSON report lacks %q", k)
 		}
@@ -321,6 +322,10 @@ func checkBaseline(t *testing.T, r *Report) {
 	if r.GatewayBytesGrowth < 0 || r.GatewayBytesGrowth >= r.GatewayBytesPerConn {
 		t.Errorf("%s growth %.0f B/conn, whole process %.0f B/conn", r.TargetKind, r.GatewayBytesGrowth, r.GatewayBytesPerConn)
 	}
+	// Anonymous memory is part of RSS, and read before the ramp too.
+	if r.GatewayAnon <= 0 || r.GatewayAnon > r.GatewayRSS || r.GatewayAnonBaseline <= 0 || r.GatewayAnonBaseline > r.GatewayRSSBaseline {
+		t.Errorf("%s anon %d (baseline %d), rss %d (baseline %d)", r.TargetKind, r.GatewayAnon, r.GatewayAnonBaseline, r.GatewayRSS, r.GatewayRSSBaseline)
+	}
 }
 
 // TestMemoryBaselineFigures checks the arithmetic of the memory fields on a
@@ -328,21 +333,29 @@ func checkBaseline(t *testing.T, r *Report) {
 func TestMemoryBaselineFigures(t *testing.T) {
 	cfg := DefaultConfig()
 	mk := func(kind string, pre, final, conns int64) *Report {
+		// Anonymous memory: 4 MiB of the baseline, and 2/3 of the growth.
 		l := &leg{cfg: &cfg, kind: kind, finalC: counters{}, finalTimes: map[string]int64{},
-			preSrv:  serverUsage{OK: true, RSS: pre, Conns: 0},
-			lastSrv: serverUsage{OK: true, RSS: final, Conns: conns}}
+			preSrv:  serverUsage{OK: true, RSS: pre, Anon: 4 << 20, Conns: 0},
+			lastSrv: serverUsage{OK: true, RSS: final, Anon: 4<<20 + (final-pre)*2/3, Conns: conns}}
 		return l.report()
 	}
 	g := mk("gateway", 10<<20, 10<<20+900_000, 1000)
 	if g.GatewayRSSBaseline != 10<<20 || g.GatewayBytesPerConn != float64(10<<20+900_000)/1000 || g.GatewayBytesGrowth != 900 {
 		t.Fatalf("gateway: baseline %d per conn %.1f growth %.1f", g.GatewayRSSBaseline, g.GatewayBytesPerConn, g.GatewayBytesGrowth)
 	}
+	if g.GatewayAnonBaseline != 4<<20 || g.GatewayAnon != 4<<20+600_000 || g.GatewayAnonGrowth != 600 {
+		t.Fatalf("gateway anon: baseline %d final %d growth %.1f", g.GatewayAnonBaseline, g.GatewayAnon, g.GatewayAnonGrowth)
+	}
 	g.Floor = mk("floor", 4<<20, 4<<20+600_000, 1000)
 	g.computeRatios()
 	if g.RatioBytesGrowth == nil || *g.RatioBytesGrowth != 1.5 || g.RatioBytesPerConn == nil {
 		t.Fatalf("ratios: growth %v whole %v", g.RatioBytesGrowth, g.RatioBytesPerConn)
 	}
-	if s := summary(g); !strings.Contains(s, "growth 900 B/conn") || !strings.Contains(s, "memory growth per conn") {
+	if g.RatioAnonGrowth == nil || *g.RatioAnonGrowth != 1.5 {
+		t.Fatalf("anon growth ratio %v", g.RatioAnonGrowth)
+	}
+	if s := summary(g); !strings.Contains(s, "growth 900 B/conn") || !strings.Contains(s, "memory growth per conn") ||
+		!strings.Contains(s, "growth 600 B/conn") || !strings.Contains(s, "anon growth per conn") {
 		t.Errorf("summary lacks the growth figures:\n%s", s)
 	}
 	// RSS below the baseline (memory returned to the OS): no growth figure,

@@ -17,6 +17,10 @@ const (
 	metricRSS   = "process_resident_memory_bytes"
 	metricCPU   = "process_cpu_seconds_total"
 	metricConns = "longlink_connections"
+	// metricAnon is anonymous RSS (heap, stacks): RSS without the
+	// executable's file pages, which every worker maps and touches as it
+	// runs more code.
+	metricAnon = "longlink_process_rss_anon_bytes"
 )
 
 // serverUsage is one sample of the target server's resources.
@@ -24,6 +28,7 @@ type serverUsage struct {
 	OK    bool
 	CPU   float64 // seconds, cumulative
 	RSS   int64   // bytes
+	Anon  int64   // anonymous resident bytes (0 when the server does not export it)
 	Conns int64   // connections the server reports holding (-1 unknown)
 }
 
@@ -87,6 +92,7 @@ func usageFromMetrics(m map[string]float64) serverUsage {
 	u := serverUsage{OK: true, Conns: -1}
 	u.CPU = m[metricCPU]
 	u.RSS = int64(m[metricRSS])
+	u.Anon = int64(m[metricAnon])
 	if v, ok := m[metricConns]; ok {
 		u.Conns = int64(v)
 	}

@@ -50,6 +50,7 @@ type Sample struct {
 	PushPerS      float64        `json:"push_per_s"`
 	Latency       map[string]Pct `json:"latency"` // of the values recorded in this second
 	ServerRSS     int64          `json:"server_rss_bytes"`
+	ServerAnon    int64          `json:"server_anon_bytes"`
 	ServerCPU     float64        `json:"server_cpu_cores"`
 	ServerConns   int64          `json:"server_conns"`
 	ToolRSS       int64          `json:"tool_rss_bytes"`
@@ -84,6 +85,9 @@ type Report struct {
 	GatewayBytesPerConn float64 `json:"gateway_bytes_per_conn"`
 	GatewayRSSBaseline  int64   `json:"gateway_rss_baseline_bytes"`
 	GatewayBytesGrowth  float64 `json:"gateway_bytes_per_conn_growth"`
+	GatewayAnon         int64   `json:"gateway_anon_bytes"`
+	GatewayAnonBaseline int64   `json:"gateway_anon_baseline_bytes"`
+	GatewayAnonGrowth   float64 `json:"gateway_anon_bytes_per_conn_growth"`
 	GatewayCPUCores     float64 `json:"gateway_cpu_cores"`
 	GatewayCPUPerHB     float64 `json:"gateway_cpu_us_per_heartbeat"`
 	GatewayCPUPerPush   float64 `json:"gateway_cpu_us_per_push"`
@@ -122,6 +126,7 @@ type Report struct {
 	Floor                *Report  `json:"floor,omitempty"`
 	RatioBytesPerConn    *float64 `json:"ratio_bytes_per_conn,omitempty"`
 	RatioBytesGrowth     *float64 `json:"ratio_bytes_per_conn_growth,omitempty"`
+	RatioAnonGrowth      *float64 `json:"ratio_anon_bytes_per_conn_growth,omitempty"`
 	RatioCPUPerHeartbeat *float64 `json:"ratio_cpu_per_heartbeat,omitempty"`
 	RatioCPUCores        *float64 `json:"ratio_cpu_cores,omitempty"`
 	RatioConnectRate     *float64 `json:"ratio_connect_rate,omitempty"`
@@ -249,6 +254,19 @@ func (l *leg) report() *Report {
 				r.Notes = append(r.Notes, "server RSS did not grow over its baseline: gateway_bytes_per_conn_growth left at 0")
 			}
 		}
+		// The same for anonymous memory (heap, stacks), which leaves out
+		// the executable's file pages: what connections really cost.
+		r.GatewayAnon = srv.Anon
+		if pre := l.preSrv; pre.OK && pre.Anon > 0 && srv.Anon > 0 {
+			r.GatewayAnonBaseline = pre.Anon
+			switch {
+			case held <= 0:
+			case srv.Anon > pre.Anon:
+				r.GatewayAnonGrowth = float64(srv.Anon-pre.Anon) / float64(held)
+			default:
+				r.Notes = append(r.Notes, "server anonymous memory did not grow over its baseline: gateway_anon_bytes_per_conn_growth left at 0")
+			}
+		}
 		// The CPU window: between the good reads of the server's usage at
 		// (or soon after) the start of the steady state and at (or shortly
 		// before) its end, with the clients' counters of those moments.
@@ -321,6 +339,7 @@ func (r *Report) computeRatios() {
 	}
 	r.RatioBytesPerConn = ratio(r.GatewayBytesPerConn, f.GatewayBytesPerConn)
 	r.RatioBytesGrowth = ratio(r.GatewayBytesGrowth, f.GatewayBytesGrowth)
+	r.RatioAnonGrowth = ratio(r.GatewayAnonGrowth, f.GatewayAnonGrowth)
 	r.RatioCPUPerHeartbeat = ratio(r.GatewayCPUPerHB, f.GatewayCPUPerHB)
 	r.RatioCPUCores = ratio(r.GatewayCPUCores, f.GatewayCPUCores)
 	r.RatioConnectRate = ratio(r.ConnectRate, f.ConnectRate)
@@ -366,6 +385,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 		}
 		pr("memory per conn", r.RatioBytesPerConn, "lower is better")
 		pr("memory growth per conn", r.RatioBytesGrowth, "lower is better")
+		pr("anon growth per conn", r.RatioAnonGrowth, "lower is better")
 		pr("CPU per heartbeat", r.RatioCPUPerHeartbeat, "lower is better; goal <= 1.2")
 		pr("CPU cores (steady)", r.RatioCPUCores, "lower is better")
 		pr("connect rate", r.RatioConnectRate, "higher is better")
@@ -406,6 +426,12 @@ func (r *Report) writeOne(w io.Writer) {
 		fmt.Fprintf(w, "  %-12s rss %s for %d conns = %.0f B/conn", name, fmtBytes(float64(r.GatewayRSS)), r.GatewayConns, r.GatewayBytesPerConn)
 		if r.GatewayRSSBaseline > 0 {
 			fmt.Fprintf(w, " (baseline %s, growth %.0f B/conn)", fmtBytes(float64(r.GatewayRSSBaseline)), r.GatewayBytesGrowth)
+		}
+		if r.GatewayAnon > 0 {
+			fmt.Fprintf(w, "; anon %s", fmtBytes(float64(r.GatewayAnon)))
+			if r.GatewayAnonBaseline > 0 {
+				fmt.Fprintf(w, " (baseline %s, growth %.0f B/conn)", fmtBytes(float64(r.GatewayAnonBaseline)), r.GatewayAnonGrowth)
+			}
 		}
 		fmt.Fprintf(w, "; CPU %.3f cores", r.GatewayCPUCores)
 		if r.GatewayCPUPerHB > 0 {

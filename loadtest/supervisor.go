@@ -440,6 +440,7 @@ func (l *leg) serverUsage(ctx context.Context, c counters) serverUsage {
 			if p, ok := readProc(f.pid); ok {
 				u.CPU += p.CPU
 				u.RSS += p.RSS
+				u.Anon += p.Anon
 			}
 		}
 		return u
@@ -549,6 +550,7 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		PushPerS:      float64(c["push_recv"]-l.prevC["push_recv"]) / dt,
 		Latency:       map[string]Pct{},
 		ServerRSS:     srv.RSS,
+		ServerAnon:    srv.Anon,
 		ServerConns:   srv.Conns,
 		ToolRSS:       tool.RSS,
 		ToolCPU:       (tool.CPU - l.prevTool) / dt,

@@ -48,12 +48,13 @@ const clockTicks = 100
 
 // procUsage is a process's CPU time and resident memory.
 type procUsage struct {
-	CPU float64 // user+system seconds
-	RSS int64   // bytes
+	CPU  float64 // user+system seconds
+	RSS  int64   // bytes
+	Anon int64   // RssAnon: anonymous resident bytes (heap, stacks)
 }
 
 // readProc reads /proc/<pid>/stat (utime, stime) and /proc/<pid>/status
-// (VmRSS). ok is false when the process is gone.
+// (VmRSS, RssAnon). ok is false when the process is gone.
 func readProc(pid int) (u procUsage, ok bool) {
 	p := "/proc/" + strconv.Itoa(pid)
 	b, err := os.ReadFile(p + "/stat")
@@ -74,14 +75,20 @@ func readProc(pid int) (u procUsage, ok bool) {
 	if err != nil {
 		return u, false
 	}
+	kb := func(rest string) int64 {
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			return 0
+		}
+		v, _ := strconv.ParseInt(f[0], 10, 64)
+		return v << 10
+	}
 	for _, line := range strings.Split(string(s), "\n") {
 		if rest, found := strings.CutPrefix(line, "VmRSS:"); found {
-			f := strings.Fields(rest)
-			if len(f) > 0 {
-				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				u.RSS = kb << 10
-			}
-			break
+			u.RSS = kb(rest)
+		} else if rest, found := strings.CutPrefix(line, "RssAnon:"); found {
+			u.Anon = kb(rest)
+			break // RssAnon follows VmRSS
 		}
 	}
 	return u, true
