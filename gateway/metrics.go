@@ -40,6 +40,8 @@ type metrics struct {
 
 	mu      sync.Mutex
 	methods map[string]*methodMetrics
+
+	all []prometheus.Collector // everything registered above (tests list their names)
 }
 
 // methodMetrics are one method's pre-resolved series.
@@ -56,7 +58,10 @@ const maxMethods = 256
 
 func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry(), methods: map[string]*methodMetrics{}}
-	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	f := func(c prometheus.Collector) {
+		m.reg.MustRegister(c)
+		m.all = append(m.all, c)
+	}
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f(collectors.NewGoCollector())
 	f(rssAnonCollector())
