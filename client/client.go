@@ -145,9 +145,8 @@ type session struct {
 }
 
 type result struct {
-	resp *pb.Response
-	raw  []byte // SHAKE_RESP / OPEN_RESP body (shake.go)
-	err  error
+	raw []byte // the answer's body: RESPONSE, SHAKE_RESP or OPEN_RESP
+	err error
 }
 
 // Dial connects and authenticates, returning once the first AUTH_OK arrives
@@ -423,19 +422,6 @@ func (c *Client) read(s *session, r *frameReader) {
 		s.lastRecv.Store(time.Now().UnixNano())
 		switch f.Cmd {
 		case codec.CmdResponse:
-			var resp pb.Response
-			if err := proto.Unmarshal(f.Body, &resp); err != nil {
-				s.close(fmt.Errorf("longlink: bad RESPONSE: %w", err))
-				return
-			}
-			s.pmu.Lock()
-			ch := s.pending[f.Seq]
-			delete(s.pending, f.Seq)
-			s.pmu.Unlock()
-			if ch != nil {
-				ch <- result{resp: &resp}
-			}
-		case codec.CmdShakeRsp, codec.CmdOpenRsp:
 			s.deliverRaw(f.Seq, f.Body)
 		case codec.CmdPush:
 			if c.opts.OnPush != nil {
@@ -628,12 +614,6 @@ func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
 // connection drops before the answer, Call returns ErrConnLost: the call may
 // or may not have run.
 func (c *Client) Call(ctx context.Context, method string, body []byte) ([]byte, error) {
-	c.mu.Lock()
-	s := c.cur
-	c.mu.Unlock()
-	if s == nil {
-		return nil, ErrNotReady
-	}
 	req := &pb.Request{Method: method, Body: body}
 	if dl, ok := ctx.Deadline(); ok {
 		req.TimeoutMs = uint32(max(time.Until(dl).Milliseconds(), 1))
@@ -642,45 +622,18 @@ func (c *Client) Call(ctx context.Context, method string, body []byte) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	ch := make(chan result, 1)
-	s.pmu.Lock()
-	if len(s.pending) >= 60000 {
-		s.pmu.Unlock()
-		return nil, ErrTooManyCall
+	raw, err := c.roundTrip(ctx, codec.CmdRequest, payload)
+	if err != nil {
+		return nil, err
 	}
-	seq := s.seq
-	for {
-		seq++
-		if _, used := s.pending[seq]; seq != 0 && !used {
-			break
-		}
+	var resp pb.Response
+	if err := proto.Unmarshal(raw, &resp); err != nil {
+		return nil, fmt.Errorf("longlink: bad RESPONSE: %w", err)
 	}
-	s.seq = seq
-	s.pending[seq] = ch
-	s.pmu.Unlock()
-	select {
-	case <-s.closed:
-		return nil, ErrConnLost
-	default:
+	if resp.Code != 0 {
+		return nil, &CallError{Code: codec.Code(resp.Code), Message: resp.Message, RetryAfter: time.Duration(resp.RetryAfterMs) * time.Millisecond}
 	}
-	if err := s.write(codec.AppendFrame(nil, codec.CmdRequest, 0, seq, payload)); err != nil {
-		s.close(err)
-	}
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, r.err
-		}
-		if r.resp.Code != 0 {
-			return nil, &CallError{Code: codec.Code(r.resp.Code), Message: r.resp.Message, RetryAfter: time.Duration(r.resp.RetryAfterMs) * time.Millisecond}
-		}
-		return r.resp.Body, nil
-	case <-ctx.Done():
-		s.pmu.Lock()
-		delete(s.pending, seq)
-		s.pmu.Unlock()
-		return nil, ctx.Err()
-	}
+	return resp.Body, nil
 }
 
 // frameReader reads whole frames from a stream.

@@ -118,13 +118,13 @@ func (c *Client) roundTrip(ctx context.Context, cmd codec.Cmd, payload []byte) (
 	}
 }
 
-// deliverRaw hands a SHAKE_RESP or OPEN_RESP body to its waiter.
+// deliverRaw hands an answer's body (RESPONSE, SHAKE_RESP, OPEN_RESP) to its waiter.
 func (s *session) deliverRaw(seq uint16, body []byte) {
 	s.pmu.Lock()
 	ch := s.pending[seq]
 	delete(s.pending, seq)
 	s.pmu.Unlock()
 	if ch != nil {
-		ch <- result{raw: append([]byte(nil), body...)}
+		ch <- result{raw: body} // the frame reader already copied it
 	}
 }

@@ -346,9 +346,13 @@ func (b *switchboard) autoTick(overloaded bool, dt time.Duration) {
 
 // adminToken protects the switch endpoints: requests must carry
 // "Authorization: Bearer <token>". LoadOrCreateAdminToken makes one.
-func (s *Server) authorized(r *http.Request) bool {
+func (s *Server) authorized(r *http.Request) bool { return bearerIs(r, s.cfg.AdminToken) }
+
+// bearerIs reports whether r carries "Authorization: Bearer <want>"; an
+// empty want matches nothing.
+func bearerIs(r *http.Request, want string) bool {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && s.cfg.AdminToken != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(s.cfg.AdminToken)) == 1
+	return ok && want != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(want)) == 1
 }
 
 // protectedAdmin reports whether an admin path changes or reveals switches.
