@@ -48,9 +48,10 @@ type Backend interface {
 type Kind uint8
 
 const (
-	KindSystem  Kind = iota // retryable infrastructure failure
-	KindLogical             // business answer: return to the client as is
-	KindBusy                // overloaded: retry elsewhere or later
+	KindSystem      Kind = iota // retryable infrastructure failure
+	KindLogical                 // business answer: return to the client as is
+	KindBusy                    // overloaded: retry elsewhere or later
+	KindUnavailable             // no backend instance can be reached now
 )
 
 // Error is a classified backend error.
@@ -65,7 +66,7 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("backend: %s (code %d): %s", kindName[e.Kind], e.Code, e.Msg)
 }
 
-var kindName = [...]string{KindSystem: "system", KindLogical: "logical", KindBusy: "busy"}
+var kindName = [...]string{KindSystem: "system", KindLogical: "logical", KindBusy: "busy", KindUnavailable: "unavailable"}
 
 // Logical returns a logical error; code should be in 1000-1999.
 func Logical(code codec.Code, msg string) error {
@@ -75,6 +76,11 @@ func Logical(code codec.Code, msg string) error {
 // Busy returns an overload error with a retry hint in milliseconds.
 func Busy(retryAfterMS uint32, msg string) error {
 	return &Error{Kind: KindBusy, Code: codec.CodeBusy, Msg: msg, RetryAfter: retryAfterMS}
+}
+
+// Unavailable returns the error for "no backend instance is reachable".
+func Unavailable(msg string) error {
+	return &Error{Kind: KindUnavailable, Code: codec.CodeUnavailable, Msg: msg, RetryAfter: 1000}
 }
 
 // ErrUnknownMethod is the logical error for a method no handler serves.

@@ -317,6 +317,9 @@ func (f *forwarder) classify(j *job, err error, ctx context.Context) (codec.Code
 		return code, be.Msg, 0
 	case kind == backend.KindBusy:
 		return codec.CodeBusy, be.Msg, max(be.RetryAfter, 100)
+	case kind == backend.KindUnavailable:
+		j.m.finalSysFail.Inc()
+		return codec.CodeUnavailable, be.Msg, max(be.RetryAfter, 500)
 	case ctx.Err() == context.DeadlineExceeded:
 		j.m.finalSysFail.Inc()
 		return codec.CodeTimeout, "backend deadline exceeded", 500

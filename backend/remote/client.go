@@ -2,7 +2,6 @@ package remote
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -104,7 +103,7 @@ type clientMetrics struct {
 }
 
 // ErrNoInstance is the system failure when every instance was tried.
-var ErrNoInstance = errors.New("remote: no logic instance available")
+var ErrNoInstance = backend.Unavailable("remote: no logic instance available")
 
 // NewClient dials the instances (lazily: a down instance does not fail this)
 // and starts the prober.
