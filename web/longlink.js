@@ -14,7 +14,7 @@
 const MAGIC = 0xd7, VERSION = 1;
 export const Cmd = Object.freeze({
   AUTH: 0x01, AUTH_OK: 0x02, HEARTBEAT: 0x03, PONG: 0x04, REQUEST: 0x05,
-  RESPONSE: 0x06, PUSH: 0x07, ERROR: 0x08, GOAWAY: 0x09, POLICY: 0x0a,
+  RESPONSE: 0x06, PUSH: 0x07, ERROR: 0x08, GOAWAY: 0x09, POLICY: 0x0a, CONFIG: 0x0b,
 });
 
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -209,6 +209,14 @@ export class LonglinkClient {
       case Cmd.POLICY:
         this._startHeartbeat(parseFields(f.body));
         return;
+      case Cmd.CONFIG: { // degrade mode: send less
+        const cc = parseFields(f.body);
+        this.degrade = { level: cc[1] ?? 0, shakeMinIntervalMs: cc[5] ?? 0, shakePermille: cc[6] ?? 1000 };
+        if (cc[2]) this._startHeartbeat(parseFields(cc[2]));
+        if (cc[3]) this.backoffMinMs = cc[3];
+        if (cc[4]) this.backoffMaxMs = cc[4];
+        return;
+      }
       case Cmd.ERROR:
       case Cmd.GOAWAY: {
         const e = this._closeError(f);
@@ -249,8 +257,9 @@ export class LonglinkClient {
   _scheduleReconnect() {
     if (this.closed || !this.reconnect) return;
     this.attempt++;
-    const ceil = Math.min(60000, 500 * 2 ** Math.min(this.attempt, 7));
-    const delay = Math.max(this.retryHint ?? 0, 250 + Math.random() * ceil);
+    const lo = this.backoffMinMs ?? 500, hi = this.backoffMaxMs ?? 60000; // the server may set them (CONFIG)
+    const ceil = Math.min(hi, lo * 2 ** Math.min(this.attempt, 7));
+    const delay = Math.max(this.retryHint ?? 0, lo / 2 + Math.random() * ceil);
     this.retryHint = 0;
     if (this.redirect) this.url = this.url.replace(/\/\/[^/]+/, "//" + this.redirect);
     this.retryTimer = setTimeout(() => this.connect().catch(() => {}), delay);
