@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Store is the logic's persistent storage: per-user change logs with their
@@ -101,7 +102,7 @@ func OpenBolt(path string) (Store, error) {
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("logic: %s is in use by another process", path)
 		}
 		return nil, fmt.Errorf("logic: open %s: %w", path, err)
