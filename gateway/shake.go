@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -44,6 +45,7 @@ type ShakeConfig struct {
 type shaker struct {
 	s   *Server
 	cfg ShakeConfig
+	off atomic.Bool // the operator's "shake off" switch
 
 	jobs chan *openJob
 	wg   sync.WaitGroup
@@ -116,6 +118,9 @@ func (sh *shaker) onShake(c *conn, seq uint16) {
 
 // appendShakeRsp appends a whole SHAKE_RESP frame: the sealed ticket is
 // written straight into dst. No allocation when dst has 128 bytes spare.
+// shakeOffHint answers every shake while the operator has switched shaking off.
+var shakeOffHint = shake.ShakeHint{RetryAfterMS: 60000, MinIntervalMS: 60000}
+
 func (sh *shaker) appendShakeRsp(dst []byte, uid uint64, seq uint16) []byte {
 	off := len(dst)
 	dst = append(dst, make([]byte, codec.HeaderSize+2)...) // header, then field 2's tag and length
@@ -123,8 +128,10 @@ func (sh *shaker) appendShakeRsp(dst []byte, uid uint64, seq uint16) []byte {
 		res  shake.ShakeResult
 		hint *shake.ShakeHint
 	)
-	if iss := sh.cfg.Issuer; iss != nil {
+	if iss := sh.cfg.Issuer; iss != nil && !sh.off.Load() {
 		dst, res, hint = iss.Shake(dst, uid)
+	} else if sh.off.Load() {
+		res, hint = shake.ShakeIdle, &shakeOffHint
 	} else {
 		res, hint = shake.ShakeIdle, &noEventHint
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/shake"
 )
 
 // Switches are the operator's runtime levers, read and set through the admin
@@ -45,6 +46,8 @@ type Switches struct {
 	// and per-second issue limit (nil: leave as configured).
 	ShakeSpeed *float64 `json:"shake_speed,omitempty"`
 	ShakeLimit *float64 `json:"shake_limit,omitempty"`
+	// ShakeOff answers every shake with "not now, come back in a minute".
+	ShakeOff bool `json:"shake_off"`
 }
 
 // degradeLevel is what one degrade level asks of clients.
@@ -241,8 +244,18 @@ func (b *switchboard) apply(notify bool) {
 	if changed || (notify && level > 0) {
 		b.broadcastConfig(level, sw)
 	}
+	if s.shake != nil {
+		s.shake.off.Store(sw.ShakeOff)
+	}
 	if s.shake != nil && s.shake.cfg.Issuer != nil {
 		iss := s.shake.cfg.Issuer
+		if changed { // a degrade level brings its shake hint; level 0 hands back to the issuer's own
+			if d := degradeLevels[level]; level > 0 {
+				iss.SetDegrade(&shake.ShakeHint{MinIntervalMS: uint32(d.shakeInterval / time.Millisecond), ProbPermille: d.shakePermille, RetryAfterMS: uint32(d.shakeInterval / time.Millisecond)})
+			} else {
+				iss.SetDegrade(nil)
+			}
+		}
 		if sw.ShakeSpeed != nil {
 			if err := iss.SetSpeed(*sw.ShakeSpeed); err != nil {
 				s.log.Warn("switch shake_speed refused", "err", err)

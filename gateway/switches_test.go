@@ -158,3 +158,35 @@ func TestAutoDegrade(t *testing.T) {
 		t.Fatalf("after 30 s calm: level %d", s.DegradeLevel())
 	}
 }
+
+func TestShakeSwitches(t *testing.T) {
+	env := newShakeEnv(t, 1)
+	s := startServer(t, func(c *Config) { c.Shake = env.cfg; c.AdminToken = "tok" })
+	w := dialWire(t, s.Addr())
+	w.auth(token(t, 5, "", time.Hour), "d")
+	shakeOnce := func(seq uint16) *pb.ShakeRsp {
+		w.sendFrame(codec.CmdShake, seq, &pb.Shake{})
+		f := w.expect(codec.CmdShakeRsp, 2*time.Second)
+		var r pb.ShakeRsp
+		if err := proto.Unmarshal(f.Body, &r); err != nil {
+			t.Fatal(err)
+		}
+		return &r
+	}
+	if r := shakeOnce(1); r.Result == 2 && r.RetryAfterMs == 60000 {
+		t.Fatalf("shaking looks off before the switch: %v", r)
+	}
+	if rec := adminReq(t, s.AdminHandler(), "PUT", "/switches", `{"shake_off":true}`, "tok"); rec.Code != 200 {
+		t.Fatalf("PUT: %d %s", rec.Code, rec.Body)
+	}
+	if r := shakeOnce(2); r.Result != 2 || len(r.Ticket) != 0 || r.RetryAfterMs != 60000 {
+		t.Fatalf("shake while switched off: %v", r)
+	}
+	// A degrade level asks shakers to slow down.
+	if rec := adminReq(t, s.AdminHandler(), "PUT", "/switches", `{"shake_off":false,"degrade":2}`, "tok"); rec.Code != 200 {
+		t.Fatalf("PUT: %d %s", rec.Code, rec.Body)
+	}
+	if r := shakeOnce(3); r.MinIntervalMs != 5000 || r.ProbabilityPermille != 500 {
+		t.Fatalf("shake at degrade 2: %v", r)
+	}
+}

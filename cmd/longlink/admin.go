@@ -26,7 +26,7 @@ Commands:
   switches                    show the switches in force
   set key=value ...           change switches, e.g. degrade=2 degrade_share=30 auto_degrade=true
                               accept_rate=5000 max_conns=19000 redirect=10.0.0.9:7100
-                              shake_speed=1.5 shake_limit=20000
+                              shake_off=true shake_speed=1.5 shake_limit=20000
   policy [scale]              show the heartbeat policy, or multiply it by scale
   shake <switch> [json]       shake switches: status, speed {"speed":2}, limit {"per_s":5000},
                               degrade {"min_interval_ms":5000,"probability_permille":200},
