@@ -28,26 +28,31 @@ type childSpec struct {
 	ID   int    `json:"id"`
 
 	// client workers
-	Target       string   `json:"target,omitempty"` // ip:port
-	Floor        bool     `json:"floor,omitempty"`  // the target is the floor server (raw 16-byte echo, no protocol)
-	Sources      []string `json:"sources,omitempty"`
-	First        int      `json:"first"` // global index of this worker's first connection
-	Conns        int      `json:"conns"`
-	Rate         float64  `json:"rate"` // connections per second for this worker (0 = unlimited)
-	Inflight     int      `json:"inflight"`
-	Heartbeat    int64    `json:"heartbeat_ns"`
-	Storm        int64    `json:"storm_ns"`
-	Timeout      int64    `json:"timeout_ns"`
-	Scenarios    []string `json:"scenarios"`
-	RPCRate      float64  `json:"rpc_rate"`
-	Method       string   `json:"method,omitempty"`
-	RPCBody      int      `json:"rpc_body"`
-	SlowFrac     float64  `json:"slow_frac"`
-	SlowBody     int      `json:"slow_body"`
-	SlowInterval int64    `json:"slow_interval_ns"`
-	Keys         string   `json:"keys,omitempty"`
-	UIDBase      uint64   `json:"uid_base"`
-	HardStop     int64    `json:"hard_stop_ns"` // stop by itself this long after "start" whatever the parent says
+	Target       string     `json:"target,omitempty"` // ip:port
+	Floor        bool       `json:"floor,omitempty"`  // the target is the floor server (raw 16-byte echo, no protocol)
+	WS           bool       `json:"ws,omitempty"`     // connect with a WebSocket upgrade (gateway only)
+	Sources      []string   `json:"sources,omitempty"`
+	First        int        `json:"first"` // global index of this worker's first connection
+	Conns        int        `json:"conns"`
+	Rate         float64    `json:"rate"` // connections per second for this worker (0 = unlimited)
+	Inflight     int        `json:"inflight"`
+	Heartbeat    int64      `json:"heartbeat_ns"`
+	Storm        int64      `json:"storm_ns"`
+	Timeout      int64      `json:"timeout_ns"`
+	Scenarios    []string   `json:"scenarios"`
+	RPCRate      float64    `json:"rpc_rate"`
+	Method       string     `json:"method,omitempty"`
+	ShakeRate    float64    `json:"shake_rate"`
+	CallBody     string     `json:"call_body,omitempty"`
+	Mix          []mixEntry `json:"mix,omitempty"`
+	Settle       int64      `json:"settle_ns"`
+	RPCBody      int        `json:"rpc_body"`
+	SlowFrac     float64    `json:"slow_frac"`
+	SlowBody     int        `json:"slow_body"`
+	SlowInterval int64      `json:"slow_interval_ns"`
+	Keys         string     `json:"keys,omitempty"`
+	UIDBase      uint64     `json:"uid_base"`
+	HardStop     int64      `json:"hard_stop_ns"` // stop by itself this long after "start" whatever the parent says
 
 	// floor servers
 	Listen   string `json:"listen,omitempty"`

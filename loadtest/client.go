@@ -22,6 +22,7 @@ import (
 const (
 	stIdle       uint8 = iota // not started yet, or waiting to reconnect
 	stConnecting              // TCP connect in flight
+	stUpgrading               // --ws: upgrade request sent, waiting for the 101
 	stAuthing                 // AUTH sent, waiting for AUTH_OK
 	stUp                      // established (authenticated, or connected to the floor)
 	stDead                    // failed or closed; not reconnected
@@ -71,6 +72,8 @@ type engine struct {
 	ks      *auth.KeySet
 	buf     []byte
 	scratch []byte
+	wsOut   []byte // --ws: the masked message being written
+	rng     uint64 // --ws: masking keys
 	now     int64
 
 	// counters (cumulative)
@@ -117,6 +120,7 @@ func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 		hbInterval: spec.Heartbeat,
 		phase:      "ramp",
 		ccRate:     spec.Rate,
+		rng:        uint64(time.Now().UnixNano()) | 1,
 	}
 	if e.hbInterval <= 0 {
 		e.hbInterval = int64(30 * time.Second)
@@ -237,7 +241,6 @@ func (e *engine) command(c string) {
 	switch c {
 	case "stop":
 		e.stopped = true
-		return
 	}
 	for _, s := range e.scen {
 		s.command(e, c)
@@ -290,7 +293,7 @@ func (e *engine) startConn(i int) {
 // fail ends a connection that never came up.
 func (e *engine) fail(i int, reason string) {
 	c := &e.conns[i]
-	if c.state == stConnecting || c.state == stAuthing {
+	if c.state == stConnecting || c.state == stUpgrading || c.state == stAuthing {
 		e.inflight--
 	}
 	e.failed++
@@ -378,6 +381,12 @@ func (e *engine) event(ev *unix.EpollEvent) {
 		e.record("connect", c.t0)
 		if e.spec.Floor {
 			e.up(i)
+		} else if e.spec.WS {
+			c.state = stUpgrading
+			c.t0 = e.now
+			if !e.writeRaw(i, e.upgradeRequest()) {
+				return
+			}
 		} else {
 			c.state = stAuthing
 			c.t0 = e.now
@@ -454,6 +463,8 @@ func (e *engine) closed(i int, how string) {
 	switch c.state {
 	case stConnecting:
 		e.fail(i, "dial:"+how)
+	case stUpgrading:
+		e.fail(i, "ws:upgrade:"+how)
 	case stAuthing:
 		if c.code != 0 {
 			e.fail(i, "auth:"+codec.Code(c.code).String())
@@ -475,6 +486,9 @@ func (e *engine) parse(i int, data []byte) (int, bool) {
 			e.floorMsg(i, data[off:off+floorMsg])
 		}
 		return off, true
+	}
+	if e.spec.WS {
+		return e.parseWS(i, data)
 	}
 	for off < len(data) {
 		f, n, err := codec.Split(data[off:], codec.MaxBodyLimit)
@@ -514,6 +528,12 @@ func (e *engine) floorMsg(i int, m []byte) {
 		if sent := int64(binary.BigEndian.Uint64(m[1:9])); sent > 0 && sent <= e.now {
 			e.record("push", sent)
 		}
+	default:
+		for _, s := range e.scen {
+			if s.floorMsg(e, i, m) {
+				break
+			}
+		}
 	}
 }
 
@@ -550,6 +570,7 @@ func (e *engine) frame(i int, f codec.Frame) bool {
 			if err := proto.Unmarshal(f.Body, &r); err != nil {
 				e.rpcErr++
 				e.errorf("rpc:bad_response")
+				r.Code = uint32(codec.CodeSystem)
 			} else if r.Code != 0 {
 				e.rpcErr++
 				e.errorf("rpc:" + codec.Code(r.Code).String())
@@ -557,7 +578,11 @@ func (e *engine) frame(i int, f codec.Frame) bool {
 				e.rpcOK++
 				e.record("rpc", c.rpcAt)
 			}
+			sent := c.rpcAt
 			c.rpcAt = 0
+			for _, s := range e.scen {
+				s.response(e, i, r.Code, sent)
+			}
 		}
 	case codec.CmdError:
 		var m pb.Error
@@ -604,9 +629,18 @@ func (e *engine) authFrame(i int) []byte {
 	return e.scratch
 }
 
-// write sends b on connection i, keeping what the socket did not take (up
-// to maxOutbuf). It returns false if the connection was closed.
+// write sends b (longlink frames, or floor messages) on connection i; with
+// --ws as one masked binary WebSocket message.
 func (e *engine) write(i int, b []byte) bool {
+	if e.spec.WS {
+		b = e.wsWrap(wsOpBinary, b)
+	}
+	return e.writeRaw(i, b)
+}
+
+// writeRaw sends b on connection i, keeping what the socket did not take (up
+// to maxOutbuf). It returns false if the connection was closed.
+func (e *engine) writeRaw(i int, b []byte) bool {
 	c := &e.conns[i]
 	if len(c.out) > 0 {
 		if c.slow || len(c.out)+len(b) > maxOutbuf {
@@ -645,6 +679,19 @@ func (e *engine) flush(i int) {
 	if len(c.out) == 0 {
 		c.out = nil
 	}
+}
+
+// respTimeout is the code scenarios' response hook gets for a call that
+// timed out in the tool (no Response within --timeout).
+const respTimeout = 1 << 31
+
+// send writes one frame of cmd with body on connection i with the
+// connection's next seq, which it returns with write's result.
+func (e *engine) send(i int, cmd codec.Cmd, body []byte) (uint16, bool) {
+	c := &e.conns[i]
+	c.seq++
+	e.scratch = codec.AppendFrame(e.scratch[:0], cmd, 0, c.seq, body)
+	return c.seq, e.write(i, e.scratch)
 }
 
 // heartbeat sends a heartbeat on connection i unless one is outstanding.
@@ -740,6 +787,10 @@ func (e *engine) tick() {
 			if e.now-c.t0 > to {
 				e.fail(i, "timeout:connect")
 			}
+		case stUpgrading:
+			if e.now-c.t0 > to {
+				e.fail(i, "timeout:upgrade")
+			}
 		case stAuthing:
 			if e.now-c.t0 > to {
 				e.fail(i, "timeout:auth")
@@ -752,7 +803,11 @@ func (e *engine) tick() {
 			if c.rpcAt != 0 && e.now-c.rpcAt > to {
 				e.errorf("timeout:rpc")
 				e.rpcErr++
+				sent := c.rpcAt
 				c.rpcAt = 0
+				for _, s := range e.scen {
+					s.response(e, i, respTimeout, sent)
+				}
 			}
 		}
 	}

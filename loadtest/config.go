@@ -36,6 +36,11 @@ type Config struct {
 	Storm        time.Duration // heartbeat interval of the heartbeat-storm scenario
 	RPCRate      float64       // calls per second over all connections (rpc scenario)
 	Method       string        // method called by the rpc scenario
+	ShakeRate    float64       // shakes per second over all connections (shake, open scenarios)
+	CallBody     string        // request body text of the rpc and overload scenarios ("" = RPCBody zero bytes)
+	Mix          []mixEntry    // overload: methods and weights
+	Steps        []rateStep    // overload: call rate steps from the steady state
+	Settle       time.Duration // overload: per step, latency and user figures also from this far in
 	RPCBody      int           // request body bytes of the rpc scenario
 	SlowFrac     float64       // fraction of connections that stop reading (slow scenario)
 	SlowBody     int           // body bytes of each echo call a slow consumer sends
@@ -45,6 +50,7 @@ type Config struct {
 	MaxFail      float64       // fraction of conns allowed to fail before the exit code is 1
 	UIDBase      uint64        // first user id; connection i authenticates as UIDBase+i
 	Quiet        bool          // no live progress line even on a terminal
+	WS           bool          // connect with a WebSocket upgrade (GET /ws), frames in binary messages
 
 	// ChildCommand is the argv that starts this binary as a worker; the
 	// default re-executes os.Executable() with "loadtest". Tests leave it.
@@ -65,6 +71,9 @@ func DefaultConfig() Config {
 		Storm:        time.Second,
 		RPCRate:      1000,
 		Method:       "echo",
+		ShakeRate:    1000,
+		Mix:          []mixEntry{{"sleep.hi", 1}, {"sleep.lo", 4}},
+		Settle:       5 * time.Second,
 		RPCBody:      16,
 		SlowFrac:     0.1,
 		SlowBody:     16 << 10,
@@ -120,7 +129,24 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 		return err
 	})
 	fs.StringVar(&c.Method, "method", c.Method, "method the rpc scenario calls")
+	fs.Func("shake-rate", fmt.Sprintf("SHAKEs per second over all connections in the shake and open scenarios (default %g)", c.ShakeRate), func(s string) error {
+		v, err := parseRate(s)
+		c.ShakeRate = v
+		return err
+	})
 	fs.IntVar(&c.RPCBody, "rpc-body", c.RPCBody, "request body bytes of the rpc scenario")
+	fs.StringVar(&c.CallBody, "call-body", c.CallBody, "request body `TEXT` of the rpc and overload scenarios, instead of --rpc-body zero bytes (e.g. 5 for the echo backend's sleep methods: 5 ms)")
+	fs.Func("mix", "overload: methods and weights, `method[:weight],…` (default sleep.hi:1,sleep.lo:4)", func(s string) error {
+		v, err := parseMix(s)
+		c.Mix = v
+		return err
+	})
+	fs.Func("steps", "overload: call rate steps from the steady state, `name:duration:rate,…` (e.g. unloaded:15s:1000,overload:20s:9000,recovery:15s:1000; default one step at --rpc-rate)", func(s string) error {
+		v, err := parseSteps(s)
+		c.Steps = v
+		return err
+	})
+	fs.DurationVar(&c.Settle, "settle", c.Settle, "overload: per step, settled latency and user figures leave out this much of the step's start")
 	fs.Float64Var(&c.SlowFrac, "slow-frac", c.SlowFrac, "fraction of connections that stop reading in the slow scenario")
 	fs.IntVar(&c.SlowBody, "slow-body", c.SlowBody, "body bytes of each echo call a slow consumer sends")
 	fs.DurationVar(&c.SlowInterval, "slow-interval", c.SlowInterval, "how often each slow consumer sends a call")
@@ -129,6 +155,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Float64Var(&c.MaxFail, "max-fail", c.MaxFail, "fraction of connections that may fail before the exit code is 1")
 	fs.Uint64Var(&c.UIDBase, "uid-base", c.UIDBase, "first user id; connection i authenticates as uid-base+i")
 	fs.BoolVar(&c.Quiet, "quiet", c.Quiet, "no live progress line")
+	fs.BoolVar(&c.WS, "ws", c.WS, "WebSocket clients: upgrade with GET /ws on --target, then each frame in a masked binary message (the floor leg stays TCP)")
 }
 
 // parseRate accepts "5000", "5000/s" and "300/m".
@@ -240,6 +267,14 @@ func (c *Config) normalize() error {
 	}
 	if c.SlowFrac < 0 || c.SlowFrac > 1 {
 		return errors.New("--slow-frac must be within 0..1")
+	}
+	for _, n := range c.Scenarios {
+		if n == "overload" && len(c.Steps) == 0 {
+			c.Steps = []rateStep{{Name: "steady", Dur: c.Duration, Rate: c.RPCRate}}
+		}
+	}
+	if len(c.Steps) > 0 && len(c.Mix) == 0 {
+		return errors.New("--steps needs a --mix")
 	}
 	if c.RPCBody < 0 || c.SlowBody < 0 {
 		return errors.New("body sizes must not be negative")

@@ -1,8 +1,8 @@
 // Package loadtest owns `longlink loadtest`, the bundled load tool: it opens
 // up to millions of authenticated connections against a gateway (or against
 // its own minimal epoll "floor" server), drives scenarios over them (idle with
-// heartbeats, heartbeat storm, rpc, reconnect storm, slow consumer, and hooks
-// for push, shake and open), measures them with HDR histograms, reads the
+// heartbeats, heartbeat storm, rpc, reconnect storm, slow consumer, push,
+// shake, open, overload), over TCP or WebSocket (--ws), measures them with HDR histograms, reads the
 // gateway's memory and CPU from its admin /metrics, and writes a human
 // summary, a JSON report and a self-contained HTML page.
 //
@@ -27,7 +27,7 @@
 // the host itself costs per accept, per echo, per pushed write and per
 // connection, so gateway figures can be given as ratios to it.
 //
-// Scenarios are registered in a table (scenario.go); adding one (push, shake,
-// open) is one file with a worker-side hook and, if it needs the parent to
-// drive it, a parent-side hook.
+// Scenarios are registered in a table (scenario.go); adding one is one file
+// with a worker-side hook and, if it needs the parent to drive it, a
+// parent-side hook.
 package loadtest

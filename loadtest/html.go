@@ -136,6 +136,8 @@ func legCharts(r *Report) htmlLeg {
 			{"heartbeats", palette[1], get(func(s Sample) float64 { return s.HeartbeatPerS })},
 			{"rpc", palette[2], get(func(s Sample) float64 { return s.RPCPerS })},
 			{"push", palette[3], get(func(s Sample) float64 { return s.PushPerS })},
+			{"shake", palette[4], get(func(s Sample) float64 { return s.ShakePerS })},
+			{"open", palette[5], get(func(s Sample) float64 { return s.OpenPerS })},
 		}))
 	names := map[string]bool{}
 	for _, s := range r.Series {
@@ -220,6 +222,7 @@ td:first-child,th:first-child{text-align:left}
 <tr><td>connect rate</td><td>{{r .Main.Report.RatioConnectRate}}</td><td>higher</td></tr>
 <tr><td>reconnect (accept+auth) rate</td><td>{{r .Main.Report.RatioReconnectRate}}</td><td>higher</td></tr>
 <tr><td>heartbeat p99</td><td>{{r .Main.Report.RatioHeartbeatP99}}</td><td>lower</td></tr>
+<tr><td>CPU per shake (floor: per echo)</td><td>{{r .Main.Report.RatioCPUPerShake}}</td><td>lower</td></tr>
 </table>{{end}}
 {{range .Legs}}
 <h2>{{.Title}}</h2>
@@ -233,6 +236,8 @@ td:first-child,th:first-child{text-align:left}
 <tr><td>server CPU in steady state</td><td>{{f .Report.GatewayCPUCores}} cores; {{f .Report.GatewayCPUPerHB}} µs per heartbeat</td></tr>
 <tr><td>heartbeats, rpc, push per second</td><td>{{f .Report.HeartbeatPerS}}, {{f .Report.RPCPerS}}, {{f .Report.PushPerS}}</td></tr>
 <tr><td>reconnect rate</td><td>{{f .Report.ReconnectRate}} /s</td></tr>
+{{if .Report.ShakeSent}}<tr><td>shakes: per second, p99; tickets, no packet, degrade hints; CPU per shake</td><td>{{f .Report.ShakePerS}} /s, {{f .Report.ShakeP99}} ms; {{.Report.ShakeTickets}}, {{.Report.ShakeNoPacket}}, {{.Report.ShakeDegraded}}; {{f .Report.GatewayCPUPerShake}} µs</td></tr>{{end}}
+{{if or .Report.OpenOK .Report.OpenErrors}}<tr><td>opens: per second, p99; ok, failed</td><td>{{f .Report.OpenPerS}} /s, {{f .Report.OpenP99}} ms; {{.Report.OpenOK}}, {{.Report.OpenErrors}}</td></tr>{{end}}
 <tr><td>load tool memory, per connection</td><td>{{bytes .Report.ToolRSS}}, {{f .Report.ToolBytesPerCn}} B</td></tr>
 </table>
 <table><tr><th>latency</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th></tr>

@@ -11,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sys/unix"
+
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/gateway"
 )
 
@@ -128,16 +132,26 @@ func TestFloorRPCReconnectSlow(t *testing.T) {
 // testGateway starts an in-process gateway with a fresh key file and admin
 // server; it returns the listen and admin addresses and the key file.
 func testGateway(t *testing.T) (addr, admin, keys string) {
+	return testGatewayWith(t, nil)
+}
+
+// testGatewayWith is testGateway with a shake event (nil: none).
+func testGatewayWith(t *testing.T, sc *gateway.ShakeConfig) (addr, admin, keys string) {
+	return testGatewayCfg(t, gateway.Config{Shake: sc})
+}
+
+// testGatewayCfg starts an in-process gateway from cfg (listen, keys, one
+// loop and a quiet logger filled in).
+func testGatewayCfg(t *testing.T, cfg gateway.Config) (addr, admin, keys string) {
 	t.Helper()
 	keys = filepath.Join(t.TempDir(), "keys.json")
 	ks, err := auth.CreateKeyFile(keys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := gateway.New(gateway.Config{
-		Listen: "127.0.0.1:0", Keys: ks, Loops: 1,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	cfg.Listen, cfg.Keys, cfg.Loops = "127.0.0.1:0", ks, 1
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := gateway.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,7 +422,6 @@ func TestConfigChecks(t *testing.T) {
 		want string
 	}{
 		{func(c *Config) { c.Target = "10.1.2.3:7100" }, "loopback"},
-		{func(c *Config) { c.Scenarios = []string{"shake"} }, "not available"},
 		{func(c *Config) { c.Scenarios = []string{"nope"} }, "unknown scenario"},
 		{func(c *Config) { c.Duration = 0 }, "bounded"},
 		{func(c *Config) { c.PerProc = 1 << 30 }, "open-file limit"},
@@ -461,5 +474,73 @@ process_cpu_seconds_total 2.5
 `))
 	if err != nil || m[metricRSS] != 1.5e6 || m[metricConns] != 15 || m[metricCPU] != 2.5 {
 		t.Errorf("parseMetrics: %v %v", m, err)
+	}
+}
+
+func TestGatewayWebSocket(t *testing.T) {
+	addr, admin, keys := testGateway(t)
+	cfg := small(200, 3*time.Second, "heartbeat", "rpc")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.WS = true
+	cfg.Storm = 250 * time.Millisecond
+	cfg.RPCRate = 300
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" || r.ConnsEstablished != 200 || len(r.Errors) != 0 {
+		t.Fatalf("held %d, failure %q, errors %v", r.ConnsEstablished, r.Failure, r.Errors)
+	}
+	if !r.WebSocket || r.Counters["ws_upgraded"] != 200 || r.Latency["upgrade"].Count != 200 {
+		t.Errorf("websocket %v, upgraded %d, upgrade latency %+v", r.WebSocket, r.Counters["ws_upgraded"], r.Latency["upgrade"])
+	}
+	if r.HeartbeatPerS < 200 || r.RPCPerS < 50 || r.RPCErrors != 0 || r.Counters["ws_messages"] == 0 {
+		t.Errorf("heartbeats %.0f/s, rpc %.0f/s (%d errors), %d messages", r.HeartbeatPerS, r.RPCPerS, r.RPCErrors, r.Counters["ws_messages"])
+	}
+	if r.GatewayConns != 200 || r.GatewayAnon <= 0 {
+		t.Errorf("gateway conns %d anon %d", r.GatewayConns, r.GatewayAnon)
+	}
+}
+
+// TestWSClientFraming: a server message carrying two frames is unwrapped
+// into both; a server ping is answered with a masked pong carrying the same
+// payload; a close is recorded.
+func TestWSClientFraming(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	e := &engine{spec: &childSpec{WS: true}, conns: make([]conn, 1), errors: map[string]int64{},
+		hists: map[string]*hdr.Histogram{}, extra: map[string]int64{}, rng: 1, now: time.Now().UnixNano()}
+	e.conns[0] = conn{fd: int32(fds[0]), state: stUp, hbAt: e.now - 1000}
+	defer e.closeFD(&e.conns[0], false)
+	pong := codec.HeaderOnly(codec.CmdPong, 1)
+	push := codec.AppendFrame(nil, codec.CmdPush, 0, 0, nil)
+	two := append(append([]byte{0x82, byte(len(pong) + len(push))}, pong[:]...), push...)
+	ping := []byte{0x89, 3, 'a', 'b', 'c'}
+	closeMsg := []byte{0x88, 2, 0x03, 0xE8}
+	data := append(append(append([]byte(nil), two...), ping...), closeMsg...)
+	data = append(data, 0x82) // the start of the next message
+	n, alive := e.parseWS(0, data)
+	if !alive || n != len(data)-1 {
+		t.Fatalf("consumed %d of %d, alive %v, errors %v", n, len(data), alive, e.errors)
+	}
+	if e.pongs != 1 || e.pushRecv != 1 || e.extra["ws_messages"] != 1 || e.extra["ws_pings"] != 1 || e.errors["ws:close:1000"] != 1 {
+		t.Errorf("pongs %d pushes %d extra %v errors %v", e.pongs, e.pushRecv, e.extra, e.errors)
+	}
+	buf := make([]byte, 64)
+	m, err := unix.Read(fds[1], buf)
+	if err != nil || m != 2+4+3 || buf[0] != 0x8A || buf[1] != 0x80|3 {
+		t.Fatalf("pong %x (%v)", buf[:max(m, 0)], err)
+	}
+	got := buf[6:9]
+	for k := range got {
+		got[k] ^= buf[2+k&3]
+	}
+	if string(got) != "abc" {
+		t.Errorf("pong payload %q", got)
+	}
+	// An unmasked client message header is never produced: every write is masked.
+	if w := e.wsWrap(wsOpBinary, make([]byte, 300)); w[1] != 0x80|126 || len(w) != 4+4+300 {
+		t.Errorf("300-byte message header %x", w[:4])
 	}
 }

@@ -40,21 +40,24 @@ func pctOf(h *hdr.Histogram) Pct {
 
 // Sample is one point of the time series, taken every second.
 type Sample struct {
-	T             float64        `json:"t"` // seconds since the leg started
-	Open          int64          `json:"open"`
-	Established   int64          `json:"established"` // cumulative
-	Failed        int64          `json:"failed"`      // cumulative
-	ConnectPerS   float64        `json:"connect_per_s"`
-	HeartbeatPerS float64        `json:"heartbeat_per_s"`
-	RPCPerS       float64        `json:"rpc_per_s"`
-	PushPerS      float64        `json:"push_per_s"`
-	Latency       map[string]Pct `json:"latency"` // of the values recorded in this second
-	ServerRSS     int64          `json:"server_rss_bytes"`
-	ServerAnon    int64          `json:"server_anon_bytes"`
-	ServerCPU     float64        `json:"server_cpu_cores"`
-	ServerConns   int64          `json:"server_conns"`
-	ToolRSS       int64          `json:"tool_rss_bytes"`
-	ToolCPU       float64        `json:"tool_cpu_cores"`
+	T             float64                 `json:"t"` // seconds since the leg started
+	Open          int64                   `json:"open"`
+	Established   int64                   `json:"established"` // cumulative
+	Failed        int64                   `json:"failed"`      // cumulative
+	ConnectPerS   float64                 `json:"connect_per_s"`
+	HeartbeatPerS float64                 `json:"heartbeat_per_s"`
+	RPCPerS       float64                 `json:"rpc_per_s"`
+	PushPerS      float64                 `json:"push_per_s"`
+	Methods       map[string]MethodSample `json:"methods,omitempty"` // overload scenario
+	ShakePerS     float64                 `json:"shake_per_s,omitempty"`
+	OpenPerS      float64                 `json:"open_per_s,omitempty"`
+	Latency       map[string]Pct          `json:"latency"` // of the values recorded in this second
+	ServerRSS     int64                   `json:"server_rss_bytes"`
+	ServerAnon    int64                   `json:"server_anon_bytes"`
+	ServerCPU     float64                 `json:"server_cpu_cores"`
+	ServerConns   int64                   `json:"server_conns"`
+	ToolRSS       int64                   `json:"tool_rss_bytes"`
+	ToolCPU       float64                 `json:"tool_cpu_cores"`
 }
 
 // Report is everything one leg measured; docs/loadtest.md documents each
@@ -64,6 +67,7 @@ type Report struct {
 	TargetKind  string   `json:"target_kind"`
 	Target      string   `json:"target"`
 	Scenarios   []string `json:"scenarios"`
+	WebSocket   bool     `json:"websocket,omitempty"`
 	StartedAt   string   `json:"started_at"`
 	DurationS   float64  `json:"duration_s"`
 	Procs       int      `json:"procs"`
@@ -91,6 +95,7 @@ type Report struct {
 	GatewayCPUCores     float64 `json:"gateway_cpu_cores"`
 	GatewayCPUPerHB     float64 `json:"gateway_cpu_us_per_heartbeat"`
 	GatewayCPUPerPush   float64 `json:"gateway_cpu_us_per_push"`
+	GatewayCPUPerShake  float64 `json:"gateway_cpu_us_per_shake"`
 
 	HeartbeatPerS  float64 `json:"heartbeat_per_s"`
 	HeartbeatP99   float64 `json:"heartbeat_p99_ms"`
@@ -107,6 +112,13 @@ type Report struct {
 	ShakeP99       float64 `json:"shake_p99_ms"`
 	OpenPerS       float64 `json:"open_per_s"`
 	OpenP99        float64 `json:"open_p99_ms"`
+	ShakeSent      int64   `json:"shake_sent"`
+	ShakeTickets   int64   `json:"shake_tickets"`
+	ShakeNoPacket  int64   `json:"shake_no_packet"`
+	ShakeNoSlot    int64   `json:"shake_no_slot"`
+	ShakeDegraded  int64   `json:"shake_degraded"`
+	OpenOK         int64   `json:"open_ok"`
+	OpenErrors     int64   `json:"open_errors"`
 	ReconnectRate  float64 `json:"reconnect_rate_per_s"`
 	Reconnected    int64   `json:"reconnected"`
 	SlowConns      int64   `json:"slow_conns"`
@@ -123,6 +135,8 @@ type Report struct {
 	Notes    []string         `json:"notes,omitempty"`
 	Series   []Sample         `json:"series"`
 
+	Overload *OverloadReport `json:"overload,omitempty"`
+
 	Floor                *Report  `json:"floor,omitempty"`
 	RatioBytesPerConn    *float64 `json:"ratio_bytes_per_conn,omitempty"`
 	RatioBytesGrowth     *float64 `json:"ratio_bytes_per_conn_growth,omitempty"`
@@ -133,6 +147,7 @@ type Report struct {
 	RatioReconnectRate   *float64 `json:"ratio_reconnect_rate,omitempty"`
 	RatioCPUPerPush      *float64 `json:"ratio_cpu_per_push,omitempty"`
 	RatioHeartbeatP99    *float64 `json:"ratio_heartbeat_p99,omitempty"`
+	RatioCPUPerShake     *float64 `json:"ratio_cpu_per_shake,omitempty"`
 }
 
 func secs(a, b int64) float64 { return float64(b-a) / 1e9 }
@@ -145,7 +160,7 @@ func (l *leg) report() *Report {
 		c, times, errs, _ = l.sum()
 	}
 	r := &Report{
-		TargetKind: l.kind, Target: l.target, Scenarios: cfg.Scenarios,
+		TargetKind: l.kind, Target: l.target, Scenarios: cfg.Scenarios, WebSocket: cfg.WS && l.kind != "floor",
 		StartedAt: l.start.UTC().Format(time.RFC3339), Procs: len(l.clients), ServerProcs: l.serverProcs,
 		Interrupted: l.interrupted, ConnsTarget: int64(cfg.Conns),
 		Errors: errs, Policy: l.policy, Latency: map[string]Pct{}, Counters: c, Series: l.series,
@@ -221,6 +236,10 @@ func (l *leg) report() *Report {
 	r.PushP99 = pctOf(lat["push"]).P99
 	r.ShakeP99 = pctOf(lat["shake"]).P99
 	r.OpenP99 = pctOf(lat["open"]).P99
+	r.Overload = l.overloadReport(c)
+	r.ShakeSent, r.ShakeTickets, r.ShakeNoPacket = c["shake_sent"], c["shake_ticket"], c["shake_none"]
+	r.ShakeNoSlot, r.ShakeDegraded = c["shake_noslot"]+c["shake_over"], c["shake_degraded"]
+	r.OpenOK, r.OpenErrors = c["open_ok"], c["open_err"]+c["open_timeout"]
 	r.ConnectP99 = r.Latency["connect"].P99
 	r.AuthP50 = r.Latency["auth"].P50
 	r.AuthP99 = r.Latency["auth"].P99
@@ -286,10 +305,25 @@ func (l *leg) report() *Report {
 				cpu -= float64(ce["floor_push_cpu_ns"]-cb["floor_push_cpu_ns"]) / 1e9
 			}
 			r.GatewayCPUCores = cpu / cwin
-			onlyHB := true
+			onlyHB, onlyShake := true, false
 			for _, s := range cfg.Scenarios {
 				if s != "idle" && s != "heartbeat" {
 					onlyHB = false
+				}
+				if s == "shake" {
+					onlyShake = true
+				}
+			}
+			for _, s := range cfg.Scenarios {
+				if s != "idle" && s != "heartbeat" && s != "shake" {
+					onlyShake = false
+				}
+			}
+			if onlyShake {
+				// Shakes and heartbeats are both answered on the loop: CPU
+				// per frame answered (floor: per 16-byte echo of either).
+				if n := ce["shake_ok"] - cb["shake_ok"] + ce["pongs"] - cb["pongs"]; n > 0 {
+					r.GatewayCPUPerShake = cpu / float64(n) * 1e6
 				}
 			}
 			if p := ce["push_recv"] - cb["push_recv"]; p > 0 && l.kind == "gateway" {
@@ -318,6 +352,9 @@ func (l *leg) report() *Report {
 		r.Failure = "no connection was established"
 	case float64(r.ConnsFailed) > cfg.MaxFail*float64(cfg.Conns):
 		r.Failure = fmt.Sprintf("%d of %d connections failed (more than --max-fail %g)", r.ConnsFailed, cfg.Conns, cfg.MaxFail)
+	case float64(r.ConnsDropped-r.SlowClosed) > cfg.MaxFail*float64(cfg.Conns):
+		// e.g. the server crashed: everything held was closed under us
+		r.Failure = fmt.Sprintf("the server closed %d of %d connections (more than --max-fail %g)", r.ConnsDropped-r.SlowClosed, cfg.Conns, cfg.MaxFail)
 	}
 	return r
 }
@@ -346,6 +383,7 @@ func (r *Report) computeRatios() {
 	r.RatioReconnectRate = ratio(r.ReconnectRate, f.ReconnectRate)
 	r.RatioCPUPerPush = ratio(r.GatewayCPUPerPush, f.GatewayCPUPerPush)
 	r.RatioHeartbeatP99 = ratio(r.HeartbeatP99, f.HeartbeatP99)
+	r.RatioCPUPerShake = ratio(r.GatewayCPUPerShake, f.GatewayCPUPerShake)
 }
 
 // WriteJSONFile writes the report as indented JSON.
@@ -391,6 +429,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 		pr("connect rate", r.RatioConnectRate, "higher is better")
 		pr("reconnect rate", r.RatioReconnectRate, "higher is better; goal >= 0.7")
 		pr("heartbeat p99", r.RatioHeartbeatP99, "lower is better")
+		pr("CPU per shake", r.RatioCPUPerShake, "lower is better; floor: per echo; goal <= 1.2")
 	}
 }
 
@@ -400,6 +439,9 @@ func (r *Report) writeOne(w io.Writer) {
 		name = "floor server"
 	}
 	fmt.Fprintf(w, "== %s %s  scenarios %s  %d worker procs, %.1fs", r.TargetKind, r.Target, strings.Join(r.Scenarios, ","), r.Procs, r.DurationS)
+	if r.WebSocket {
+		fmt.Fprint(w, "  (WebSocket)")
+	}
 	if r.Interrupted {
 		fmt.Fprint(w, "  (interrupted)")
 	}
@@ -416,6 +458,32 @@ func (r *Report) writeOne(w io.Writer) {
 		fmt.Fprintf(w, "  push %.0f/s p99 %.2fms", r.PushPerS, r.PushP99)
 	}
 	fmt.Fprintln(w)
+	if r.ShakeSent > 0 {
+		fmt.Fprintf(w, "  shake        %.0f/s p99 %.2fms: %d sent, %d tickets, %d no packet, %d no slot/over, %d with degrade hints\n",
+			r.ShakePerS, r.ShakeP99, r.ShakeSent, r.ShakeTickets, r.ShakeNoPacket, r.ShakeNoSlot, r.ShakeDegraded)
+	}
+	if r.OpenOK > 0 || r.OpenErrors > 0 {
+		fmt.Fprintf(w, "  open         %.0f/s p99 %.2fms: %d opened (%d again), %d failed, %.2f yuan\n",
+			r.OpenPerS, r.OpenP99, r.OpenOK, r.Counters["open_again"], r.OpenErrors, float64(r.Counters["open_fen"])/100)
+	}
+	if o := r.Overload; o != nil {
+		for _, st := range o.Steps {
+			fmt.Fprintf(w, "  step %-9s %5.1f-%5.1fs at %.0f calls/s", st.Name, st.FromS, st.ToS, st.Rate)
+			if st.ShedStoppedS != nil {
+				fmt.Fprintf(w, "; last shed %.1fs in, p99 back within 2x %.1fs in", *st.ShedStoppedS, *st.P99RecoveredS)
+			}
+			fmt.Fprintln(w)
+			for _, m := range o.Mix {
+				ms := st.Methods[m.Method]
+				if ms == nil {
+					continue
+				}
+				fmt.Fprintf(w, "    %-10s sent %6.0f/s admitted %6.0f/s shed %6.0f/s (%4.1f%%) p50/p99 %.2f/%.2fms settled %.2f/%.2fms; users served %d/%d (%.1f%%, random %.1f%%), shed %d, mixed %d\n",
+					m.Method, ms.SentPerS, ms.AdmittedPerS, ms.ShedPerS, 100*ms.ShedFrac, ms.P50, ms.P99, ms.SettledP50, ms.SettledP99,
+					ms.UsersServed, ms.Users, 100*ms.ServedFrac, 100*ms.RandomServed, ms.UsersShed, ms.UsersMixed)
+			}
+		}
+	}
 	if r.Reconnected > 0 {
 		fmt.Fprintf(w, "  reconnect    %d re-established at %.0f/s\n", r.Reconnected, r.ReconnectRate)
 	}
@@ -436,6 +504,9 @@ func (r *Report) writeOne(w io.Writer) {
 		fmt.Fprintf(w, "; CPU %.3f cores", r.GatewayCPUCores)
 		if r.GatewayCPUPerHB > 0 {
 			fmt.Fprintf(w, ", %.1f µs per heartbeat", r.GatewayCPUPerHB)
+		}
+		if r.GatewayCPUPerShake > 0 {
+			fmt.Fprintf(w, ", %.1f µs per shake or heartbeat", r.GatewayCPUPerShake)
 		}
 		if r.GatewayCPUPerPush > 0 {
 			fmt.Fprintf(w, ", %.1f µs per pushed write", r.GatewayCPUPerPush)

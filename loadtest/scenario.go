@@ -35,6 +35,10 @@ type workerScenario interface {
 	frame(e *engine, i int, f codec.Frame) bool // a frame the engine does not consume itself; true if handled
 	command(e *engine, cmd string)              // a command line from the parent
 	phaseDone(e *engine, phase string)          // "ramp" or "reconnect" finished in this worker
+	floorMsg(e *engine, i int, m []byte) bool   // a 16-byte floor message the engine does not consume; true if handled
+	// response: the answer to connection i's outstanding call (e.call),
+	// sent at sentAt; code is the Response code, or respTimeout.
+	response(e *engine, i int, code uint32, sentAt int64)
 }
 
 // parentHook runs in the supervisor once a second with the leg's state.
@@ -50,6 +54,8 @@ func (nopScenario) tick(*engine)                         {}
 func (nopScenario) frame(*engine, int, codec.Frame) bool { return false }
 func (nopScenario) command(*engine, string)              {}
 func (nopScenario) phaseDone(*engine, string)            {}
+func (nopScenario) floorMsg(*engine, int, []byte) bool   { return false }
+func (nopScenario) response(*engine, int, uint32, int64) {}
 
 var scenarios = map[string]scenarioDef{}
 
@@ -74,10 +80,6 @@ func init() {
 		worker: func(*engine) workerScenario { return reconnectScenario{} }, parent: func(*leg) parentHook { return &reconnectTrigger{} }})
 	registerScenario(scenarioDef{name: "slow", summary: "--slow-frac of the connections stop reading and keep sending --slow-body echo calls; measures how the server sheds them",
 		worker: newSlowScenario})
-	// Hooks for later issues: each becomes a file with a worker part that
-	// records into the "push", "shake" or "open" histogram and counter.
-	registerScenario(scenarioDef{name: "shake", summary: "shake red packets", unavailable: "the gateway has no SHAKE command yet"})
-	registerScenario(scenarioDef{name: "open", summary: "open red packets", unavailable: "the gateway has no OPEN command yet"})
 }
 
 // stormScenario switches every connection to the storm interval after the ramp.
@@ -99,7 +101,11 @@ type rpcScenario struct {
 
 func newRPCScenario(e *engine) workerScenario {
 	s := &rpcScenario{}
-	s.body, _ = proto.Marshal(&pb.Request{Method: e.spec.Method, Body: make([]byte, e.spec.RPCBody)})
+	body := []byte(e.spec.CallBody)
+	if e.spec.CallBody == "" {
+		body = make([]byte, e.spec.RPCBody)
+	}
+	s.body, _ = proto.Marshal(&pb.Request{Method: e.spec.Method, Body: body})
 	return s
 }
 

@@ -82,6 +82,9 @@ type leg struct {
 	// when and with which counters baseSrv and lastSrv were taken.
 	baseSrvAt, lastSrvAt time.Time
 	baseSrvC, lastSrvC   counters
+	// overload scenario: when each step began, per-step histograms
+	ovMarks []ovMark
+	ovHists map[string]*hdr.Histogram
 }
 
 // counters is the sum of every worker's latest cumulative counters.
@@ -160,6 +163,7 @@ func runLeg(ctx context.Context, cfg *Config, kind string, log io.Writer) (*Repo
 		cum:      map[string]*hdr.Histogram{},
 		steady:   map[string]*hdr.Histogram{},
 		interval: map[string]*hdr.Histogram{},
+		ovHists:  map[string]*hdr.Histogram{},
 	}
 	l.progress = !cfg.Quiet && isTerminal(os.Stderr)
 	defer l.killAll()
@@ -349,10 +353,11 @@ func (l *leg) startClients() error {
 			n++
 		}
 		spec := &childSpec{
-			Target: l.target, Floor: l.kind == "floor", Sources: sources, First: first, Conns: n,
+			Target: l.target, Floor: l.kind == "floor", WS: cfg.WS && l.kind != "floor", Sources: sources, First: first, Conns: n,
 			Rate: cfg.Rate / float64(cfg.Procs), Inflight: cfg.Inflight,
 			Heartbeat: int64(cfg.Heartbeat), Storm: int64(cfg.Storm), Timeout: int64(cfg.Timeout),
 			Scenarios: cfg.Scenarios, RPCRate: cfg.RPCRate / float64(cfg.Procs), Method: cfg.Method,
+			ShakeRate: cfg.ShakeRate / float64(cfg.Procs), CallBody: cfg.CallBody, Mix: cfg.Mix, Settle: int64(cfg.Settle),
 			RPCBody: cfg.RPCBody, SlowFrac: cfg.SlowFrac, SlowBody: cfg.SlowBody, SlowInterval: int64(cfg.SlowInterval),
 			Keys: cfg.Keys, UIDBase: cfg.UIDBase, HardStop: int64(cfg.Duration + 10*time.Second),
 		}
@@ -548,6 +553,8 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		HeartbeatPerS: float64(c["pongs"]-l.prevC["pongs"]) / dt,
 		RPCPerS:       float64(c["rpc_ok"]-l.prevC["rpc_ok"]) / dt,
 		PushPerS:      float64(c["push_recv"]-l.prevC["push_recv"]) / dt,
+		ShakePerS:     float64(c["shake_ok"]-l.prevC["shake_ok"]) / dt,
+		OpenPerS:      float64(c["open_ok"]-l.prevC["open_ok"]) / dt,
 		Latency:       map[string]Pct{},
 		ServerRSS:     srv.RSS,
 		ServerAnon:    srv.Anon,
@@ -559,8 +566,11 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		s.ServerCPU = (srv.CPU - l.prevSrv.CPU) / dt
 	}
 	for name, h := range iv {
-		s.Latency[name] = pctOf(h)
+		if !strings.HasPrefix(name, "ov:") { // per method in s.Methods
+			s.Latency[name] = pctOf(h)
+		}
 	}
+	l.overloadSample(&s, c, iv, dt)
 	if c["open"] > l.peakOpen {
 		l.peakOpen = c["open"]
 	}
