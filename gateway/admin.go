@@ -6,6 +6,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"slices"
 	"strings"
@@ -142,6 +143,8 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
 	mux.HandleFunc("/switches", s.handleSwitches)
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // profiles, behind the admin token
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.shakeRoutes(mux)
 	return s.requireToken(mux)
 }

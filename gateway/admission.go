@@ -19,10 +19,11 @@ import (
 // always last). A call is admitted if its level is at most the threshold.
 // Once per window the controller looks at the average queueing time: over
 // the target, it lowers the threshold so about Alpha (scaled up by how far
-// over target the queue is, at most half) fewer of the calls seen in the
+// over target the queue is, at most a fifth) fewer of the calls seen in the
 // window would have been admitted; under it, it raises the threshold
-// to admit about Beta more (twice as many when the queue is nearly empty, so
-// recovery takes a window or two once the load is gone). A histogram of arriving levels per window makes
+// to admit about Beta more (when the queue is nearly empty, 10% more, then
+// 20%, 40%… while it stays so; all of it at once when everything that
+// arrives would fit, so recovery is immediate once the load is gone). A histogram of arriving levels per window makes
 // that a lookup, not a guess.
 //
 // Concurrency: admit runs on event loops and HTTP goroutines (atomics only);
@@ -48,6 +49,9 @@ type AdmissionConfig struct {
 	// DefaultPriority for methods not in Priorities (4).
 	DefaultPriority int
 	RetryAfter      time.Duration // hint sent with a shed call (500ms, jittered up to 2x)
+	// MaxQueueWait: a call that waited longer than this for a goroutine is
+	// answered busy instead of run (default 10 × QueueTarget).
+	MaxQueueWait time.Duration
 }
 
 // DefaultPriorities: login, sync and send above shake and open, above
@@ -85,6 +89,9 @@ func (c *AdmissionConfig) fill() {
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = 500 * time.Millisecond
 	}
+	if c.MaxQueueWait <= 0 {
+		c.MaxQueueWait = 10 * c.QueueTarget
+	}
 }
 
 type admission struct {
@@ -100,6 +107,7 @@ type admission struct {
 	mu          sync.Mutex
 	windowStart time.Time
 	overloaded  bool // the last window's verdict
+	calm        int  // consecutive windows with a nearly empty queue
 
 	onLevel func(threshold uint32, overloaded bool) // metrics hook; may be nil
 }
@@ -190,9 +198,10 @@ func (a *admission) roll() {
 	a.overloaded = over
 	switch {
 	case over:
+		a.calm = 0
 		// Cut harder the further over target the queue is, so a sudden
 		// overload is contained in a few windows, not dozens.
-		alpha := min(0.5, a.cfg.Alpha*float64(sum/n)/float64(a.cfg.QueueTarget))
+		alpha := min(0.2, a.cfg.Alpha*float64(sum/n)/float64(a.cfg.QueueTarget))
 		th = pickThreshold(&hist, uint64(math.Floor(float64(admitted)*(1-alpha))), th, false)
 	case th < maxLevel:
 		var total uint64
@@ -201,7 +210,13 @@ func (a *admission) roll() {
 		}
 		beta := a.cfg.Beta
 		if n == 0 || time.Duration(sum/n) < a.cfg.QueueTarget/4 {
-			beta = 1 // the queue is nearly empty: readmit fast, recovery in a window or two
+			// The queue is nearly empty: readmit faster the longer it stays
+			// so (10%, 20%, 40%… per window), like a slow start, so recovery
+			// takes a few windows without bringing the overload straight back.
+			a.calm++
+			beta = min(1, 0.1*float64(uint(1)<<min(a.calm-1, 4)))
+		} else {
+			a.calm = 0
 		}
 		target := uint64(math.Ceil(float64(admitted)*(1+beta))) + 1
 		if target > total {

@@ -7,8 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
 )
 
 type fakeClock struct{ t time.Time }
@@ -184,4 +187,64 @@ func TestOverloadShedsByPriority(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Admitted high-priority calls don't wait behind queued low-priority ones,
+// and a full queue answers busy without harm.
+func TestPriorityLanes(t *testing.T) {
+	release := make(chan struct{})
+	be := backend.NewEmbedded()
+	be.Handle("block", func(ctx context.Context, _ *backend.Request) ([]byte, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, nil
+	})
+	var order []string
+	var mu sync.Mutex
+	rec := func(name string) backend.Handler {
+		return func(context.Context, *backend.Request) ([]byte, error) {
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+			return nil, nil
+		}
+	}
+	be.Handle("feed.get", rec("low"))  // default priority 4
+	be.Handle("msg.send", rec("high")) // priority 1
+	s := startServer(t, func(c *Config) { c.Backend = be; c.PoolSize = 1; c.QueueSize = 4 })
+	w := dialWire(t, s.Addr())
+	w.auth(token(t, 1, "", time.Hour), "d")
+	var b []byte
+	req := func(seq uint16, m string) {
+		body, _ := proto.Marshal(&pb.Request{Method: m})
+		b = codec.AppendFrame(b, codec.CmdRequest, 0, seq, body)
+	}
+	req(1, "block")
+	for i := uint16(2); i <= 7; i++ { // 4 fit in the low lane, 2 are refused
+		req(i, "feed.get")
+	}
+	req(8, "msg.send")
+	w.send(b)
+	busy := 0
+	for busy < 2 {
+		f := w.expect(codec.CmdResponse, 2*time.Second)
+		var r pb.Response
+		_ = proto.Unmarshal(f.Body, &r)
+		if codec.Code(r.Code) != codec.CodeBusy {
+			t.Fatalf("before release: %d %v", f.Seq, &r)
+		}
+		busy++
+	}
+	time.Sleep(50 * time.Millisecond) // let the loop queue everything
+	close(release)
+	for i := 0; i < 6; i++ {
+		w.expect(codec.CmdResponse, 2*time.Second)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) != 5 || order[0] != "high" {
+		t.Fatalf("run order %v: the high-priority call must run first", order)
+	}
 }

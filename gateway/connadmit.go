@@ -37,7 +37,6 @@ type connAdmission struct {
 
 	flapMu  sync.Mutex
 	flaps   map[uint64]*flapState
-	lastGC  time.Time
 	refused atomic.Uint64
 }
 
@@ -99,14 +98,6 @@ func (a *connAdmission) flapping(uid uint64, now time.Time) (time.Duration, bool
 	}
 	a.flapMu.Lock()
 	defer a.flapMu.Unlock()
-	if now.Sub(a.lastGC) > a.cfg.FlapWindow { // forget users quiet for a window
-		for id, st := range a.flaps {
-			if now.Sub(st.windowStart) > a.cfg.FlapWindow && now.After(st.bannedUntil) {
-				delete(a.flaps, id)
-			}
-		}
-		a.lastGC = now
-	}
 	st := a.flaps[uid]
 	if st == nil {
 		st = &flapState{windowStart: now}
@@ -125,6 +116,25 @@ func (a *connAdmission) flapping(uid uint64, now time.Time) (time.Duration, bool
 		return a.cfg.FlapBan, true
 	}
 	return 0, false
+}
+
+// forget drops users whose window and ban are over, so the flapping map
+// holds only recent connectors, not every idle connection. Called
+// periodically (every FlapWindow).
+func (a *connAdmission) forget(now time.Time) {
+	if a.cfg.FlapMax <= 0 || a.cfg.FlapWindow <= 0 {
+		return
+	}
+	a.flapMu.Lock()
+	defer a.flapMu.Unlock()
+	for id, st := range a.flaps {
+		if now.Sub(st.windowStart) > a.cfg.FlapWindow && now.After(st.bannedUntil) {
+			delete(a.flaps, id)
+		}
+	}
+	if len(a.flaps) == 0 {
+		a.flaps = map[uint64]*flapState{} // let the old table's memory go
+	}
 }
 
 // busyFrame encodes ERROR server_busy with a jittered retry hint (at least

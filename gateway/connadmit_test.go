@@ -75,3 +75,21 @@ func TestFlappingClientRefused(t *testing.T) {
 	other := dialWire(t, s.Addr())
 	other.auth(token(t, 78, "", time.Hour), "phone")
 }
+
+func TestFlapMapForgetsQuietUsers(t *testing.T) {
+	a := newConnAdmission(ConnAdmissionConfig{FlapWindow: time.Minute, FlapMax: 2, FlapBan: 10 * time.Minute})
+	t0 := time.Now()
+	for uid := uint64(1); uid <= 100; uid++ {
+		a.flapping(uid, t0)
+	}
+	for i := 0; i < 3; i++ { // user 7 flaps and is banned
+		a.flapping(7, t0)
+	}
+	a.forget(t0.Add(2 * time.Minute))
+	if n := len(a.flaps); n != 1 {
+		t.Fatalf("%d users remembered after their window, want only the banned one", n)
+	}
+	if _, banned := a.flapping(7, t0.Add(3*time.Minute)); !banned {
+		t.Fatal("ban forgotten")
+	}
+}

@@ -19,9 +19,16 @@ import (
 // queues it; one of a bounded set of goroutines runs plain synchronous code
 // that calls the backend with a deadline and writes the RESPONSE with
 // AsyncWrite. A full queue answers "busy" at once, on the loop.
+//
+// The queue has one lane per priority class (business priority 0-1, 2-3,
+// 4 and above) and goroutines always take from the most important lane
+// first, so admitted high-priority calls never wait behind low-priority
+// ones; a call that waited longer than MaxQueueWait is answered busy
+// instead of being run late.
 type forwarder struct {
 	s       *Server
-	jobs    chan *job
+	lanes   [priorityLanes]chan *job
+	quit    chan struct{}
 	wg      sync.WaitGroup
 	ctx     context.Context
 	stopCtx context.CancelFunc
@@ -66,7 +73,10 @@ var respPool bytebufferpool.Pool
 
 func newForwarder(s *Server) *forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forwarder{s: s, jobs: make(chan *job, s.cfg.QueueSize), ctx: ctx, stopCtx: cancel, methods: map[string]*methodMetrics{}}
+	f := &forwarder{s: s, quit: make(chan struct{}), ctx: ctx, stopCtx: cancel, methods: map[string]*methodMetrics{}}
+	for i := range f.lanes {
+		f.lanes[i] = make(chan *job, s.cfg.QueueSize)
+	}
 	f.retryTokens.Store(100) // start with 10 retries banked
 	f.adm = newAdmission(s.cfg.Admission, time.Now)
 	f.adm.onLevel = func(th uint32, over bool) {
@@ -124,7 +134,7 @@ func (f *forwarder) stop() {
 	f.stopCtx()
 	f.closeMu.Lock()
 	f.closed = true
-	close(f.jobs)
+	close(f.quit)
 	f.closeMu.Unlock()
 	f.wg.Wait()
 }
@@ -190,13 +200,13 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 	c.inflight.Add(1)
 	f.busy.Add(1)
 	select {
-	case f.jobs <- j:
+	case f.lanes[lane(m.prio)] <- j:
 	default:
 		c.inflight.Add(-1)
 		f.busy.Add(-1)
 		f.release(j)
 		f.s.metrics.shed.WithLabelValues("queue_full").Inc()
-		f.s.metrics.calls.WithLabelValues(j.m.name, codec.CodeBusy.String()).Inc()
+		f.s.metrics.calls.WithLabelValues(m.name, codec.CodeBusy.String()).Inc()
 		f.replyNow(c, seq, codec.CodeBusy, "server busy", 200)
 	}
 }
@@ -220,13 +230,62 @@ func (f *forwarder) replyNow(c *conn, seq uint16, code codec.Code, msg string, r
 func (f *forwarder) worker() {
 	defer f.wg.Done()
 	req := &backend.Request{Node: f.s.cfg.Node}
-	for j := range f.jobs {
+	for {
+		j := f.next()
+		if j == nil {
+			return
+		}
 		f.run(j, req)
 		if j.c != nil {
 			j.c.inflight.Add(-1)
 			f.release(j)
 		} // HTTP jobs are released by their caller
 		f.busy.Add(-1)
+	}
+}
+
+const priorityLanes = 3
+
+// lane maps a business priority to its queue lane.
+func lane(prio uint8) int {
+	switch {
+	case prio <= 1:
+		return 0
+	case prio <= 3:
+		return 1
+	}
+	return 2
+}
+
+// next takes the next job, most important lane first; nil once stopped and
+// drained (queued calls are still answered after stop, fast, as the context
+// is cancelled).
+func (f *forwarder) next() *job {
+	for {
+		for i := range f.lanes {
+			select {
+			case j := <-f.lanes[i]:
+				return j
+			default:
+			}
+		}
+		select {
+		case j := <-f.lanes[0]:
+			return j
+		case j := <-f.lanes[1]:
+			return j
+		case j := <-f.lanes[2]:
+			return j
+		case <-f.quit:
+			for i := range f.lanes {
+				select {
+				case j := <-f.lanes[i]:
+					return j
+				default:
+				}
+			}
+			return nil
+		}
 	}
 }
 
@@ -252,6 +311,12 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	if !start.Before(j.deadline) {
 		code, msg = codec.CodeTimeout, "deadline passed while queued"
 		f.s.metrics.shed.WithLabelValues("expired_in_queue").Inc()
+	} else if queued > f.adm.cfg.MaxQueueWait {
+		// Late is as bad as never under overload: answer busy now rather
+		// than run a call whose client has probably given up.
+		code, msg, ra = codec.CodeBusy, "overloaded: waited too long in the queue", f.shedRetryAfter()
+		f.s.metrics.shed.WithLabelValues("queue_wait").Inc()
+		f.stats.shed.Add(1)
 	} else {
 		ctx, cancel := context.WithDeadline(f.ctx, j.deadline)
 		*req = backend.Request{UID: j.uid, Device: j.device, Node: f.s.cfg.Node, Method: j.m.name, Body: j.body}
@@ -351,7 +416,7 @@ func (f *forwarder) call(ctx context.Context, uid uint64, device, method string,
 	}
 	f.busy.Add(1)
 	select {
-	case f.jobs <- j:
+	case f.lanes[lane(m.prio)] <- j:
 		f.closeMu.RUnlock()
 	default:
 		f.closeMu.RUnlock()

@@ -111,6 +111,20 @@ func (s *Server) Start() error {
 	s.started = time.Now()
 	s.switches.run(s.done)
 	go s.returnMemory(15*time.Second, 4<<20)
+	if w := s.cfg.ConnAdmission.FlapWindow; w > 0 && s.cfg.ConnAdmission.FlapMax > 0 {
+		go func() {
+			t := time.NewTicker(w)
+			defer t.Stop()
+			for {
+				select {
+				case now := <-t.C:
+					s.connAdm.forget(now)
+				case <-s.done:
+					return
+				}
+			}
+		}()
+	}
 	if err := s.push.start(); err != nil { // before the loops: presence needs the node
 		return fmt.Errorf("gateway: push: %w", err)
 	}

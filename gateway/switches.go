@@ -370,7 +370,7 @@ func bearerIs(r *http.Request, want string) bool {
 
 // protectedAdmin reports whether an admin path changes or reveals switches.
 func protectedAdmin(path string) bool {
-	for _, p := range []string{"/switches", "/heartbeat/", "/shake/", "/workers/"} {
+	for _, p := range []string{"/switches", "/heartbeat/", "/shake/", "/workers/", "/debug/"} {
 		if strings.HasPrefix(path, p) {
 			return true
 		}
