@@ -1,13 +1,16 @@
 package auth
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -17,6 +20,7 @@ import (
 type KeySet struct {
 	active uint32
 	keys   map[uint32][]byte
+	macs   map[uint32]*sync.Pool // per key: reusable HMAC states, so Verify allocates nothing
 }
 
 // keyFile is the on-disk JSON form. Secrets are hex; the file is 0600.
@@ -41,7 +45,11 @@ func NewKeySet(active uint32, keys map[uint32][]byte) (*KeySet, error) {
 			return nil, fmt.Errorf("auth: key %d shorter than 16 bytes", id)
 		}
 	}
-	return &KeySet{active: active, keys: keys}, nil
+	ks := &KeySet{active: active, keys: keys, macs: make(map[uint32]*sync.Pool, len(keys))}
+	for id, secret := range keys {
+		ks.macs[id] = &sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}
+	}
+	return ks, nil
 }
 
 // Active returns the id of the key Mint uses.

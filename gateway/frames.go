@@ -1,6 +1,9 @@
 package gateway
 
 import (
+	"math/rand/v2"
+	"time"
+
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -128,3 +131,80 @@ func appendResponse(dst []byte, seq uint16, code codec.Code, msg string, body []
 	}
 	return dst
 }
+
+// authBody is a parsed Auth: token and device alias the frame body.
+type authBody struct {
+	token, device []byte
+	network       pb.Network
+}
+
+// parseAuth decodes an Auth body without allocating (the connection's
+// state keeps only what it needs: a copy of the device id).
+func parseAuth(b []byte) (a authBody, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return a, false
+		}
+		b = b[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			a.token, n = protowire.ConsumeBytes(b)
+		case num == 2 && typ == protowire.BytesType:
+			a.device, n = protowire.ConsumeBytes(b)
+		case num == 3 && typ == protowire.VarintType:
+			var v uint64
+			v, n = protowire.ConsumeVarint(b)
+			a.network = pb.Network(int32(v))
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return a, false
+		}
+		b = b[n:]
+	}
+	return a, true
+}
+
+// appendAuthOK appends the AUTH_OK frame for c, encoded by hand so the
+// handshake leaves little garbage behind (its garbage would otherwise sit
+// between the long-lived connection objects allocated at the same time).
+func (s *Server) appendAuthOK(dst []byte, c *conn) []byte {
+	p := s.pol.Load().ps.For(c.network)
+	minS := secs(p.Min)
+	half := max(minS/2, 1)
+	first := half + uint32(rand.IntN(int(max(minS, half)-half)+1))
+	var hb [48]byte
+	h := hb[:0]
+	for _, f := range [...]struct {
+		num protowire.Number
+		v   uint64
+	}{{1, uint64(minS)}, {2, uint64(secs(p.Max))}, {3, uint64(secs(p.Step))}, {4, uint64(secs(p.Idle))}, {5, uint64(first)}, {6, uint64(c.network)}} {
+		if f.v != 0 {
+			h = protowire.AppendTag(h, f.num, protowire.VarintType)
+			h = protowire.AppendVarint(h, f.v)
+		}
+	}
+	off := len(dst)
+	dst = codec.AppendHeader(dst, codec.CmdAuthOK, 0, 0, 0)
+	dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, c.uid)
+	if c.device != "" {
+		dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+		dst = protowire.AppendString(dst, c.device)
+	}
+	dst = protowire.AppendTag(dst, 3, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, uint64(time.Now().UnixMilli()))
+	dst = protowire.AppendTag(dst, 4, protowire.BytesType)
+	dst = protowire.AppendBytes(dst, h)
+	dst = protowire.AppendTag(dst, 5, protowire.BytesType)
+	dst = protowire.AppendString(dst, s.cfg.Node)
+	dst = protowire.AppendTag(dst, 6, protowire.VarintType)
+	dst = protowire.AppendVarint(dst, uint64(s.cfg.MaxBody))
+	codec.PutHeader(dst[off:], codec.CmdAuthOK, 0, 0, len(dst)-off-codec.HeaderSize)
+	return dst
+}
+
+// secs rounds a duration up to whole seconds, as the wire carries them.
+func secs(d time.Duration) uint32 { return uint32((d + time.Second - 1) / time.Second) }

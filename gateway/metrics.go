@@ -15,13 +15,15 @@ import (
 type metrics struct {
 	reg *prometheus.Registry
 
-	conns      prometheus.Gauge
-	sessions   prometheus.Gauge
-	accepts    prometheus.Counter
-	framesIn   [256]prometheus.Counter
-	heartbeats prometheus.Counter
-	closes     *prometheus.CounterVec
-	auths      *prometheus.CounterVec
+	conns         prometheus.Gauge
+	sessions      prometheus.Gauge
+	accepts       prometheus.Counter
+	framesIn      [256]prometheus.Counter
+	heartbeats    prometheus.Counter
+	closes        *prometheus.CounterVec
+	auths         *prometheus.CounterVec
+	authOK        prometheus.Counter // pre-resolved: the common cases on the loop
+	authMalformed prometheus.Counter
 
 	calls        *prometheus.CounterVec // method, code
 	finalSysFail *prometheus.CounterVec // method
@@ -75,6 +77,8 @@ func newMetrics() *metrics {
 	}
 	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_closes_total", Help: "Closed connections by reason (client, or the close code's name)."}, []string{"reason"})
 	m.auths = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_auth_total", Help: "AUTH attempts by result."}, []string{"result"})
+	m.authOK = m.auths.WithLabelValues("ok")
+	m.authMalformed = m.auths.WithLabelValues("malformed")
 	m.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_calls_total", Help: "Forwarded calls by method and result code."}, []string{"method", "code"})
 	m.finalSysFail = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_final_system_failures_total", Help: "Calls that still failed with a system error after retries."}, []string{"method"})
 	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -65,5 +66,46 @@ func TestProtocolDocExamples(t *testing.T) {
 	auth, _ := proto.Marshal(&pb.Auth{Token: "abc", Device: "d1"})
 	if got := fmt.Sprintf("%x", auth); got != "0a0361626312026431" {
 		t.Fatalf("auth example: %s", got)
+	}
+}
+
+// FuzzParseAuth: the hand-rolled Auth decoder agrees with the protobuf
+// library on every input the library accepts.
+func FuzzParseAuth(f *testing.F) {
+	b, _ := proto.Marshal(&pb.Auth{Token: "tok", Device: "phone", Network: pb.Network_NETWORK_WIFI, ClientVersion: "1.0"})
+	f.Add(b)
+	f.Add([]byte{0x18, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		a, ok := parseAuth(data)
+		var ref pb.Auth
+		if proto.Unmarshal(data, &ref) != nil {
+			return
+		}
+		if !ok || string(a.token) != ref.Token || string(a.device) != ref.Device || a.network != ref.Network {
+			t.Fatalf("mismatch: %q %q %v vs %v", a.token, a.device, a.network, &ref)
+		}
+	})
+}
+
+func TestAuthOKEncoding(t *testing.T) {
+	s, _ := New(Config{Keys: testKeys, Node: "n1"})
+	c := &conn{uid: 42, device: "phone", network: pb.Network_NETWORK_CELLULAR}
+	f, n, err := codec.Split(s.appendAuthOK(nil, c), 0)
+	if err != nil || n == 0 || f.Cmd != codec.CmdAuthOK {
+		t.Fatal(err)
+	}
+	var ok pb.AuthOK
+	if err := proto.Unmarshal(f.Body, &ok); err != nil {
+		t.Fatal(err)
+	}
+	p := s.HeartbeatPolicies().Cellular
+	hb := ok.Heartbeat
+	if ok.Uid != 42 || ok.Device != "phone" || ok.Node != "n1" || ok.MaxBody != 64<<10 || ok.ServerTimeMs == 0 ||
+		hb.MinIntervalS != uint32(p.Min/time.Second) || hb.IdleTimeoutS != uint32(p.Idle/time.Second) ||
+		hb.FirstIntervalS < hb.MinIntervalS/2 || hb.FirstIntervalS > hb.MinIntervalS || hb.Network != pb.Network_NETWORK_CELLULAR {
+		t.Fatalf("AUTH_OK %v", &ok)
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = s.appendAuthOK(make([]byte, 0, 256), c) }); n > 1 {
+		t.Fatalf("AUTH_OK encoding allocates %v times", n)
 	}
 }

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"math/rand/v2"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -52,17 +51,6 @@ func networkName(n pb.Network) string {
 
 // idleTicks is the idle timeout for a connection on network n.
 func (s *Server) idleTicks(n pb.Network) uint32 { return s.pol.Load().idle[networkIndex(n)] }
-
-// authPolicy is the policy sent in AUTH_OK: the network's policy with the
-// first heartbeat jittered over [min/2, min], so a reconnect wave does not
-// stay synchronised forever after.
-func (s *Server) authPolicy(n pb.Network) *pb.HeartbeatPolicy {
-	p := s.pol.Load().ps.For(n)
-	hp := p.Proto(n)
-	half := max(hp.MinIntervalS/2, 1)
-	hp.FirstIntervalS = half + uint32(rand.IntN(int(hp.MinIntervalS-half)+1))
-	return hp
-}
 
 // HeartbeatPolicies returns the policies in force. Goroutine-safe.
 func (s *Server) HeartbeatPolicies() heartbeat.Policies { return s.pol.Load().ps }

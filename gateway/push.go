@@ -167,15 +167,8 @@ func (p *pusher) presence(c *conn, online bool) {
 func (p *pusher) Deliver(d *push.Deliver) {
 	switch d.Kind {
 	case push.KindNotify:
-		n := d.N()
-		p.notifies.Add(float64(n))
-		merged := 0
-		for i := 0; i < n; i++ {
-			if p.co.Add(d.UID(i), d.Device, d.Type, d.Version, d.Payload, d.SentNs) {
-				merged++
-			}
-		}
-		if merged > 0 {
+		p.notifies.Add(float64(d.N()))
+		if merged := p.co.AddDeliver(d); merged > 0 { // one lock per router message
 			p.coalesced.Add(float64(merged))
 		}
 	case push.KindBroadcast:

@@ -25,9 +25,10 @@ type benchLoop struct{ gnet.EventLoop }
 
 func (benchLoop) Execute(ctx context.Context, r gnet.Runnable) error { return r.Run(ctx) }
 
-// BenchmarkPushDelivery measures one window: coalescer adds for n users
-// (two notifies per user and type, merged), the flush that groups frames per
-// loop, and the loop task writing one frame batch per connection.
+// BenchmarkPushDelivery measures one window: router messages of 100 users
+// each parsed and added to the coalescer (two notifies per user and type,
+// merged), the flush that groups frames per loop, and the loop task writing
+// one frame batch per connection.
 func BenchmarkPushDelivery(b *testing.B) {
 	s, err := New(Config{Keys: testKeys, NATS: "nats://unused"})
 	if err != nil {
@@ -44,24 +45,36 @@ func BenchmarkPushDelivery(b *testing.B) {
 		s.sessions.add(c)
 	}
 	payload := []byte("0123456789abcdef")
+	uids := make([]uint64, 100)
+	var msg []byte
 	window := func(v uint64) {
-		for i := 0; i < n; i++ {
-			p.co.Add(uint64(i+1), nil, 1, v, payload, 1)
-			p.co.Add(uint64(i+1), nil, 1, v+1, payload, 1)
+		for k := uint64(0); k < 2; k++ {
+			for g := 0; g < n; g += len(uids) {
+				for i := range uids {
+					uids[i] = uint64(g + i + 1)
+				}
+				msg = push.AppendDeliver(msg[:0], push.KindNotify, 1, v+k, 1, "", payload, uids)
+				d, err := push.ParseDeliver(msg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				p.Deliver(&d)
+			}
 		}
 		bt := p.co.Take()
 		p.flush(bt)
 		p.co.Recycle(bt)
 	}
-	window(1) // grow the tables
+	window(1) // grow the tables (both of the coalescer's)
+	window(3)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		window(uint64(i*2 + 3))
+		window(uint64(i*2 + 5))
 	}
 	b.StopTimer()
-	if conns[0].writes != b.N+1 {
-		b.Fatalf("writes %d, want one per window (%d)", conns[0].writes, b.N+1)
+	if conns[0].writes != b.N+2 {
+		b.Fatalf("writes %d, want one per window (%d)", conns[0].writes, b.N+2)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/delivery")
 }

@@ -27,12 +27,10 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
-	"github.com/longlink/longlink/proto/pb"
 )
 
 // Server is one gateway worker.
@@ -110,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) Start() error {
 	s.started = time.Now()
 	s.switches.run(s.done)
-	go s.returnMemory(15*time.Second, 4<<20)
+	go s.returnMemory(10*time.Second, 1<<20)
 	if w := s.cfg.ConnAdmission.FlapWindow; w > 0 && s.cfg.ConnAdmission.FlapMax > 0 {
 		go func() {
 			t := time.NewTicker(w)
@@ -352,12 +350,12 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 
 // authenticate verifies the token locally and admits the connection.
 func (s *Server) authenticate(c *conn, body []byte) codec.Code {
-	var a pb.Auth
-	if err := proto.Unmarshal(body, &a); err != nil {
-		s.metrics.auths.WithLabelValues("malformed").Inc()
+	a, ok := parseAuth(body)
+	if !ok {
+		s.metrics.authMalformed.Inc()
 		return codec.CodeBadToken
 	}
-	claims, err := s.cfg.Keys.Verify(a.Token, time.Now())
+	claims, err := s.cfg.Keys.VerifyBytes(a.token, time.Now())
 	if err != nil {
 		if errors.Is(err, auth.ErrExpired) {
 			s.metrics.auths.WithLabelValues("expired").Inc()
@@ -369,13 +367,13 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 	}
 	device := claims.Device
 	if device == "" {
-		device = a.Device
-	} else if a.Device != "" && a.Device != device {
+		device = string(a.device)
+	} else if len(a.device) > 0 && string(a.device) != device {
 		s.metrics.auths.WithLabelValues("device_mismatch").Inc()
 		return codec.CodeBadToken
 	}
 	if len(device) > auth.MaxDevice {
-		s.metrics.auths.WithLabelValues("malformed").Inc()
+		s.metrics.authMalformed.Inc()
 		return codec.CodeBadToken
 	}
 	if ban, flapping := s.connAdm.flapping(claims.UID, time.Now()); flapping {
@@ -384,9 +382,9 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 		s.send(c, s.connAdm.busyFrame(ban))
 		return codeSent
 	}
-	c.uid, c.device, c.network = claims.UID, device, a.Network
+	c.uid, c.device, c.network = claims.UID, device, a.network
 	c.state.Store(stateAuthed)
-	s.metrics.auths.WithLabelValues("ok").Inc()
+	s.metrics.authOK.Inc()
 	s.metrics.sessions.Inc()
 	if old := s.sessions.add(c); old != nil {
 		s.closeAsync(old, codec.CodeReplaced)
@@ -394,11 +392,10 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 	s.wheel.Set(&c.hb, s.idleTicks(c.network), heartbeat.Never)
 	s.wheel.Touch(&c.hb)
 
-	ok, _ := proto.Marshal(&pb.AuthOK{
-		Uid: c.uid, Device: c.device, ServerTimeMs: time.Now().UnixMilli(),
-		Heartbeat: s.authPolicy(a.Network), Node: s.cfg.Node, MaxBody: uint32(s.cfg.MaxBody),
-	})
-	s.send(c, codec.AppendFrame(nil, codec.CmdAuthOK, 0, 0, ok))
+	bb := respPool.Get()
+	bb.B = s.appendAuthOK(bb.B[:0], c)
+	s.send(c, bb.B)
+	respPool.Put(bb)
 	s.presence.online(c)
 	return codec.OK
 }

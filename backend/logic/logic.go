@@ -127,7 +127,7 @@ type Logic struct {
 	log     *slog.Logger
 
 	presMu sync.Mutex
-	pres   map[uint64]map[string]devConn
+	pres   map[uint64][]devConn // a user's connected devices: a small slice, not a map (memory per online user)
 
 	confMu sync.Mutex
 	conf   map[confKey]uint64
@@ -142,8 +142,9 @@ type Logic struct {
 }
 
 type devConn struct {
-	node string
-	conn uint64
+	device string
+	node   string
+	conn   uint64
 }
 
 type confKey struct {
@@ -185,7 +186,7 @@ func New(store Store, cfg Config) (*Logic, error) {
 	cfg.fill()
 	l := &Logic{
 		cfg: cfg, store: store, log: cfg.Logger, methods: backend.NewEmbedded(),
-		pres:  map[uint64]map[string]devConn{},
+		pres:  map[uint64][]devConn{},
 		conf:  map[confKey]uint64{},
 		notes: make(chan note, 1<<16),
 		kick:  make(chan struct{}, 1),
@@ -249,13 +250,15 @@ func (l *Logic) Call(ctx context.Context, req *backend.Request) ([]byte, error) 
 // Online implements backend.Backend: the device's notifies go to node.
 func (l *Logic) Online(_ context.Context, p backend.Presence) error {
 	l.presMu.Lock()
+	defer l.presMu.Unlock()
 	d := l.pres[p.UID]
-	if d == nil {
-		d = map[string]devConn{}
-		l.pres[p.UID] = d
+	for i := range d {
+		if d[i].device == p.Device {
+			d[i] = devConn{p.Device, p.Node, p.ConnID}
+			return nil
+		}
 	}
-	d[p.Device] = devConn{p.Node, p.ConnID}
-	l.presMu.Unlock()
+	l.pres[p.UID] = append(d, devConn{p.Device, p.Node, p.ConnID})
 	return nil
 }
 
@@ -263,15 +266,19 @@ func (l *Logic) Online(_ context.Context, p backend.Presence) error {
 // of the same device is ignored.
 func (l *Logic) Offline(_ context.Context, p backend.Presence) error {
 	l.presMu.Lock()
-	if d := l.pres[p.UID]; d != nil {
-		if d[p.Device] == (devConn{p.Node, p.ConnID}) {
-			delete(d, p.Device)
-		}
-		if len(d) == 0 {
-			delete(l.pres, p.UID)
+	defer l.presMu.Unlock()
+	d := l.pres[p.UID]
+	for i := range d {
+		if d[i] == (devConn{p.Device, p.Node, p.ConnID}) {
+			d = append(d[:i], d[i+1:]...)
+			break
 		}
 	}
-	l.presMu.Unlock()
+	if len(d) == 0 {
+		delete(l.pres, p.UID)
+	} else {
+		l.pres[p.UID] = d
+	}
 	return nil
 }
 
@@ -377,9 +384,9 @@ func (l *Logic) notifyOthers(uid uint64, except string, typ uint8, ver uint64) {
 	l.presMu.Lock()
 	d := l.pres[uid]
 	var devs []string
-	for dev := range d {
-		if dev != except {
-			devs = append(devs, dev)
+	for _, dc := range d {
+		if dc.device != except {
+			devs = append(devs, dc.device)
 		}
 	}
 	known := d != nil

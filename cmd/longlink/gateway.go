@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -85,6 +86,9 @@ func runGateway(args []string) int {
 
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
+	}
+	if r, err := strconv.Atoi(os.Getenv("LONGLINK_MEMPROFILE_RATE")); err == nil && r > 0 {
+		runtime.MemProfileRate = r // finer heap profiles at /debug/pprof/heap (diagnostics)
 	}
 	adminTokenPath := filepath.Join(*dataDir, "admin.token")
 	adminToken, tokCreated, err := gateway.LoadOrCreateAdminToken(adminTokenPath)
