@@ -122,6 +122,28 @@ func (c *Coalescer) Add(uid uint64, device []byte, typ uint32, version uint64, p
 	return merged
 }
 
+// AddDeliver records a KindNotify message's notify for each of its users
+// under one lock, and reports how many were merged into entries already
+// pending. Allocation-free like Add.
+func (c *Coalescer) AddDeliver(d *Deliver) (merged int) {
+	n := d.N()
+	if n == 0 {
+		return 0
+	}
+	c.mu.Lock()
+	first := c.cur.Empty()
+	for i := 0; i < n; i++ {
+		if c.cur.add(d.UID(i), d.Device, d.Type, d.Version, d.Payload, d.SentNs) {
+			merged++
+		}
+	}
+	c.mu.Unlock()
+	if first {
+		c.signal()
+	}
+	return merged
+}
+
 // AddBroadcast records a notify for everyone connected.
 func (c *Coalescer) AddBroadcast(typ uint32, version uint64, payload []byte, sentNs int64) bool {
 	c.mu.Lock()

@@ -144,6 +144,75 @@ func TestCoalescerKeepsHighestPerUserDeviceType(t *testing.T) {
 	}
 }
 
+func TestCoalescerAddDeliver(t *testing.T) {
+	c := NewCoalescer()
+	c.Add(2, nil, 5, 7, nil, 1) // pending, newer than what follows for uid 2
+	msg := AppendDeliver(nil, KindNotify, 5, 4, 40, "pad", []byte("p4"), []uint64{1, 2, 3, 1})
+	d, err := ParseDeliver(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if merged := c.AddDeliver(&d); merged != 1 { // the second uid 1
+		t.Fatalf("merged %d, want 1", merged)
+	}
+	empty, _ := ParseDeliver(AppendDeliver(nil, KindNotify, 5, 9, 90, "", nil, nil))
+	if c.AddDeliver(&empty) != 0 {
+		t.Fatal("merged from an empty message")
+	}
+	b := c.Take()
+	got := map[string]Pending{}
+	b.EachUser(nil, func(uid uint64, ents []Pending) {
+		for _, e := range ents {
+			got[fmt.Sprintf("%d/%s/%d", uid, e.Device, e.Type)] = e
+		}
+	})
+	if len(got) != 4 {
+		t.Fatalf("%d entries: %+v", len(got), got)
+	}
+	if e := got["1/pad/5"]; e.Version != 4 || string(e.Payload) != "p4" || e.SentNs != 40 || e.Merged != 1 {
+		t.Fatalf("%+v", e)
+	}
+	if e := got["2//5"]; e.Version != 7 {
+		t.Fatalf("device-less entry changed: %+v", e)
+	}
+	c.Recycle(b)
+}
+
+// BenchmarkCoalescerAddDeliver adds router messages of 100 users each.
+func BenchmarkCoalescerAddDeliver(b *testing.B) {
+	c := NewCoalescer()
+	payload := []byte("0123456789abcdef")
+	const users = 4096
+	uids := make([]uint64, 100)
+	msgs := make([]Deliver, users/len(uids))
+	for m := range msgs {
+		for i := range uids {
+			uids[i] = uint64(m*len(uids) + i)
+		}
+		d, err := ParseDeliver(AppendDeliver(nil, KindNotify, uint32(m&3), 1, 1, "", payload, uids))
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs[m] = d
+	}
+	for range 2 { // grow both batches' tables once
+		for m := range msgs {
+			c.AddDeliver(&msgs[m])
+		}
+		c.Recycle(c.Take())
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		m := i % len(msgs)
+		c.AddDeliver(&msgs[m])
+		if m == len(msgs)-1 {
+			c.Recycle(c.Take())
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(uids)), "ns/user")
+}
+
 func BenchmarkCoalescerAdd(b *testing.B) {
 	c := NewCoalescer()
 	payload := []byte("0123456789abcdef")
