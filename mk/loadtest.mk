@@ -11,6 +11,9 @@ LOADTEST_LISTEN    ?= 127.0.0.1:7100
 LOADTEST_ADMIN     ?= 127.0.0.1:7101
 LOADTEST_OUT       ?= loadtest-1m
 LOADTEST_ARGS      ?=
+# The gateway alone: the echo backend keeps the reference logic (and its
+# presence bookkeeping over gRPC in the supervisor) out of the figures.
+LOADTEST_GATEWAY_ARGS ?= --backend echo
 
 loadtest-check: ## check the sysctls and memory a LOADTEST_CONNS run needs (both ends on this host)
 	@set -u; n=$(LOADTEST_CONNS); bad=0; \
@@ -37,7 +40,7 @@ loadtest-check: ## check the sysctls and memory a LOADTEST_CONNS run needs (both
 loadtest-1m: build loadtest-check ## gateway (LOADTEST_WORKERS workers) + load tool: 1,000,000 connections held with heartbeats
 	@set -u; gw=""; \
 	trap 'if [ -n "$$gw" ]; then kill -TERM $$gw 2>/dev/null; wait $$gw 2>/dev/null; fi' EXIT INT TERM; \
-	./$(BIN) gateway --workers $(LOADTEST_WORKERS) --listen $(LOADTEST_LISTEN) --admin $(LOADTEST_ADMIN) --drain 1s --shutdown-timeout 20s --log-level warn & gw=$$!; \
+	./$(BIN) gateway --workers $(LOADTEST_WORKERS) --listen $(LOADTEST_LISTEN) --admin $(LOADTEST_ADMIN) --drain 1s --shutdown-timeout 20s --log-level warn $(LOADTEST_GATEWAY_ARGS) & gw=$$!; \
 	for i in $$(seq 1 120); do curl -fsS http://$(LOADTEST_ADMIN)/healthz >/dev/null 2>&1 && break; \
 	  kill -0 $$gw 2>/dev/null || { echo "gateway exited"; exit 1; }; sleep 0.5; done; \
 	./$(BIN) loadtest --target $(LOADTEST_LISTEN) --admin $(LOADTEST_ADMIN) --conns $(LOADTEST_CONNS) \
