@@ -421,7 +421,7 @@ func (c *Client) read(s *session, r *frameReader) {
 		}
 		s.lastRecv.Store(time.Now().UnixNano())
 		switch f.Cmd {
-		case codec.CmdResponse:
+		case codec.CmdResponse, codec.CmdShakeRsp, codec.CmdOpenRsp:
 			s.deliverRaw(f.Seq, f.Body)
 		case codec.CmdPush:
 			if c.opts.OnPush != nil {
