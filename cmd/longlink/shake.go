@@ -219,6 +219,20 @@ func parseKeyIDs(s string) ([]uint16, error) {
 
 // ticketFiles lists a gen directory's slot files, or a split directory's
 // primary part files.
+// loadEvent loads a generated event's plan, its key store and its ticket files.
+func loadEvent(dir, keys string) (*shake.Plan, *shake.KeyStore, []string, error) {
+	p, err := shake.LoadPlan(dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ks, err := shake.LoadKeyStore(keys)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	files, err := ticketFiles(p, dir)
+	return p, ks, files, err
+}
+
 func ticketFiles(p *shake.Plan, dir string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(dir, shake.SplitFile)); err == nil {
 		m, err := shake.LoadSplit(p, dir)
@@ -308,15 +322,7 @@ func shakeReconcile(args []string) int {
 	if !parseFlags(fs, args) {
 		return 2
 	}
-	p, err := shake.LoadPlan(*dir)
-	if err != nil {
-		return shakeFail(err)
-	}
-	ks, err := shake.LoadKeyStore(*keys)
-	if err != nil {
-		return shakeFail(err)
-	}
-	files, err := ticketFiles(p, *dir)
+	p, ks, files, err := loadEvent(*dir, *keys)
 	if err != nil {
 		return shakeFail(err)
 	}
@@ -342,15 +348,7 @@ func shakeFakeLedger(args []string) int {
 	if !parseFlags(fs, args) {
 		return 2
 	}
-	p, err := shake.LoadPlan(*dir)
-	if err != nil {
-		return shakeFail(err)
-	}
-	ks, err := shake.LoadKeyStore(*keys)
-	if err != nil {
-		return shakeFail(err)
-	}
-	files, err := ticketFiles(p, *dir)
+	p, ks, files, err := loadEvent(*dir, *keys)
 	if err != nil {
 		return shakeFail(err)
 	}
