@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,6 +23,7 @@ import (
 	"github.com/longlink/longlink/shake"
 	"github.com/longlink/longlink/shake/opening"
 	"github.com/longlink/longlink/shake/shaketest"
+	"github.com/longlink/longlink/shake/shaketest/live"
 )
 
 type shakeEnv struct {
@@ -35,34 +34,13 @@ type shakeEnv struct {
 	cfg *ShakeConfig
 }
 
-// newShakeEnv generates an event, starts JetStream, an issuer serving slot
-// 1 now (fast pacing) and an in-process opener.
+// newShakeEnv serves the test event (shaketest/live) and wraps it as the
+// gateway's shake configuration.
 func newShakeEnv(t testing.TB, speed float64) *shakeEnv {
 	t.Helper()
-	root := t.TempDir()
-	ev := shaketest.Generate(t, root)
-	ns := shaketest.JetStream(t, "127.0.0.1:0", filepath.Join(root, "js"))
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	iss, err := shake.NewIssuer(shake.IssuerConfig{Dir: ev.Dir, StateDir: filepath.Join(root, "state"),
-		Start: time.Now().Add(-time.Second), SlotLen: 10 * time.Minute, Speed: speed, Logger: quiet}, shake.NewSealer(ev.SealKeys, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := iss.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(iss.Close)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	v := shake.NewVerifier(ev.SealKeys, ev.Plan, ev.Keys, time.Hour, time.Minute, nil, nil)
-	op, err := opening.NewOpener(context.Background(), opening.OpenerConfig{Verifier: v, Conn: nc, Name: "gw-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &shakeEnv{ev: ev, iss: iss, op: op, nc: nc, cfg: &ShakeConfig{Issuer: iss, Opener: op, Verifier: v}}
+	e := live.Serve(t, speed, "gw-test")
+	return &shakeEnv{ev: e.Event, iss: e.Issuer, op: e.Opener, nc: e.NC,
+		cfg: &ShakeConfig{Issuer: e.Issuer, Opener: e.Opener, Verifier: e.Verifier}}
 }
 
 func (w *wire) shake(seq uint16) *pb.ShakeRsp {

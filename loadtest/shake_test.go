@@ -1,50 +1,19 @@
 package loadtest
 
 import (
-	"context"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/longlink/longlink/gateway"
-	"github.com/longlink/longlink/shake"
-	"github.com/longlink/longlink/shake/opening"
-	"github.com/longlink/longlink/shake/shaketest"
+	"github.com/longlink/longlink/shake/shaketest/live"
 )
 
-// shakeEvent generates the shaketest event, starts JetStream, an issuer
-// serving slot 1 now (speed: 6,000 tickets over 600 s / speed) and an
-// in-process opener.
+// shakeEvent serves the test event (shaketest/live: 6,000 tickets over
+// 600 s / speed) with an in-process opener.
 func shakeEvent(t *testing.T, speed float64) *gateway.ShakeConfig {
 	t.Helper()
-	root := t.TempDir()
-	ev := shaketest.Generate(t, root)
-	ns := shaketest.JetStream(t, "127.0.0.1:0", filepath.Join(root, "js"))
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	iss, err := shake.NewIssuer(shake.IssuerConfig{Dir: ev.Dir, StateDir: filepath.Join(root, "state"),
-		Start: time.Now().Add(-time.Second), SlotLen: 10 * time.Minute, Speed: speed, Logger: quiet}, shake.NewSealer(ev.SealKeys, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := iss.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(iss.Close)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	v := shake.NewVerifier(ev.SealKeys, ev.Plan, ev.Keys, time.Hour, time.Minute, nil, nil)
-	op, err := opening.NewOpener(context.Background(), opening.OpenerConfig{Verifier: v, Conn: nc, Name: "loadtest"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &gateway.ShakeConfig{Issuer: iss, Opener: op, Verifier: v}
+	e := live.Serve(t, speed, "loadtest")
+	return &gateway.ShakeConfig{Issuer: e.Issuer, Opener: e.Opener, Verifier: e.Verifier}
 }
 
 func TestGatewayShakeAndOpen(t *testing.T) {
