@@ -19,7 +19,6 @@ type metrics struct {
 	sessions      prometheus.Gauge
 	accepts       prometheus.Counter
 	framesIn      [256]prometheus.Counter
-	heartbeats    prometheus.Counter
 	closes        *prometheus.CounterVec
 	auths         *prometheus.CounterVec
 	authOK        prometheus.Counter // pre-resolved: the common cases on the loop
@@ -70,7 +69,6 @@ func newMetrics() *metrics {
 	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_connections", Help: "Open client connections (authenticated or not)."})
 	m.sessions = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_sessions", Help: "Authenticated client connections."})
 	m.accepts = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_accepts_total", Help: "Accepted TCP connections."})
-	m.heartbeats = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_heartbeats_total", Help: "HEARTBEAT frames answered."})
 	frames := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_frames_in_total", Help: "Inbound frames by command."}, []string{"cmd"})
 	for i := range m.framesIn {
 		m.framesIn[i] = frames.WithLabelValues(codec.Cmd(i).String())
@@ -95,7 +93,7 @@ func newMetrics() *metrics {
 	m.admLevel.Set(maxLevel)
 	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_connections_refused_total", Help: "Connections refused by connection admission, by reason (accept_limit, flapping)."}, []string{"reason"})
 	m.degrade = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_degrade_level", Help: "Degrade level in force (0 normal .. 3)."})
-	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, m.heartbeats, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
+	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
 	return m

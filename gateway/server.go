@@ -328,7 +328,7 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 	s.wheel.Touch(&c.hb) // any inbound frame counts as liveness
 	switch f.Cmd {
 	case codec.CmdHeartbeat:
-		s.metrics.heartbeats.Inc()
+		// counted in longlink_frames_in_total{cmd="HEARTBEAT"} above
 		if c.ws {
 			_, _ = c.gc.Write(wsPongFrame(f.Seq))
 		} else {
