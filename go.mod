@@ -17,8 +17,9 @@ require (
 	golang.org/x/time v0.16.0
 	google.golang.org/grpc v1.69.4
 	google.golang.org/protobuf v1.36.12
-	gopkg.in/yaml.v3 v3.0.1
 )
+
+require go.yaml.in/yaml/v3 v3.0.6
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
