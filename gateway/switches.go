@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -36,18 +37,30 @@ type Switches struct {
 	// CONFIG frames and redirects go to (default 100).
 	DegradeShare int `json:"degrade_share"`
 	// Redirect: at degrade level 3, the share is sent GOAWAY to this host:port.
-	Redirect string `json:"redirect,omitempty"`
+	Redirect string `json:"redirect"`
 	// Heartbeat policies (before the degrade scaling).
-	Heartbeat *policiesJSON `json:"heartbeat,omitempty"`
+	Heartbeat *policiesJSON `json:"heartbeat"`
 	// Connection admission.
 	AcceptRate float64 `json:"accept_rate"`
 	MaxConns   int     `json:"max_conns"`
 	// Shake red packets (when this gateway dispenses them): pacing factor
 	// and per-second issue limit (nil: leave as configured).
-	ShakeSpeed *float64 `json:"shake_speed,omitempty"`
-	ShakeLimit *float64 `json:"shake_limit,omitempty"`
+	ShakeSpeed *float64 `json:"shake_speed"`
+	ShakeLimit *float64 `json:"shake_limit"`
 	// ShakeOff answers every shake with "not now, come back in a minute".
 	ShakeOff bool `json:"shake_off"`
+}
+
+// SwitchKeys lists every switch by its JSON name, in declaration order (what
+// GET /switches shows and `longlink admin set` accepts).
+func SwitchKeys() []string {
+	t := reflect.TypeFor[Switches]()
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		keys = append(keys, name)
+	}
+	return keys
 }
 
 // degradeLevel is what one degrade level asks of clients.
@@ -401,6 +414,10 @@ func (s *Server) handleSwitches(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&sw); err != nil {
+			if k, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+				http.Error(w, "unknown switch "+k+"; the switches are: "+strings.Join(SwitchKeys(), ", "), http.StatusBadRequest)
+				return
+			}
 			http.Error(w, "bad switches JSON: "+err.Error(), http.StatusBadRequest)
 			return
 		}

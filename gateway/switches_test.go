@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -194,5 +196,34 @@ func TestShakeSwitches(t *testing.T) {
 	}
 	if r := shakeOnce(3); r.MinIntervalMs != 5000 || r.ProbabilityPermille != 500 {
 		t.Fatalf("shake at degrade 2: %v", r)
+	}
+}
+
+// GET /switches shows every switch, set or not; an unknown key is answered
+// with the list of valid ones; the README lists each of them.
+func TestSwitchesListedEverywhere(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.AdminToken = "tok" })
+	h := s.AdminHandler()
+	w := adminReq(t, h, "GET", "/switches", "", "tok")
+	var got map[string]json.RawMessage
+	if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+		t.Fatalf("GET /switches: %v: %s", err, w.Body)
+	}
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range SwitchKeys() {
+		if _, ok := got[k]; !ok {
+			t.Errorf("GET /switches hides %q until it is set: %s", k, w.Body)
+		}
+		if !strings.Contains(string(readme), "`"+k+"`") {
+			t.Errorf("README.md does not list the switch `%s`", k)
+		}
+	}
+	w = adminReq(t, h, "PUT", "/switches", `{"bogus":1}`, "tok")
+	if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), `unknown switch "bogus"`) ||
+		!strings.Contains(w.Body.String(), "degrade_share") {
+		t.Fatalf("PUT bogus: %d %s", w.Code, w.Body)
 	}
 }
