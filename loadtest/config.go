@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -338,4 +339,19 @@ func isLoopbackHost(host string) bool {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.IsLoopback()
+}
+
+// params renders the configuration for the report, one entry per field
+// (durations and lists in their flag form), so a report says how it was made.
+func (c Config) params() map[string]string {
+	out := map[string]string{}
+	v := reflect.ValueOf(c)
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		if f.Name == "ChildCommand" || !f.IsExported() {
+			continue
+		}
+		out[f.Name] = fmt.Sprint(v.Field(i).Interface())
+	}
+	return out
 }

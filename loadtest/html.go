@@ -189,11 +189,16 @@ func legCharts(r *Report) htmlLeg {
 }
 
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
-	"bytes": func(v int64) string { return fmtBytes(float64(v)) },
-	"f":     func(v float64) string { return fmt.Sprintf("%.2f", v) },
+	"bytes": func(v int64) string {
+		if v == 0 {
+			return "n/a"
+		}
+		return fmtBytes(float64(v))
+	},
+	"f": fig,
 	"r": func(v *float64) string {
 		if v == nil {
-			return "–"
+			return "n/a"
 		}
 		return fmt.Sprintf("%.3f", *v)
 	},
@@ -223,7 +228,12 @@ td:first-child,th:first-child{text-align:left}
 <tr><td>reconnect (accept+auth) rate</td><td>{{r .Main.Report.RatioReconnectRate}}</td><td>higher</td></tr>
 <tr><td>heartbeat p99</td><td>{{r .Main.Report.RatioHeartbeatP99}}</td><td>lower</td></tr>
 <tr><td>CPU per shake (floor: per echo)</td><td>{{r .Main.Report.RatioCPUPerShake}}</td><td>lower</td></tr>
+<tr><td>CPU per pushed notify (floor: per 16-byte write)</td><td>{{r .Main.Report.RatioCPUPerPush}}</td><td>lower</td></tr>
 </table>{{end}}
+<h2>Parameters</h2>
+<table><tr><th>parameter</th><th>value</th></tr>
+{{range $k, $v := .Main.Report.Params}}<tr><td>{{$k}}</td><td>{{$v}}</td></tr>{{end}}
+</table>
 {{range .Legs}}
 <h2>{{.Title}}</h2>
 <table><tr><th>figure</th><th>value</th></tr>

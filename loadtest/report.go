@@ -128,12 +128,13 @@ type Report struct {
 	ToolBytesPerCn float64 `json:"tool_bytes_per_conn"`
 	ToolCPUCores   float64 `json:"tool_cpu_cores"`
 
-	Errors   map[string]int64 `json:"errors"`
-	Policy   *policySeen      `json:"heartbeat_policy,omitempty"`
-	Latency  map[string]Pct   `json:"latency"`
-	Counters map[string]int64 `json:"counters"`
-	Notes    []string         `json:"notes,omitempty"`
-	Series   []Sample         `json:"series"`
+	Params   map[string]string `json:"params"` // the run's configuration, by flag-like name
+	Errors   map[string]int64  `json:"errors"`
+	Policy   *policySeen       `json:"heartbeat_policy,omitempty"`
+	Latency  map[string]Pct    `json:"latency"`
+	Counters map[string]int64  `json:"counters"`
+	Notes    []string          `json:"notes,omitempty"`
+	Series   []Sample          `json:"series"`
 
 	Overload *OverloadReport `json:"overload,omitempty"`
 
@@ -164,6 +165,7 @@ func (l *leg) report() *Report {
 		StartedAt: l.start.UTC().Format(time.RFC3339), Procs: len(l.clients), ServerProcs: l.serverProcs,
 		Interrupted: l.interrupted, ConnsTarget: int64(cfg.Conns),
 		Errors: errs, Policy: l.policy, Latency: map[string]Pct{}, Counters: c, Series: l.series,
+		Params: cfg.params(),
 	}
 	if r.Errors == nil {
 		r.Errors = map[string]int64{}
@@ -395,6 +397,22 @@ func (r *Report) WriteJSONFile(path string) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
+// fig formats a figure, or "n/a" where it was not computed (0).
+func fig(v float64) string {
+	if v == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+// ms formats a latency in milliseconds, or "n/a" where none was measured.
+func ms(v float64) string {
+	if v == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fms", v)
+}
+
 func fmtBytes(b float64) string {
 	switch {
 	case b >= 1<<30:
@@ -430,6 +448,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 		pr("reconnect rate", r.RatioReconnectRate, "higher is better; goal >= 0.7")
 		pr("heartbeat p99", r.RatioHeartbeatP99, "lower is better")
 		pr("CPU per shake", r.RatioCPUPerShake, "lower is better; floor: per echo; goal <= 1.2")
+		pr("CPU per pushed notify", r.RatioCPUPerPush, "lower is better; floor: per 16-byte write; goal <= 1.25")
 	}
 }
 
@@ -448,14 +467,14 @@ func (r *Report) writeOne(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  connections  %d/%d held (peak %d), %d failed, %d dropped; ramp %.1fs at %.0f/s\n",
 		r.ConnsEstablished, r.ConnsTarget, r.ConnsPeak, r.ConnsFailed, r.ConnsDropped, r.RampS, r.ConnectRate)
-	fmt.Fprintf(w, "  latency      connect p99 %.2fms  auth p50 %.2fms p99 %.2fms  heartbeat p99 %.2fms\n",
-		r.ConnectP99, r.AuthP50, r.AuthP99, r.HeartbeatP99)
+	fmt.Fprintf(w, "  latency      connect p99 %s  auth p50 %s p99 %s  heartbeat p99 %s\n",
+		ms(r.ConnectP99), ms(r.AuthP50), ms(r.AuthP99), ms(r.HeartbeatP99))
 	fmt.Fprintf(w, "  steady %.1fs  heartbeats %.0f/s", r.SteadyS, r.HeartbeatPerS)
 	if r.RPCPerS > 0 || r.RPCErrors > 0 {
-		fmt.Fprintf(w, "  rpc %.0f/s p50 %.2fms p99 %.2fms (%d errors)", r.RPCPerS, r.RPCP50, r.RPCP99, r.RPCErrors)
+		fmt.Fprintf(w, "  rpc %.0f/s p50 %s p99 %s (%d errors)", r.RPCPerS, ms(r.RPCP50), ms(r.RPCP99), r.RPCErrors)
 	}
 	if r.PushPerS > 0 {
-		fmt.Fprintf(w, "  push %.0f/s p99 %.2fms", r.PushPerS, r.PushP99)
+		fmt.Fprintf(w, "  push %.0f/s p99 %s", r.PushPerS, ms(r.PushP99))
 	}
 	fmt.Fprintln(w)
 	if r.ShakeSent > 0 {

@@ -40,7 +40,9 @@ type leg struct {
 	kind     string // "gateway" or "floor"
 	target   string // ip:port
 	log      io.Writer
-	progress bool
+	progress bool      // a live line on a terminal
+	logLines bool      // not a terminal (CI, a log file): a plain progress line every logEvery
+	lastLine time.Time // when the last plain progress line went out
 	http     *http.Client
 
 	clients, floors []*child
@@ -166,6 +168,7 @@ func runLeg(ctx context.Context, cfg *Config, kind string, log io.Writer) (*Repo
 		ovHists:  map[string]*hdr.Histogram{},
 	}
 	l.progress = !cfg.Quiet && isTerminal(os.Stderr)
+	l.logLines = !cfg.Quiet && !l.progress
 	defer l.killAll()
 	if kind == "floor" {
 		if err := l.startFloor(ctx); err != nil {
@@ -588,7 +591,7 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		l.baseSrv, l.baseSrvAt, l.baseSrvC = srv, now, c
 	}
 	l.finalC, l.finalTimes, l.finalErrors = c, times, errs
-	if l.progress {
+	if l.progress || (l.logLines && now.Sub(l.lastLine) >= logEvery) {
 		line := fmt.Sprintf("[%s] %4.0fs open %d/%d fail %d conn/s %.0f hb/s %.0f rpc/s %.0f",
 			l.kind, s.T, s.Open, l.cfg.Conns, s.Failed, s.ConnectPerS, s.HeartbeatPerS, s.RPCPerS)
 		if srv.OK {
@@ -598,9 +601,17 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		if l.steadyAt.IsZero() {
 			line += " (ramp)"
 		}
-		fmt.Fprint(l.log, "\r\033[K"+line)
+		if l.progress {
+			fmt.Fprint(l.log, "\r\033[K"+line)
+		} else {
+			l.lastLine = now
+			fmt.Fprintln(l.log, "loadtest: "+line)
+		}
 	}
 }
+
+// logEvery spaces the progress lines written when stderr is not a terminal.
+const logEvery = 5 * time.Second
 
 // stopAll asks every worker to stop, waits briefly for final stats, then
 // kills whatever is left.
