@@ -39,7 +39,7 @@ persisted across restarts. The admin token is read from <data>/admin.token.
 
 func runAdmin(args []string) int {
 	fs := newFlagSet("admin", adminSummary)
-	fs.Usage = func() { fmt.Fprint(fs.Output(), adminUsage, "\nFlags:\n"); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), adminUsage, "\nFlags:\n"); printFlags(fs.Output(), fs) }
 	addr := fs.String("admin", "127.0.0.1:7101", "the gateway's admin address")
 	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory holding admin.token")
 	tokenFile := fs.String("token-file", "", "admin token file (default <data>/admin.token)")

@@ -51,7 +51,7 @@ func runGateway(args []string) int {
 	fs.IntVar(&cfg.ConnAdmission.FlapMax, "flap-max", 60, "refuse a user that authenticates more than this many times per --flap-window (0: off)")
 	fs.DurationVar(&cfg.ConnAdmission.FlapWindow, "flap-window", time.Minute, "window of the flapping rule")
 	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
-	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (default: number of CPUs)")
+	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (0: half the CPUs, at least 1)")
 	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 10*time.Second, "AUTH must arrive within this")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 0, "a fixed heartbeat interval for every network (default: adaptive per-network policies, 210s-580s on cellular; change at runtime with PUT /heartbeat/policy on the admin port)")
