@@ -38,6 +38,14 @@ lint: ## gofmt check, go vet, staticcheck, and that generated protobuf is curren
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.7.0 ./...
+	@$(MAKE) --no-print-directory proto-check
+
+proto-check: proto-tools ## check that proto/pb is what the pinned protoc generates from proto/*.proto
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	PATH=$(TOOLS):$$PATH protoc -I proto --go_out=$$tmp --go_opt=paths=source_relative \
+	  --go-grpc_out=$$tmp --go-grpc_opt=paths=source_relative proto/*.proto && \
+	diff -r $$tmp proto/pb >/dev/null || { echo 'proto/pb is stale: run make proto'; diff -r $$tmp proto/pb | head -20; exit 1; }; \
+	echo 'proto/pb is current'
 
 proto-tools: ## install the pinned protoc and protoc-gen-go versions
 	@if ! protoc --version 2>/dev/null | grep -q "$(PROTOC_VERSION)"; then \
@@ -51,7 +59,7 @@ proto: proto-tools ## regenerate Go code from proto/*.proto
 	PATH=$(TOOLS):$$PATH protoc -I proto --go_out=proto/pb --go_opt=paths=source_relative \
 	  --go-grpc_out=proto/pb --go-grpc_opt=paths=source_relative proto/*.proto
 
-.PHONY: help build run test bench fuzz lint proto proto-tools
+.PHONY: help build run test bench fuzz lint proto proto-tools proto-check
 
 # Feature areas add their own targets in mk/*.mk (for example loadtest-1m).
 -include mk/*.mk
