@@ -91,13 +91,13 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Target, "target", c.Target, "gateway `host:port` to load (loopback only unless --allow-remote)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "gateway admin `host:port`; its /metrics gives the gateway's memory and CPU")
 	fs.IntVar(&c.Conns, "conns", c.Conns, "connections to open and hold")
-	fs.Func("rate", fmt.Sprintf("connections opened per second, e.g. 5000 or 5000/s; 0 = as fast as possible (default %g)", c.Rate), func(s string) error {
+	fnVar(fs, "rate", "connections opened per second, e.g. 5000 or 5000/s; 0 = as fast as possible", func() string { return strconv.FormatFloat(c.Rate, 'g', -1, 64) }, func(s string) error {
 		v, err := parseRate(s)
 		c.Rate = v
 		return err
 	})
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "bound of the run (of each leg with --compare-floor), ramp included")
-	fs.Func("scenario", "comma-separated scenarios: "+strings.Join(scenarioNames(), ", ")+" (default idle)", func(s string) error {
+	fnVar(fs, "scenario", "comma-separated scenarios: "+strings.Join(scenarioNames(), ", ")+" (default idle)", func() string { return strings.Join(c.Scenarios, ",") }, func(s string) error {
 		c.Scenarios = nil
 		for _, n := range strings.Split(s, ",") {
 			if n = strings.TrimSpace(n); n != "" {
@@ -111,7 +111,7 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Floor, "floor", c.Floor, "target the tool's own minimal epoll server and measure the host's floor")
 	fs.BoolVar(&c.CompareFloor, "compare-floor", c.CompareFloor, "run the same load against the floor, then the gateway, and report ratios")
 	fs.BoolVar(&c.AllowRemote, "allow-remote", c.AllowRemote, "allow a non-loopback --target")
-	fs.Func("sources", "source addresses, a range 127.0.0.2-127.0.0.80 or a comma list; 'none' lets the kernel choose (default 127.0.0.2-127.0.0.80 for a 127.x target)", func(s string) error {
+	fnVar(fs, "sources", "source addresses, a range 127.0.0.2-127.0.0.80 or a comma list; 'none' lets the kernel choose (default 127.0.0.2-127.0.0.80 for a 127.x target)", c.sourcesString, func(s string) error {
 		v, err := parseSources(s)
 		c.Sources = v
 		if c.Sources == nil {
@@ -124,25 +124,25 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Keys, "keys", c.Keys, "gateway key `FILE` to mint tokens with")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "heartbeat interval (clamped to the server's max interval)")
 	fs.DurationVar(&c.Storm, "storm-interval", c.Storm, "heartbeat interval of every connection in the heartbeat scenario")
-	fs.Func("rpc-rate", fmt.Sprintf("calls per second over all connections in the rpc scenario, e.g. 2000/s (default %g)", c.RPCRate), func(s string) error {
+	fnVar(fs, "rpc-rate", "calls per second over all connections in the rpc scenario, e.g. 2000/s", func() string { return strconv.FormatFloat(c.RPCRate, 'g', -1, 64) }, func(s string) error {
 		v, err := parseRate(s)
 		c.RPCRate = v
 		return err
 	})
 	fs.StringVar(&c.Method, "method", c.Method, "method the rpc scenario calls")
-	fs.Func("shake-rate", fmt.Sprintf("SHAKEs per second over all connections in the shake and open scenarios (default %g)", c.ShakeRate), func(s string) error {
+	fnVar(fs, "shake-rate", "SHAKEs per second over all connections in the shake and open scenarios", func() string { return strconv.FormatFloat(c.ShakeRate, 'g', -1, 64) }, func(s string) error {
 		v, err := parseRate(s)
 		c.ShakeRate = v
 		return err
 	})
 	fs.IntVar(&c.RPCBody, "rpc-body", c.RPCBody, "request body bytes of the rpc scenario")
 	fs.StringVar(&c.CallBody, "call-body", c.CallBody, "request body `TEXT` of the rpc and overload scenarios, instead of --rpc-body zero bytes (e.g. 5 for the echo backend's sleep methods: 5 ms)")
-	fs.Func("mix", "overload: methods and weights, `method[:weight],…` (default sleep.hi:1,sleep.lo:4)", func(s string) error {
+	fnVar(fs, "mix", "overload: methods and weights, `method[:weight],…`", c.mixString, func(s string) error {
 		v, err := parseMix(s)
 		c.Mix = v
 		return err
 	})
-	fs.Func("steps", "overload: call rate steps from the steady state, `name:duration:rate,…` (e.g. unloaded:15s:1000,overload:20s:9000,recovery:15s:1000; default one step at --rpc-rate)", func(s string) error {
+	fnVar(fs, "steps", "overload: call rate steps from the steady state, `name:duration:rate,…` (e.g. unloaded:15s:1000,overload:20s:9000,recovery:15s:1000; default one step at --rpc-rate)", c.stepsString, func(s string) error {
 		v, err := parseSteps(s)
 		c.Steps = v
 		return err
@@ -354,4 +354,53 @@ func (c Config) params() map[string]string {
 		out[f.Name] = fmt.Sprint(v.Field(i).Interface())
 	}
 	return out
+}
+
+// fnValue is a flag whose value a function parses and another prints (so
+// `longlink config print` shows it, unlike flag.Func's).
+type fnValue struct {
+	get func() string
+	set func(string) error
+}
+
+func (v fnValue) String() string {
+	if v.get == nil {
+		return ""
+	}
+	return v.get()
+}
+func (v fnValue) Set(s string) error { return v.set(s) }
+
+func fnVar(fs *flag.FlagSet, name, usage string, get func() string, set func(string) error) {
+	fs.Var(fnValue{get, set}, name, usage)
+}
+
+func (c *Config) sourcesString() string {
+	if c.Sources == nil {
+		return "" // the default for the target
+	}
+	if len(c.Sources) == 0 {
+		return "none"
+	}
+	out := make([]string, len(c.Sources))
+	for i, a := range c.Sources {
+		out[i] = a.String()
+	}
+	return strings.Join(out, ",")
+}
+
+func (c *Config) mixString() string {
+	out := make([]string, len(c.Mix))
+	for i, m := range c.Mix {
+		out[i] = m.Method + ":" + strconv.FormatFloat(m.Weight, 'g', -1, 64)
+	}
+	return strings.Join(out, ",")
+}
+
+func (c *Config) stepsString() string {
+	out := make([]string, len(c.Steps))
+	for i, st := range c.Steps {
+		out[i] = st.Name + ":" + st.Dur.String() + ":" + strconv.FormatFloat(st.Rate, 'g', -1, 64)
+	}
+	return strings.Join(out, ",")
 }

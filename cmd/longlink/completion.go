@@ -10,7 +10,7 @@ import (
 const completionSummary = "print a shell completion script (bash or zsh): eval \"$(longlink completion bash)\""
 
 func init() {
-	register(command{name: "completion", summary: completionSummary, run: runCompletion})
+	register(command{name: "completion", summary: completionSummary, run: runCompletion, noFlags: true})
 }
 
 // The script completes subcommands from the list below and flags by asking

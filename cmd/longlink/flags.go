@@ -12,6 +12,7 @@ import (
 // newFlagSet returns a FlagSet for a subcommand whose usage line names it.
 func newFlagSet(name, summary string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.String("config", "", "YAML configuration file; this command reads its section (longlink config print shows the format)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: longlink %s [flags]\n\n%s\n\nFlags (each also settable as LONGLINK_<FLAG>):\n", name, summary)
 		printFlags(fs.Output(), fs)
@@ -92,8 +93,8 @@ func wantsHelp(args []string) bool {
 	return false
 }
 
-// parseFlags applies LONGLINK_* environment variables as defaults, then the
-// command line, which wins. It returns false (after printing why) on error.
+// parseFlags applies the --config file's section, then LONGLINK_*
+// environment variables, then the command line, which wins. It returns false (after printing why) on error.
 // Asking for help prints the usage on stdout and exits 0.
 func parseFlags(fs *flag.FlagSet, args []string) bool {
 	if wantsHelp(args) {
@@ -101,8 +102,15 @@ func parseFlags(fs *flag.FlagSet, args []string) bool {
 		fs.Usage()
 		os.Exit(0)
 	}
+	if err := applyConfigFile(fs, args); err != nil {
+		fmt.Fprintln(os.Stderr, "longlink:", err)
+		return false
+	}
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
+		if ignoreEnv {
+			return
+		}
 		key := "LONGLINK_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(key); ok && envErr == nil {
 			if err := f.Value.Set(v); err != nil {
@@ -113,6 +121,10 @@ func parseFlags(fs *flag.FlagSet, args []string) bool {
 	if envErr != nil {
 		fmt.Fprintln(os.Stderr, "longlink:", envErr)
 		return false
+	}
+	if captureFlags != nil {
+		captureFlags(fs)
+		panic(flagsCaptured{})
 	}
 	return fs.Parse(args) == nil
 }

@@ -16,6 +16,7 @@ type command struct {
 	name    string
 	summary string
 	run     func(args []string) int
+	noFlags bool // takes no flag set (help, version, …): not a config section
 }
 
 var commands = map[string]command{}
@@ -36,7 +37,7 @@ func usage() {
 }
 
 func init() {
-	register(command{name: "help", summary: "show this help", run: func([]string) int { usage(); return 0 }})
+	register(command{name: "help", summary: "show this help", run: func([]string) int { usage(); return 0 }, noFlags: true})
 }
 
 func main() {
