@@ -40,6 +40,27 @@ type SupervisorConfig struct {
 	Logger          *slog.Logger
 	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
 	AdminToken      string              // protects switch endpoints and worker drain
+	// RunDir is the supervisor's private directory (from NewRunDir): worker
+	// admin sockets, and the embedded logic's socket and secret. Default: a
+	// new one. RunSupervisor removes it on exit.
+	RunDir string
+}
+
+// NewRunDir creates <data>/run/<pid> for a supervisor, 0700 (run/ too), so
+// that only this user may reach the sockets in it: every socket the
+// supervisor and its workers talk over lives there.
+func NewRunDir(dataDir string) (string, error) {
+	parent := filepath.Join(dataDir, "run")
+	dir := filepath.Join(parent, strconv.Itoa(os.Getpid()))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	for _, d := range []string{parent, dir} { // MkdirAll keeps the mode of what existed
+		if err := os.Chmod(d, 0o700); err != nil {
+			return "", fmt.Errorf("run directory: %w", err)
+		}
+	}
+	return dir, nil
 }
 
 // RunSupervisor starts Workers copies of this program as gateway workers
@@ -63,10 +84,12 @@ func RunSupervisor(cfg SupervisorConfig) int {
 		log.Error("cannot find own executable", "err", err)
 		return 1
 	}
-	runDir := filepath.Join(cfg.DataDir, "run", strconv.Itoa(os.Getpid()))
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		log.Error("cannot create run directory", "err", err)
-		return 1
+	runDir := cfg.RunDir
+	if runDir == "" {
+		if runDir, err = NewRunDir(cfg.DataDir); err != nil {
+			log.Error("cannot create the run directory", "err", err)
+			return 1
+		}
 	}
 	defer os.RemoveAll(runDir)
 

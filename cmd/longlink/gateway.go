@@ -66,6 +66,7 @@ func runGateway(args []string) int {
 	pf := addPushFlags(fs)
 	sf := addShakeFlags(fs)
 	backendSpec := fs.String("backend", "embedded", "logic backend: embedded (the reference IM logic on <data>/logic.db; with --workers it runs in the supervisor), echo (test methods only), or grpc://host:port[,host:port…] (remote `longlink logic` instances)")
+	bf := addBackendFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -125,7 +126,8 @@ func runGateway(args []string) int {
 		}
 		defer stopLedger()
 	}
-	gb, err := openGatewayBackend(log, *backendSpec, *dataDir, hub, *workers > 1 && *workerIdx < 0)
+	gb, err := openGatewayBackend(log, backendSetup{spec: *backendSpec, dataDir: *dataDir, hub: hub,
+		supervisor: *workers > 1 && *workerIdx < 0, worker: *workerIdx >= 0, flags: bf})
 	if err != nil {
 		log.Error("cannot open the backend", "err", err)
 		return 1
@@ -137,7 +139,7 @@ func runGateway(args []string) int {
 			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
 		}
 		args = append(args[:len(args):len(args)], gb.workerArgs...)
-		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, adminToken, args, hub, gb.collectors...)
+		return runSupervisor(log, *workers, *admin, *dataDir, gb.runDir, *drainMax, adminToken, args, hub, gb.collectors...)
 	}
 
 	keyPath := auth.KeyFile(*dataDir)
