@@ -95,6 +95,11 @@ func RunSupervisor(cfg SupervisorConfig) int {
 	defer os.RemoveAll(runDir)
 
 	sv := &supervisor{token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
+	if sv.lifeline, sv.lifelineW, err = os.Pipe(); err != nil {
+		log.Error("cannot create the workers' lifeline pipe", "err", err)
+		return 1
+	}
+	defer sv.lifelineW.Close() // also keeps it reachable (a finalizer would close it) until we return
 	for i := range sv.workers {
 		sv.workers[i] = &workerProc{index: i, sock: filepath.Join(runDir, fmt.Sprintf("w%d.sock", i))}
 		sv.start(sv.workers[i])
@@ -135,6 +140,10 @@ type supervisor struct {
 
 	extra prometheus.Gatherer
 
+	// lifeline's read end is every worker's fd 3; the supervisor holds the
+	// write end until it exits, so a worker reads EOF when it is gone.
+	lifeline, lifelineW *os.File
+
 	mu       sync.Mutex
 	workers  []*workerProc
 	stopping bool
@@ -153,7 +162,14 @@ func (sv *supervisor) start(w *workerProc) {
 	args := append(append([]string(nil), sv.args...), "--worker-index", strconv.Itoa(w.index), "--admin", "unix:"+w.sock)
 	cmd := exec.Command(sv.exe, args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // workers die with us
+	// Workers drain when we die: Pdeathsig, and EOF on the lifeline (fd 3)
+	// in case Pdeathsig misses (it follows the forking thread, not the
+	// process). WatchStop starts one drain whichever comes first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if sv.lifeline != nil {
+		cmd.ExtraFiles = []*os.File{sv.lifeline}
+		cmd.Env = append(cmd.Environ(), lifelineEnv+"=3")
+	}
 	if err := cmd.Start(); err != nil {
 		sv.log.Error("cannot start worker", "worker", w.index, "err", err)
 		return
@@ -217,6 +233,92 @@ func (sv *supervisor) stopAll(timeout time.Duration) {
 		}
 		<-done
 	}
+}
+
+// lifelineEnv tells a worker which inherited fd is the supervisor's
+// lifeline pipe.
+const lifelineEnv = "LONGLINK_SUPERVISOR_FD"
+
+// Stop says when a gateway process should stop (see WatchStop).
+type Stop struct {
+	// Drain yields once, with the reason, when an orderly drain should begin.
+	Drain <-chan string
+	// Now is closed when a single process is asked to stop a second time:
+	// the operator's "stop now". Never in a worker: its later signals are
+	// the same stop again (the supervisor forwards SIGTERM while systemd or a
+	// terminal signals the whole group, and Pdeathsig and the lifeline both
+	// report the supervisor's death), and would cut its drain short; the
+	// supervisor kills a worker that overruns its shutdown timeout.
+	Now <-chan struct{}
+}
+
+// WatchStop watches SIGTERM and SIGINT and, in a worker, its supervisor
+// (the lifeline pipe; without one, its parent pid changing).
+func WatchStop(log *slog.Logger, worker bool) Stop {
+	drain, now := make(chan string, 1), make(chan struct{})
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	var parent <-chan struct{}
+	if worker {
+		parent = watchParent(log)
+	}
+	go func() {
+		draining := false
+		for {
+			var why string
+			select {
+			case s := <-sig:
+				why = "signal " + s.String()
+			case <-parent:
+				why, parent = "supervisor gone", nil
+			}
+			switch {
+			case !draining:
+				draining = true
+				drain <- why
+			case worker:
+				log.Info("already draining; not stopping again", "reason", why)
+			default:
+				close(now)
+				return
+			}
+		}
+	}()
+	return Stop{Drain: drain, Now: now}
+}
+
+// watchParent returns a channel closed when the supervisor is gone.
+func watchParent(log *slog.Logger) <-chan struct{} {
+	if fd, err := strconv.Atoi(os.Getenv(lifelineEnv)); err == nil && fd > 2 {
+		os.Unsetenv(lifelineEnv)
+		return watchLifeline(os.NewFile(uintptr(fd), "supervisor-lifeline"))
+	}
+	log.Warn("no supervisor lifeline; watching the parent pid instead")
+	gone, ppid := make(chan struct{}), os.Getppid()
+	go func() {
+		for os.Getppid() == ppid {
+			time.Sleep(500 * time.Millisecond)
+		}
+		close(gone)
+	}()
+	return gone
+}
+
+// watchLifeline closes the result once f reads EOF (or fails): every write
+// end is closed, so the supervisor has exited.
+func watchLifeline(f *os.File) <-chan struct{} {
+	gone := make(chan struct{})
+	go func() {
+		var b [1]byte
+		for {
+			if _, err := f.Read(b[:]); err != nil {
+				break
+			}
+		}
+		f.Close()
+		close(gone)
+	}()
+	return gone
 }
 
 // client returns an HTTP client that talks to a worker's admin socket.

@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/longlink/longlink/auth"
@@ -211,14 +209,13 @@ func runGateway(args []string) int {
 			log.Info("admin listening", "addr", addr, "endpoints", "/metrics /healthz /status")
 		}
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	stop := gateway.WatchStop(log, *workerIdx >= 0) // a worker drains once, also when its supervisor dies
 	select {
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String())
+	case why := <-stop.Drain:
+		log.Info("shutting down", "reason", why)
 		ctx, cancel := context.WithTimeout(context.Background(), *drainMax)
 		defer cancel()
-		go func() { <-sig; log.Warn("second signal: closing now"); _ = srv.Close() }()
+		go func() { <-stop.Now; log.Warn("second signal: closing now"); _ = srv.Close() }()
 		if err := srv.Shutdown(ctx); err != nil {
 			log.Warn("shutdown", "err", err)
 		}
