@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -40,11 +41,32 @@ type SupervisorConfig struct {
 	Logger          *slog.Logger
 	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
 	AdminToken      string              // protects switch endpoints and worker drain
+	// RunDir is the supervisor's private directory (from NewRunDir): worker
+	// admin sockets, and the embedded logic's socket and secret. Default: a
+	// new one. RunSupervisor removes it on exit.
+	RunDir string
+}
+
+// NewRunDir creates <data>/run/<pid> for a supervisor, 0700 (run/ too), so
+// that only this user may reach the sockets in it: every socket the
+// supervisor and its workers talk over lives there.
+func NewRunDir(dataDir string) (string, error) {
+	parent := filepath.Join(dataDir, "run")
+	dir := filepath.Join(parent, strconv.Itoa(os.Getpid()))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	for _, d := range []string{parent, dir} { // MkdirAll keeps the mode of what existed
+		if err := os.Chmod(d, 0o700); err != nil {
+			return "", fmt.Errorf("run directory: %w", err)
+		}
+	}
+	return dir, nil
 }
 
 // RunSupervisor starts Workers copies of this program as gateway workers
 // sharing the client port (SO_REUSEPORT), restarts any that die, serves their
-// metrics summed on one admin address, and on SIGTERM or SIGINT passes the
+// metrics merged on one admin address, and on SIGTERM or SIGINT passes the
 // signal on and waits for them to drain. It returns the exit code.
 //
 // One process here can hold only ~19,000 open files, so a million connections
@@ -63,14 +85,21 @@ func RunSupervisor(cfg SupervisorConfig) int {
 		log.Error("cannot find own executable", "err", err)
 		return 1
 	}
-	runDir := filepath.Join(cfg.DataDir, "run", strconv.Itoa(os.Getpid()))
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		log.Error("cannot create run directory", "err", err)
-		return 1
+	runDir := cfg.RunDir
+	if runDir == "" {
+		if runDir, err = NewRunDir(cfg.DataDir); err != nil {
+			log.Error("cannot create the run directory", "err", err)
+			return 1
+		}
 	}
 	defer os.RemoveAll(runDir)
 
 	sv := &supervisor{token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
+	if sv.lifeline, sv.lifelineW, err = os.Pipe(); err != nil {
+		log.Error("cannot create the workers' lifeline pipe", "err", err)
+		return 1
+	}
+	defer sv.lifelineW.Close() // also keeps it reachable (a finalizer would close it) until we return
 	for i := range sv.workers {
 		sv.workers[i] = &workerProc{index: i, sock: filepath.Join(runDir, fmt.Sprintf("w%d.sock", i))}
 		sv.start(sv.workers[i])
@@ -111,6 +140,10 @@ type supervisor struct {
 
 	extra prometheus.Gatherer
 
+	// lifeline's read end is every worker's fd 3; the supervisor holds the
+	// write end until it exits, so a worker reads EOF when it is gone.
+	lifeline, lifelineW *os.File
+
 	mu       sync.Mutex
 	workers  []*workerProc
 	stopping bool
@@ -129,7 +162,14 @@ func (sv *supervisor) start(w *workerProc) {
 	args := append(append([]string(nil), sv.args...), "--worker-index", strconv.Itoa(w.index), "--admin", "unix:"+w.sock)
 	cmd := exec.Command(sv.exe, args...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // workers die with us
+	// Workers drain when we die: Pdeathsig, and EOF on the lifeline (fd 3)
+	// in case Pdeathsig misses (it follows the forking thread, not the
+	// process). WatchStop starts one drain whichever comes first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if sv.lifeline != nil {
+		cmd.ExtraFiles = []*os.File{sv.lifeline}
+		cmd.Env = append(cmd.Environ(), lifelineEnv+"=3")
+	}
 	if err := cmd.Start(); err != nil {
 		sv.log.Error("cannot start worker", "worker", w.index, "err", err)
 		return
@@ -195,6 +235,92 @@ func (sv *supervisor) stopAll(timeout time.Duration) {
 	}
 }
 
+// lifelineEnv tells a worker which inherited fd is the supervisor's
+// lifeline pipe.
+const lifelineEnv = "LONGLINK_SUPERVISOR_FD"
+
+// Stop says when a gateway process should stop (see WatchStop).
+type Stop struct {
+	// Drain yields once, with the reason, when an orderly drain should begin.
+	Drain <-chan string
+	// Now is closed when a single process is asked to stop a second time:
+	// the operator's "stop now". Never in a worker: its later signals are
+	// the same stop again (the supervisor forwards SIGTERM while systemd or a
+	// terminal signals the whole group, and Pdeathsig and the lifeline both
+	// report the supervisor's death), and would cut its drain short; the
+	// supervisor kills a worker that overruns its shutdown timeout.
+	Now <-chan struct{}
+}
+
+// WatchStop watches SIGTERM and SIGINT and, in a worker, its supervisor
+// (the lifeline pipe; without one, its parent pid changing).
+func WatchStop(log *slog.Logger, worker bool) Stop {
+	drain, now := make(chan string, 1), make(chan struct{})
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	var parent <-chan struct{}
+	if worker {
+		parent = watchParent(log)
+	}
+	go func() {
+		draining := false
+		for {
+			var why string
+			select {
+			case s := <-sig:
+				why = "signal " + s.String()
+			case <-parent:
+				why, parent = "supervisor gone", nil
+			}
+			switch {
+			case !draining:
+				draining = true
+				drain <- why
+			case worker:
+				log.Info("already draining; not stopping again", "reason", why)
+			default:
+				close(now)
+				return
+			}
+		}
+	}()
+	return Stop{Drain: drain, Now: now}
+}
+
+// watchParent returns a channel closed when the supervisor is gone.
+func watchParent(log *slog.Logger) <-chan struct{} {
+	if fd, err := strconv.Atoi(os.Getenv(lifelineEnv)); err == nil && fd > 2 {
+		os.Unsetenv(lifelineEnv)
+		return watchLifeline(os.NewFile(uintptr(fd), "supervisor-lifeline"))
+	}
+	log.Warn("no supervisor lifeline; watching the parent pid instead")
+	gone, ppid := make(chan struct{}), os.Getppid()
+	go func() {
+		for os.Getppid() == ppid {
+			time.Sleep(500 * time.Millisecond)
+		}
+		close(gone)
+	}()
+	return gone
+}
+
+// watchLifeline closes the result once f reads EOF (or fails): every write
+// end is closed, so the supervisor has exited.
+func watchLifeline(f *os.File) <-chan struct{} {
+	gone := make(chan struct{})
+	go func() {
+		var b [1]byte
+		for {
+			if _, err := f.Read(b[:]); err != nil {
+				break
+			}
+		}
+		f.Close()
+		close(gone)
+	}()
+	return gone
+}
+
 // client returns an HTTP client that talks to a worker's admin socket.
 func workerClient(sock string) *http.Client {
 	return &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
@@ -239,14 +365,14 @@ func (sv *supervisor) handler() http.Handler {
 	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
 		bodies := sv.scrape("/metrics")
 		alive := 0
-		var texts []io.Reader
-		for _, b := range bodies {
+		texts := make([]io.Reader, len(bodies)) // by worker index; nil for one that did not answer
+		for i, b := range bodies {
 			if b != nil {
 				alive++
-				texts = append(texts, strings.NewReader(string(b)))
+				texts[i] = bytes.NewReader(b)
 			}
 		}
-		fams, err := SumMetrics(texts)
+		fams, err := MergeWorkerMetrics(texts)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -370,19 +496,88 @@ func gaugeFamily(name, help string, v float64) *dto.MetricFamily {
 		Metric: []*dto.Metric{{Gauge: &dto.Gauge{Value: proto.Float64(v)}}}}
 }
 
-// SumMetrics parses Prometheus text expositions and sums series with the
-// same name and labels: counters, gauges and histogram buckets add up, so
-// process_resident_memory_bytes and process_cpu_seconds_total become the
-// gateway's totals. Start times take the minimum, summary quantiles the
-// maximum (a conservative merge).
-func SumMetrics(texts []io.Reader) ([]*dto.MetricFamily, error) {
+// mergeRule is how the supervisor folds one gauge of every worker into the
+// host's series.
+type mergeRule uint8
+
+const (
+	// mergeWorker keeps each worker's series apart under a worker label:
+	// the rule of any gauge not classified below, so a new gauge is never
+	// summed by mistake (TestEveryWorkerGaugeIsClassified asks for a rule).
+	mergeWorker mergeRule = iota
+	mergeSum              // additive: connections, memory, goroutines, files
+	mergeMax              // a level, setting or info every worker holds alike
+	mergeMin              // the earliest (start times), or the strictest (the admission threshold)
+)
+
+// gaugeRules classifies the gauges workers export. Counters, histograms and
+// summaries always add up; a gauge adds up only if it counts something
+// each process holds its own share of.
+var gaugeRules = map[string]mergeRule{
+	// additive
+	"longlink_connections":            mergeSum,
+	"longlink_sessions":               mergeSum,
+	"longlink_open_queued":            mergeSum,
+	"longlink_process_rss_anon_bytes": mergeSum,
+	"longlink_push_registry_users":    mergeSum,
+	"go_goroutines":                   mergeSum,
+	"go_threads":                      mergeSum,
+	"go_memstats_heap_objects":        mergeSum,
+	"process_open_fds":                mergeSum,
+	"process_resident_memory_bytes":   mergeSum,
+	"process_virtual_memory_bytes":    mergeSum,
+	// levels, states and settings: the same value seen by each worker
+	"longlink_degrade_level":            mergeMax,
+	"longlink_admission_overloaded":     mergeMax, // 1 if any worker is overloaded
+	"longlink_admission_level":          mergeMin, // the strictest worker's threshold (8191 admits everything)
+	"longlink_heartbeat_policy_seconds": mergeMax,
+	"go_gc_gogc_percent":                mergeMax,
+	"go_gc_gomemlimit_bytes":            mergeMax,
+	"go_sched_gomaxprocs_threads":       mergeMax,
+	"go_memstats_last_gc_time_seconds":  mergeMax,
+	"process_max_fds":                   mergeMax,
+	"process_virtual_memory_max_bytes":  mergeMax,
+	// each worker's own view: which logic instances it has ejected
+	"longlink_logic_client_instance_up": mergeWorker,
+}
+
+// gaugeRule returns the rule for a gauge (or untyped) family and whether it
+// was classified: the table, then *_info (info series, value 1: max) and
+// *_start_time_seconds (min), then go_memstats_*_bytes (additive).
+func gaugeRule(name string) (mergeRule, bool) {
+	if r, ok := gaugeRules[name]; ok {
+		return r, true
+	}
+	switch {
+	case strings.HasSuffix(name, "_info"):
+		return mergeMax, true
+	case strings.HasSuffix(name, "_start_time_seconds"):
+		return mergeMin, true
+	case strings.HasPrefix(name, "go_memstats_") && strings.HasSuffix(name, "_bytes"):
+		return mergeSum, true
+	}
+	return mergeWorker, false
+}
+
+// MergeWorkerMetrics parses the workers' Prometheus text expositions (nil:
+// a worker that did not answer; the position is the worker index) and
+// merges series with the same name and labels into the host's: counters,
+// histogram buckets and summary counts add up (summary quantiles take the
+// maximum, a conservative merge); gauges follow gaugeRule, so
+// process_resident_memory_bytes is the host's total while
+// longlink_degrade_level stays the level in force, and an unclassified
+// gauge keeps a worker="N" label instead of being summed.
+func MergeWorkerMetrics(workers []io.Reader) ([]*dto.MetricFamily, error) {
 	merged := map[string]*dto.MetricFamily{}
 	index := map[string]map[string]*dto.Metric{}
-	for _, r := range texts {
+	for w, r := range workers {
+		if r == nil {
+			continue
+		}
 		var p expfmt.TextParser
 		fams, err := p.TextToMetricFamilies(r)
 		if err != nil {
-			return nil, fmt.Errorf("parse worker metrics: %w", err)
+			return nil, fmt.Errorf("parse worker %d metrics: %w", w, err)
 		}
 		for name, f := range fams {
 			mf, ok := merged[name]
@@ -391,7 +586,16 @@ func SumMetrics(texts []io.Reader) ([]*dto.MetricFamily, error) {
 				merged[name] = mf
 				index[name] = map[string]*dto.Metric{}
 			}
+			rule := mergeSum
+			if t := f.GetType(); t == dto.MetricType_GAUGE || t == dto.MetricType_UNTYPED {
+				rule, _ = gaugeRule(name)
+			}
 			for _, m := range f.Metric {
+				if rule == mergeWorker {
+					m.Label = append(m.Label, &dto.LabelPair{Name: proto.String("worker"), Value: proto.String(strconv.Itoa(w))})
+					mf.Metric = append(mf.Metric, m)
+					continue
+				}
 				key := labelKey(m)
 				have, ok := index[name][key]
 				if !ok {
@@ -399,7 +603,7 @@ func SumMetrics(texts []io.Reader) ([]*dto.MetricFamily, error) {
 					mf.Metric = append(mf.Metric, m)
 					continue
 				}
-				addMetric(name, have, m)
+				mergeMetric(rule, have, m)
 			}
 		}
 	}
@@ -426,18 +630,25 @@ func labelKey(m *dto.Metric) string {
 	return b.String()
 }
 
-func addMetric(name string, dst, src *dto.Metric) {
+// fold combines two gauge values by rule.
+func fold(rule mergeRule, a, b float64) float64 {
+	switch rule {
+	case mergeMax:
+		return math.Max(a, b)
+	case mergeMin:
+		return math.Min(a, b)
+	}
+	return a + b
+}
+
+func mergeMetric(rule mergeRule, dst, src *dto.Metric) {
 	switch {
 	case dst.Counter != nil && src.Counter != nil:
 		dst.Counter.Value = proto.Float64(dst.Counter.GetValue() + src.Counter.GetValue())
 	case dst.Gauge != nil && src.Gauge != nil:
-		if strings.HasSuffix(name, "start_time_seconds") {
-			dst.Gauge.Value = proto.Float64(math.Min(dst.Gauge.GetValue(), src.Gauge.GetValue()))
-		} else {
-			dst.Gauge.Value = proto.Float64(dst.Gauge.GetValue() + src.Gauge.GetValue())
-		}
+		dst.Gauge.Value = proto.Float64(fold(rule, dst.Gauge.GetValue(), src.Gauge.GetValue()))
 	case dst.Untyped != nil && src.Untyped != nil:
-		dst.Untyped.Value = proto.Float64(dst.Untyped.GetValue() + src.Untyped.GetValue())
+		dst.Untyped.Value = proto.Float64(fold(rule, dst.Untyped.GetValue(), src.Untyped.GetValue()))
 	case dst.Histogram != nil && src.Histogram != nil:
 		h, s := dst.Histogram, src.Histogram
 		h.SampleCount = proto.Uint64(h.GetSampleCount() + s.GetSampleCount())

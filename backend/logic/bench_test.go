@@ -70,11 +70,16 @@ func serveGRPC(b *testing.B, be backend.Backend) *remote.Client {
 	if err != nil {
 		b.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	const secret = "bench-logic-secret-0123456789"
+	opts, err := remote.ServerOptions(remote.ServerAuth{Secret: secret})
+	if err != nil {
+		b.Fatal(err)
+	}
+	gs := grpc.NewServer(opts...)
 	remote.NewServer(be, 0).Register(gs)
 	go func() { _ = gs.Serve(ln) }()
 	b.Cleanup(gs.Stop)
-	c, err := remote.NewClient(remote.Config{Addrs: []string{ln.Addr().String()}})
+	c, err := remote.NewClient(remote.Config{Addrs: []string{ln.Addr().String()}, Auth: remote.ClientAuth{Secret: secret}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -249,7 +249,7 @@ func TestE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	gwAddr, natsAddr, logicAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	lg := start(t, "logic", "--listen", logicAddr, "--data", filepath.Join(dir, "logic"), "--nats", "nats://"+natsAddr,
+	lg := start(t, "logic", "--listen", logicAddr, "--data", filepath.Join(dir, "logic"), "--secret", filepath.Join(dir, "logic.secret"), "--nats", "nats://"+natsAddr,
 		"--metrics", "", "--log-level", "error")
 	gw := start(t, "gateway", "--workers", "2", "--listen", gwAddr, "--admin", "", "--http", "", "--data", dir,
 		"--nats-listen", natsAddr, "--push-grpc", "", "--backend", "grpc://"+logicAddr, "--log-level", "error", "--loops", "1")

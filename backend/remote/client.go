@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/longlink/longlink/backend"
@@ -36,6 +35,10 @@ type Config struct {
 	EjectMax      time.Duration // longest ejection (default 30s)
 	ProbeTimeout  time.Duration // a probe's deadline (default 1s)
 	MaxMethods    int           // distinct method labels before "other" (default 64)
+
+	// Auth authenticates every call (required: the logic refuses callers
+	// without the shared secret).
+	Auth ClientAuth
 
 	Logger      *slog.Logger
 	DialOptions []grpc.DialOption
@@ -135,16 +138,19 @@ func NewClient(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	authOpts, err := cfg.Auth.dialOptions(cfg.Addrs)
+	if err != nil {
+		return nil, err
+	}
 	c := &Client{cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), methods: map[string]bool{}}
 	c.initMetrics()
-	opts := append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	opts := append(append(authOpts,
 		// Reconnect quickly to a restarted instance (gRPC's default backoff grows to 2 minutes).
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 2 * time.Second,
 		}),
-	}, cfg.DialOptions...)
+	), cfg.DialOptions...)
 	for i, a := range cfg.Addrs {
 		cc, err := grpc.NewClient(a, opts...)
 		if err != nil {
@@ -397,6 +403,37 @@ func (c *Client) prober() {
 			in.until.Store(time.Now().Add(d).UnixNano())
 		}
 	}
+}
+
+// ProbeResult is one instance's answer to Probe.
+type ProbeResult struct {
+	Addr string
+	Err  error // nil: it answered an authenticated Ping
+}
+
+// Probe pings every instance once, concurrently, within ctx: what a
+// gateway logs at start-up, so that an unreachable or misconfigured logic
+// (wrong secret, TLS mismatch) is named before the first call fails.
+func (c *Client) Probe(ctx context.Context) []ProbeResult {
+	out := make([]ProbeResult, len(c.insts))
+	var wg sync.WaitGroup
+	for i, in := range c.insts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := in.cli.Ping(ctx, &pb.PingRequest{})
+			if err != nil {
+				if s, ok := status.FromError(err); ok && s.Code() == codes.Unauthenticated {
+					err = fmt.Errorf("refused the gateway's credentials: %s", s.Message())
+				} else if ok {
+					err = fmt.Errorf("%s: %s", s.Code(), s.Message())
+				}
+			}
+			out[i] = ProbeResult{Addr: in.addr, Err: err}
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // presence sends one event to uid's instance, with one retry elsewhere.

@@ -17,6 +17,8 @@ import (
 	"github.com/longlink/longlink/codec"
 )
 
+const testSecret = "0123456789abcdef-test-secret"
+
 // testInstance is one logic instance on loopback whose handlers say who
 // answered.
 type testInstance struct {
@@ -37,7 +39,11 @@ func startInstance(t *testing.T, name string, maxInflight int) *testInstance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ti := &testInstance{name: name, addr: ln.Addr().String(), gs: grpc.NewServer(), be: backend.NewEmbedded()}
+	opts, err := ServerOptions(ServerAuth{Secret: testSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti := &testInstance{name: name, addr: ln.Addr().String(), gs: grpc.NewServer(opts...), be: backend.NewEmbedded()}
 	ti.srv = NewServer(ti.be, maxInflight)
 	ti.be.Handle("who", func(ctx context.Context, r *backend.Request) ([]byte, error) {
 		ti.calls.Add(1)
@@ -72,6 +78,9 @@ func newClient(t *testing.T, cfg Config, insts ...*testInstance) *Client {
 	t.Helper()
 	for _, in := range insts {
 		cfg.Addrs = append(cfg.Addrs, in.addr)
+	}
+	if cfg.Auth.Secret == "" {
+		cfg.Auth.Secret = testSecret
 	}
 	c, err := NewClient(cfg)
 	if err != nil {
@@ -258,7 +267,7 @@ func TestDownInstance(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	ln.Close()
-	cl, err := NewClient(Config{Addrs: []string{a.addr, dead}})
+	cl, err := NewClient(Config{Addrs: []string{a.addr, dead}, Auth: ClientAuth{Secret: testSecret}})
 	if err != nil {
 		t.Fatal(err)
 	}

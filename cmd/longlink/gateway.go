@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/longlink/longlink/auth"
@@ -66,6 +64,7 @@ func runGateway(args []string) int {
 	pf := addPushFlags(fs)
 	sf := addShakeFlags(fs)
 	backendSpec := fs.String("backend", "embedded", "logic backend: embedded (the reference IM logic on <data>/logic.db; with --workers it runs in the supervisor), echo (test methods only), or grpc://host:port[,host:port…] (remote `longlink logic` instances)")
+	bf := addBackendFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -125,7 +124,8 @@ func runGateway(args []string) int {
 		}
 		defer stopLedger()
 	}
-	gb, err := openGatewayBackend(log, *backendSpec, *dataDir, hub, *workers > 1 && *workerIdx < 0)
+	gb, err := openGatewayBackend(log, backendSetup{spec: *backendSpec, dataDir: *dataDir, hub: hub,
+		supervisor: *workers > 1 && *workerIdx < 0, worker: *workerIdx >= 0, flags: bf})
 	if err != nil {
 		log.Error("cannot open the backend", "err", err)
 		return 1
@@ -137,7 +137,7 @@ func runGateway(args []string) int {
 			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
 		}
 		args = append(args[:len(args):len(args)], gb.workerArgs...)
-		return runSupervisor(log, *workers, *admin, *dataDir, *drainMax, adminToken, args, hub, gb.collectors...)
+		return runSupervisor(log, *workers, *admin, *dataDir, gb.runDir, *drainMax, adminToken, args, hub, gb.collectors...)
 	}
 
 	keyPath := auth.KeyFile(*dataDir)
@@ -209,14 +209,13 @@ func runGateway(args []string) int {
 			log.Info("admin listening", "addr", addr, "endpoints", "/metrics /healthz /status")
 		}
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	stop := gateway.WatchStop(log, *workerIdx >= 0) // a worker drains once, also when its supervisor dies
 	select {
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String())
+	case why := <-stop.Drain:
+		log.Info("shutting down", "reason", why)
 		ctx, cancel := context.WithTimeout(context.Background(), *drainMax)
 		defer cancel()
-		go func() { <-sig; log.Warn("second signal: closing now"); _ = srv.Close() }()
+		go func() { <-stop.Now; log.Warn("second signal: closing now"); _ = srv.Close() }()
 		if err := srv.Shutdown(ctx); err != nil {
 			log.Warn("shutdown", "err", err)
 		}

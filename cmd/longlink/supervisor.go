@@ -11,7 +11,7 @@ import (
 	"github.com/longlink/longlink/push"
 )
 
-func runSupervisor(log *slog.Logger, workers int, admin, dataDir string, shutdownTimeout time.Duration, adminToken string, args []string, hub *push.Hub, more ...prometheus.Collector) int {
+func runSupervisor(log *slog.Logger, workers int, admin, dataDir, runDir string, shutdownTimeout time.Duration, adminToken string, args []string, hub *push.Hub, more ...prometheus.Collector) int {
 	var extra prometheus.Gatherer
 	if hub != nil || len(more) > 0 { // the push router, the embedded NATS server and the embedded logic run here, in the supervisor
 		reg := prometheus.NewRegistry()
@@ -26,6 +26,6 @@ func runSupervisor(log *slog.Logger, workers int, admin, dataDir string, shutdow
 	}
 	return gateway.RunSupervisor(gateway.SupervisorConfig{
 		Workers: workers, Admin: admin, DataDir: dataDir, Args: args,
-		ShutdownTimeout: shutdownTimeout, Logger: log, Extra: extra, AdminToken: adminToken,
+		ShutdownTimeout: shutdownTimeout, Logger: log, Extra: extra, AdminToken: adminToken, RunDir: runDir,
 	})
 }

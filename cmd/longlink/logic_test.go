@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/longlink/longlink/backend"
+	"github.com/longlink/longlink/backend/logic"
+	"github.com/longlink/longlink/backend/remote"
+	"github.com/longlink/longlink/proto/pb"
+)
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func timeout(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// forge calls sync and msg.send as user 7 the way a local process without
+// the gateway's secret would, and requires both to be refused.
+func forge(t *testing.T, addr string) {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cli := pb.NewLogicServiceClient(cc)
+	send, _ := proto.Marshal(&pb.SendRequest{To: 8, Text: "forged", ClientMsgId: "f1"})
+	sync, _ := proto.Marshal(&pb.SyncRequest{})
+	for _, q := range []*pb.CallRequest{
+		{Uid: 7, Device: "d", Method: logic.MethodSync, Body: sync},
+		{Uid: 7, Device: "d", Method: logic.MethodSend, Body: send},
+	} {
+		rep, err := cli.Call(timeout(t), q)
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("%s as user 7 without credentials: got %v (reply %v), want Unauthenticated", q.Method, err, rep)
+		}
+	}
+	// Health needs no credentials.
+	h, err := healthpb.NewHealthClient(cc).Check(timeout(t), &healthpb.HealthCheckRequest{})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", h, err)
+	}
+}
+
+// asGateway sends and syncs through the gateway's pool with its secret.
+func asGateway(t *testing.T, addr, secretFile string) {
+	t.Helper()
+	secret, err := remote.LoadSecret(secretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := remote.NewClient(remote.Config{Addrs: []string{addr}, Auth: remote.ClientAuth{Secret: secret}, Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	send, _ := proto.Marshal(&pb.SendRequest{To: 8, Text: "hello", ClientMsgId: "g1"})
+	if _, err := c.Call(timeout(t), &backend.Request{UID: 7, Device: "d", Method: logic.MethodSend, Body: send}); err != nil {
+		t.Fatalf("msg.send with the gateway's credentials: %v", err)
+	}
+	sync, _ := proto.Marshal(&pb.SyncRequest{})
+	b, err := c.Call(timeout(t), &backend.Request{UID: 8, Device: "d", Method: logic.MethodSync, Body: sync})
+	var rep pb.SyncReply
+	if err != nil || proto.Unmarshal(b, &rep) != nil || len(rep.Items) == 0 {
+		t.Fatalf("sync with the gateway's credentials: %v, %d items", err, len(rep.Items))
+	}
+}
+
+// TestSupervisorLogicRefusesUnauthenticatedCallers: the logic a supervisor
+// serves its workers answers only callers with the secret it handed them,
+// on a unix socket in its 0700 run directory.
+func TestSupervisorLogicRefusesUnauthenticatedCallers(t *testing.T) {
+	dir := t.TempDir()
+	bf := addBackendFlags(flag.NewFlagSet("t", flag.ContinueOnError))
+	gb, err := openGatewayBackend(quietLog(), backendSetup{spec: "embedded", dataDir: dir, supervisor: true, flags: bf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(gb.runDir)
+	defer gb.close()
+	var addr, secretFile string
+	for i := 0; i+1 < len(gb.workerArgs); i += 2 {
+		switch gb.workerArgs[i] {
+		case "--backend":
+			addr = strings.TrimPrefix(gb.workerArgs[i+1], "grpc://")
+		case "--backend-secret":
+			secretFile = gb.workerArgs[i+1]
+		}
+	}
+	if !strings.HasPrefix(addr, "unix:"+gb.runDir+"/") || secretFile == "" {
+		t.Fatalf("workers are told %v; want a unix socket in %s and a secret file", gb.workerArgs, gb.runDir)
+	}
+	for path, want := range map[string]os.FileMode{gb.runDir: 0o700, filepath.Dir(gb.runDir): 0o700, secretFile: 0o600} {
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != want {
+			t.Fatalf("%s: %v %v, want mode %o", path, fi.Mode(), err, want)
+		}
+	}
+	forge(t, addr)
+	asGateway(t, addr, secretFile)
+}
+
+// TestLogicCommandRefusesUnauthenticatedCallers runs `longlink logic` and
+// calls it as a local process without and with the secret.
+func TestLogicCommandRefusesUnauthenticatedCallers(t *testing.T) {
+	dir := t.TempDir()
+	stop := make(chan os.Signal, 1)
+	addrc := make(chan string, 1)
+	done := make(chan int, 1)
+	go func() {
+		done <- logicMain([]string{"--listen", "127.0.0.1:0", "--data", dir, "--nats", "", "--metrics", "", "--log-level", "error"}, stop, func(a string) { addrc <- a })
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case code := <-done:
+		t.Fatalf("logic exited %d", code)
+	case <-time.After(10 * time.Second):
+		t.Fatal("logic did not start")
+	}
+	forge(t, addr)
+	asGateway(t, addr, filepath.Join(dir, remote.SecretFile))
+	stop <- syscall.SIGTERM
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("logic did not stop")
+	}
+}
+
+// TestLogicRefusesPlaintextOffLoopback: a listener on every interface
+// without TLS is refused unless explicitly allowed.
+func TestLogicRefusesPlaintextOffLoopback(t *testing.T) {
+	if _, err := listenLogic("0.0.0.0:0", false, false); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
+		t.Fatalf("plaintext on every interface: %v", err)
+	}
+	if _, err := listenLogic(":0", false, false); err == nil {
+		t.Fatal("plaintext on every interface (\":0\") was allowed")
+	}
+	for _, c := range []struct {
+		addr       string
+		tls, allow bool
+	}{{"127.0.0.1:0", false, false}, {"0.0.0.0:0", true, false}, {"0.0.0.0:0", false, true}} {
+		ln, err := listenLogic(c.addr, c.tls, c.allow)
+		if err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		ln.Close()
+	}
+	stop := make(chan os.Signal)
+	if code := logicMain([]string{"--listen", "0.0.0.0:0", "--data", t.TempDir(), "--nats", "", "--metrics", "", "--log-level", "error"}, stop, nil); code == 0 {
+		t.Fatal("longlink logic served plaintext on every interface")
+	}
+}
+
+// TestGatewayRefusesPlaintextRemoteBackend: a grpc:// backend off this host
+// needs TLS or an explicit opt-in.
+func TestGatewayRefusesPlaintextRemoteBackend(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	bf := addBackendFlags(fs)
+	dir := t.TempDir()
+	_, err := openGatewayBackend(quietLog(), backendSetup{spec: "grpc://10.1.2.3:7200", dataDir: dir, flags: bf})
+	if err == nil || !strings.Contains(err.Error(), "TLS") {
+		t.Fatalf("plaintext to another host: %v", err)
+	}
+	_ = fs.Parse([]string{"--backend-allow-plaintext"})
+	gb, err := openGatewayBackend(quietLog(), backendSetup{spec: "grpc://10.1.2.3:7200", dataDir: dir, flags: bf, worker: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb.close()
+}
