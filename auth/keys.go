@@ -55,11 +55,17 @@ func NewKeySet(active uint32, keys map[uint32][]byte) (*KeySet, error) {
 // Active returns the id of the key Mint uses.
 func (k *KeySet) Active() uint32 { return k.active }
 
-// LoadKeyFile reads a key file written by CreateKeyFile (or by hand).
+// LoadKeyFile reads a key file written by CreateKeyFile (or by hand). It
+// refuses a file group or others may access (see ReadSecretFile) and never
+// creates one: a missing file is an error naming the path that matches
+// os.ErrNotExist.
 func LoadKeyFile(path string) (*KeySet, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := ReadSecretFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("auth: no token key file at %s (the gateway creates it on first start with the same --data): %w", path, os.ErrNotExist)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("auth: read key file: %w", err)
+		return nil, fmt.Errorf("auth: %w", err)
 	}
 	var f keyFile
 	if err := json.Unmarshal(raw, &f); err != nil {
