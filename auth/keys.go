@@ -20,7 +20,7 @@ import (
 type KeySet struct {
 	active uint32
 	keys   map[uint32][]byte
-	macs   map[uint32]*sync.Pool // per key: reusable HMAC states, so Verify allocates nothing
+	macs   map[uint32]*sync.Pool // per key: reusable *macState, so Verify allocates only the device id
 }
 
 // keyFile is the on-disk JSON form. Secrets are hex; the file is 0600.
@@ -47,7 +47,7 @@ func NewKeySet(active uint32, keys map[uint32][]byte) (*KeySet, error) {
 	}
 	ks := &KeySet{active: active, keys: keys, macs: make(map[uint32]*sync.Pool, len(keys))}
 	for id, secret := range keys {
-		ks.macs[id] = &sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}
+		ks.macs[id] = &sync.Pool{New: func() any { return &macState{h: hmac.New(sha256.New, secret)} }}
 	}
 	return ks, nil
 }
