@@ -62,7 +62,7 @@ func (k *KeySet) Active() uint32 { return k.active }
 func LoadKeyFile(path string) (*KeySet, error) {
 	raw, err := ReadSecretFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("auth: no token key file at %s (the gateway creates it on first start with the same --data): %w", path, os.ErrNotExist)
+		return nil, missingKeyFile(path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("auth: %w", err)
@@ -84,6 +84,16 @@ func LoadKeyFile(path string) (*KeySet, error) {
 	}
 	return NewKeySet(f.Active, keys)
 }
+
+// missingKeyFile is LoadKeyFile's error for a path with no file; it
+// matches os.ErrNotExist.
+type missingKeyFile string
+
+func (p missingKeyFile) Error() string {
+	return fmt.Sprintf("auth: no token key file at %s (the gateway creates it on first start with the same --data)", string(p))
+}
+
+func (missingKeyFile) Is(target error) bool { return target == os.ErrNotExist }
 
 // CreateKeyFile writes a new key file with one random 32-byte key, mode 0600.
 // It refuses to overwrite an existing file.
