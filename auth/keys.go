@@ -20,7 +20,7 @@ import (
 type KeySet struct {
 	active uint32
 	keys   map[uint32][]byte
-	macs   map[uint32]*sync.Pool // per key: reusable HMAC states, so Verify allocates nothing
+	macs   map[uint32]*sync.Pool // per key: reusable *macState, so Verify allocates only the device id
 }
 
 // keyFile is the on-disk JSON form. Secrets are hex; the file is 0600.
@@ -47,7 +47,7 @@ func NewKeySet(active uint32, keys map[uint32][]byte) (*KeySet, error) {
 	}
 	ks := &KeySet{active: active, keys: keys, macs: make(map[uint32]*sync.Pool, len(keys))}
 	for id, secret := range keys {
-		ks.macs[id] = &sync.Pool{New: func() any { return hmac.New(sha256.New, secret) }}
+		ks.macs[id] = &sync.Pool{New: func() any { return &macState{h: hmac.New(sha256.New, secret)} }}
 	}
 	return ks, nil
 }
@@ -55,11 +55,17 @@ func NewKeySet(active uint32, keys map[uint32][]byte) (*KeySet, error) {
 // Active returns the id of the key Mint uses.
 func (k *KeySet) Active() uint32 { return k.active }
 
-// LoadKeyFile reads a key file written by CreateKeyFile (or by hand).
+// LoadKeyFile reads a key file written by CreateKeyFile (or by hand). It
+// refuses a file group or others may access (see ReadSecretFile) and never
+// creates one: a missing file is an error naming the path that matches
+// os.ErrNotExist.
 func LoadKeyFile(path string) (*KeySet, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := ReadSecretFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, missingKeyFile(path)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("auth: read key file: %w", err)
+		return nil, fmt.Errorf("auth: %w", err)
 	}
 	var f keyFile
 	if err := json.Unmarshal(raw, &f); err != nil {
@@ -78,6 +84,16 @@ func LoadKeyFile(path string) (*KeySet, error) {
 	}
 	return NewKeySet(f.Active, keys)
 }
+
+// missingKeyFile is LoadKeyFile's error for a path with no file; it
+// matches os.ErrNotExist.
+type missingKeyFile string
+
+func (p missingKeyFile) Error() string {
+	return fmt.Sprintf("auth: no token key file at %s (the gateway creates it on first start with the same --data)", string(p))
+}
+
+func (missingKeyFile) Is(target error) bool { return target == os.ErrNotExist }
 
 // CreateKeyFile writes a new key file with one random 32-byte key, mode 0600.
 // It refuses to overwrite an existing file.

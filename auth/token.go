@@ -33,6 +33,19 @@ const (
 	MaxTokenLen = (fixedSize + MaxDevice + macSize + 2) * 4 / 3
 )
 
+// strictB64 is the token encoding, decoding strictly: the unused low bits
+// of the last character must be zero, so each token has exactly one
+// spelling. (It still skips CR and LF; Verify rejects those itself.)
+var strictB64 = base64.RawURLEncoding.Strict()
+
+// b64url marks the bytes of the base64url alphabet.
+var b64url = func() (t [256]bool) {
+	for _, c := range []byte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") {
+		t[c] = true
+	}
+	return t
+}()
+
 // Errors from Verify. ErrExpired is distinguished so clients can be told to
 // fetch a fresh token rather than that theirs is forged.
 var (
@@ -54,6 +67,13 @@ func (k *KeySet) sign(key []byte, msg []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(msg)
 	return m.Sum(nil)[:macSize]
+}
+
+// macState is a reusable HMAC state with the buffers Verify hashes from.
+type macState struct {
+	h   hash.Hash
+	in  [MaxTokenLen]byte
+	sum [sha256.Size]byte
 }
 
 // Mint signs claims with the active key. Expiry is rounded down to seconds.
@@ -88,8 +108,15 @@ func (k *KeySet) VerifyBytes(token []byte, now time.Time) (Claims, error) {
 	if len(token) > MaxTokenLen || len(token) == 0 {
 		return c, ErrMalformed
 	}
+	// The decoder skips CR and LF anywhere: refuse every byte outside the
+	// alphabet first, so a token is accepted only as it was minted.
+	for _, ch := range token {
+		if !b64url[ch] {
+			return c, ErrMalformed
+		}
+	}
 	var buf [MaxTokenLen]byte
-	n, err := base64.RawURLEncoding.Decode(buf[:], token)
+	n, err := strictB64.Decode(buf[:], token)
 	if err != nil || n < fixedSize+macSize || buf[0] != tokenVersion {
 		return c, ErrMalformed
 	}
@@ -104,12 +131,13 @@ func (k *KeySet) VerifyBytes(token []byte, now time.Time) (Claims, error) {
 		return c, ErrUnknownKey
 	}
 	body, mac := b[:fixedSize+dl], b[fixedSize+dl:]
-	h := pool.Get().(hash.Hash)
-	h.Reset()
-	h.Write(body)
-	var sum [sha256.Size]byte
-	good := subtle.ConstantTimeCompare(h.Sum(sum[:0])[:macSize], mac) == 1
-	pool.Put(h)
+	// Hash from the pooled state's own buffers: a stack slice passed to the
+	// hash.Hash interface would move buf and the sum to the heap.
+	st := pool.Get().(*macState)
+	st.h.Reset()
+	st.h.Write(st.in[:copy(st.in[:], body)])
+	good := subtle.ConstantTimeCompare(st.h.Sum(st.sum[:0])[:macSize], mac) == 1
+	pool.Put(st)
 	if !good {
 		return c, ErrBadMAC
 	}

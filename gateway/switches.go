@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/proto/pb"
@@ -444,7 +445,7 @@ func (s *Server) handleSwitches(w http.ResponseWriter, r *http.Request) {
 // LoadOrCreateAdminToken returns the admin token stored in path, creating a
 // random one (mode 0600) if there is none.
 func LoadOrCreateAdminToken(path string) (string, bool, error) {
-	if raw, err := os.ReadFile(path); err == nil {
+	if raw, err := auth.ReadSecretFile(path); err == nil { // refuses a group/world-readable file
 		return strings.TrimSpace(string(raw)), false, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", false, err

@@ -284,8 +284,12 @@ func (is *Issuer) Shake(dst []byte, uid uint64) ([]byte, ShakeResult, *ShakeHint
 	if g >= st.total {
 		return dst, ShakeNone, h
 	}
+	out := is.sealer.AppendSealed(dst, st.record(g), uid, is.nowSec.Load())
+	if len(out) == len(dst) { // no nonce could be reserved: the ticket stays unissued
+		return dst, ShakeNone, h
+	}
 	is.issued.Add(1)
-	return is.sealer.AppendSealed(dst, st.record(g), uid, is.nowSec.Load()), ShakeTicket, h
+	return out, ShakeTicket, h
 }
 
 func (is *Issuer) ended() bool {
@@ -452,27 +456,15 @@ func (is *Issuer) openSlot(i int) (*issueSlot, error) {
 	return st, nil
 }
 
-// writeJournal replaces the journal durably: temporary file, fsync, rename.
+// writeJournal replaces the journal durably: temporary file, fsync,
+// rename, directory fsync (without the last, a crash could bring back the
+// old journal and hand its tickets out again).
 func writeJournal(path string, j journalJSON) error {
 	data, err := json.Marshal(j)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err = f.Write(append(data, '\n')); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return writeFileDurable(path, append(data, '\n'), 0o644)
 }
 
 // refill grants the tokens due for the elapsed time dt.

@@ -296,7 +296,7 @@ func (p *Plan) WritePlan(dir string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, PlanFile), append(data, '\n'), 0o644)
+	return writeFileAtomic(filepath.Join(dir, PlanFile), append(data, '\n'), 0o600) // merchant accounts: owner only
 }
 
 // PlanFile is the name of the batch configuration next to the ticket files.
@@ -357,14 +357,51 @@ func (p *Plan) check() error {
 	return nil
 }
 
-// writeFileAtomic writes via a temporary file and rename.
+// writeFileAtomic replaces path durably (writeFileDurable).
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileDurable(path, data, mode)
+}
+
+// writeFileDurable replaces path with data so that after a crash the file
+// is either the old or the new content, and the new one once this returns:
+// a temporary file created with mode (never wider, whatever umask or an
+// old leftover says), written and fsync'd, renamed over path, and then the
+// directory fsync'd so the rename itself is on disk.
+func writeFileDurable(path string, data []byte, mode os.FileMode) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
+	_ = os.Remove(tmp) // a leftover may carry a wider mode
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp, mode); err != nil {
+	if err = f.Chmod(mode); err == nil {
+		if _, err = f.Write(data); err == nil {
+			err = f.Sync()
+		}
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir fsyncs a directory, making renames and creations in it durable.
+// A variable so tests can see it called.
+var syncDir = func(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -179,7 +179,11 @@ func setupShake(log *slog.Logger, sf shakeFlags, cfg *gateway.Config, dataDir st
 			return nil, fmt.Errorf("--shake-start: %v", err)
 		}
 	}
-	iss, err := shake.NewIssuer(ic, shake.NewSealer(seal, uint16(inst)))
+	sealer, err := shake.OpenSealer(seal, uint16(inst), filepath.Join(state, "seal-nonce"))
+	if err != nil {
+		return nil, err
+	}
+	iss, err := shake.NewIssuer(ic, sealer)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -19,6 +20,7 @@ func runToken(args []string) int {
 	ttl := fs.Duration("ttl", 24*time.Hour, "token lifetime")
 	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory holding keys.json")
 	keyFile := fs.String("keys", "", "key file (default <data>/keys.json)")
+	create := fs.Bool("create", false, "create a new key file if there is none (normally the gateway creates it on first start)")
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -30,7 +32,16 @@ func runToken(args []string) int {
 	if path == "" {
 		path = auth.KeyFile(*dataDir)
 	}
-	keys, created, err := auth.LoadOrCreate(path)
+	// Only the gateway (or an explicit --create) makes keys: a mistyped
+	// --data must fail, not mint a token no running gateway accepts.
+	var keys *auth.KeySet
+	var created bool
+	var err error
+	if *create {
+		keys, created, err = auth.LoadOrCreate(path)
+	} else if keys, err = auth.LoadKeyFile(path); errors.Is(err, os.ErrNotExist) {
+		err = fmt.Errorf("%w; check --data/--keys, or pass --create to make a new key there", err)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "longlink token:", err)
 		return 1
