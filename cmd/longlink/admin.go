@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -55,8 +56,11 @@ func runAdmin(args []string) int {
 		*tokenFile = filepath.Join(*dataDir, "admin.token")
 	}
 	tok := ""
-	if raw, err := os.ReadFile(*tokenFile); err == nil {
+	if raw, err := auth.ReadSecretFile(*tokenFile); err == nil {
 		tok = strings.TrimSpace(string(raw))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintln(os.Stderr, "longlink admin:", err) // e.g. readable by others: refuse to use it
+		return 1
 	}
 	base := "http://" + *addr
 	do := func(method, path string, body any) int {
