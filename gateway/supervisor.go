@@ -61,6 +61,15 @@ func NewRunDir(dataDir string) (string, error) {
 			return "", fmt.Errorf("run directory: %w", err)
 		}
 	}
+	// A supervisor killed with SIGKILL leaves its directory (sockets and a
+	// secret nobody uses any more): remove those of processes that are gone.
+	if ents, err := os.ReadDir(parent); err == nil {
+		for _, e := range ents {
+			if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH {
+				_ = os.RemoveAll(filepath.Join(parent, e.Name()))
+			}
+		}
+	}
 	return dir, nil
 }
 
