@@ -145,4 +145,15 @@ func TestNewRunDir(t *testing.T) {
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("a dead supervisor's run directory was kept: %v", err)
 	}
+	// Our own pid's directory from an earlier run starts empty.
+	old := filepath.Join(dir, "logic.secret")
+	if err := os.WriteFile(old, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRunDir(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatalf("an earlier run's file was kept: %v", err)
+	}
 }

@@ -53,6 +53,11 @@ type SupervisorConfig struct {
 func NewRunDir(dataDir string) (string, error) {
 	parent := filepath.Join(dataDir, "run")
 	dir := filepath.Join(parent, strconv.Itoa(os.Getpid()))
+	// Ours alone, but it may survive an earlier run under the same pid (a
+	// container's pid 1): start empty, so the logic secret is new each start.
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("run directory: %w", err)
 	}
