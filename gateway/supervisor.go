@@ -130,7 +130,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 		}
 		admin = &http.Server{Handler: sv.handler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = admin.Serve(ln) }()
-		log.Info("admin listening", "addr", ln.Addr().String(), "endpoints", "/metrics /healthz /status (summed over workers)")
+		log.Info("admin listening", "addr", ln.Addr().String(), "endpoints", "/metrics /healthz /status (merged over workers)")
 	}
 
 	sig := make(chan os.Signal, 1)
