@@ -9,10 +9,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/longlink/longlink/proto/pb"
@@ -168,8 +172,9 @@ func ClientTLS(f TLSFiles) (*tls.Config, error) {
 
 // ServerAuth is how a LogicService server admits callers.
 type ServerAuth struct {
-	Secret string      // required: the shared logic secret
-	TLS    *tls.Config // optional: serve TLS (from ServerTLS)
+	Secret string       // required: the shared logic secret
+	TLS    *tls.Config  // optional: serve TLS (from ServerTLS)
+	Logger *slog.Logger // optional: audit lines for refused callers (at most one per 10 s)
 }
 
 // healthPrefix is grpc.health.v1, answered without credentials so that
@@ -183,16 +188,25 @@ func ServerOptions(a ServerAuth) ([]grpc.ServerOption, error) {
 		return nil, errors.New("remote: the logic server needs a secret of at least 16 characters")
 	}
 	want := []byte("Bearer " + a.Secret)
+	var refused, lastLog atomic.Int64
 	check := func(ctx context.Context, method string) error {
 		if strings.HasPrefix(method, healthPrefix) {
 			return nil
 		}
 		md, _ := metadata.FromIncomingContext(ctx)
 		got := md.Get("authorization")
-		if len(got) != 1 || subtle.ConstantTimeCompare([]byte(got[0]), want) != 1 {
-			return status.Error(codes.Unauthenticated, "logic: missing or wrong credentials (the gateway's --backend-secret must hold this logic's secret)")
+		if len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), want) == 1 {
+			return nil
 		}
-		return nil
+		n := refused.Add(1)
+		if now, last := time.Now().UnixNano(), lastLog.Load(); a.Logger != nil && now-last > int64(10*time.Second) && lastLog.CompareAndSwap(last, now) {
+			from := "?"
+			if p, ok := peer.FromContext(ctx); ok {
+				from = p.Addr.String()
+			}
+			a.Logger.Warn("audit: logic call refused: missing or wrong secret", "method", method, "remote", from, "refused_total", n)
+		}
+		return status.Error(codes.Unauthenticated, "logic: missing or wrong credentials (the gateway's --backend-secret must hold this logic's secret)")
 	}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -82,7 +82,7 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	if created {
 		log.Info("created the logic secret; give gateways this file as --backend-secret", "file", *secretFile)
 	}
-	sa := remote.ServerAuth{Secret: secret}
+	sa := remote.ServerAuth{Secret: secret, Logger: log}
 	if tf := (remote.TLSFiles{Cert: *tlsCert, Key: *tlsKey, CA: *tlsCA}); tf.Enabled() {
 		if sa.TLS, err = remote.ServerTLS(tf); err != nil {
 			log.Error("bad TLS settings", "err", err)
@@ -355,7 +355,7 @@ func openGatewayBackend(log *slog.Logger, bs backendSetup) (*gatewayBackend, err
 		l.Close()
 		return fail(err)
 	}
-	gs, err := serveLogic(ln, l, 0, remote.ServerAuth{Secret: secret})
+	gs, err := serveLogic(ln, l, 0, remote.ServerAuth{Secret: secret, Logger: log})
 	if err != nil {
 		ln.Close()
 		l.Close()
