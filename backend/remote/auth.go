@@ -56,18 +56,28 @@ func LoadOrCreateSecret(path string) (secret string, created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", false, fmt.Errorf("logic secret %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) { // the other side won the race
-		s, err := LoadSecret(path)
-		return s, false, err
-	}
+	// Written whole under a temporary name, then linked into place: link
+	// never replaces a file, so of a logic and a gateway racing here one
+	// wins, and the other never reads a half-written secret.
+	s := hex.EncodeToString(b)
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".logic-secret-*")
 	if err != nil {
 		return "", false, fmt.Errorf("logic secret %s: %w", path, err)
 	}
-	s := hex.EncodeToString(b)
-	_, err = f.WriteString(s + "\n")
-	if cerr := f.Close(); err == nil {
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(s + "\n")
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp.Name(), path)
+	}
+	if errors.Is(err, os.ErrExist) { // the other side won the race
+		s, err := LoadSecret(path)
+		return s, false, err
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("logic secret %s: %w", path, err)

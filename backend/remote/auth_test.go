@@ -328,3 +328,39 @@ func errorsUnwrap(err error) error {
 	}
 	return err
 }
+
+// TestSecretCreateRace: a logic and gateways starting together on one file
+// agree on one secret, and none reads a half-written file.
+func TestSecretCreateRace(t *testing.T) {
+	for round := range 20 {
+		path := filepath.Join(t.TempDir(), SecretFile)
+		const n = 8
+		var wg sync.WaitGroup
+		got := make([]string, n)
+		errs := make([]error, n)
+		made := make([]bool, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got[i], made[i], errs[i] = LoadOrCreateSecret(path)
+			}()
+		}
+		wg.Wait()
+		creators := 0
+		for i := range n {
+			if errs[i] != nil || got[i] != got[0] {
+				t.Fatalf("round %d: caller %d got %q, %v; caller 0 %q", round, i, got[i], errs[i], got[0])
+			}
+			if made[i] {
+				creators++
+			}
+		}
+		if creators != 1 {
+			t.Fatalf("round %d: %d creators", round, creators)
+		}
+		if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+			t.Fatalf("round %d: temporary files left: %v", round, ents)
+		}
+	}
+}

@@ -89,11 +89,6 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 			return 2
 		}
 	}
-	ln, err := listenLogic(*listen, sa.TLS != nil, *plaintextOK)
-	if err != nil {
-		log.Error("cannot listen", "err", err)
-		return 1
-	}
 	var notifier logic.Notifier
 	switch {
 	case *pushGRPC != "":
@@ -117,11 +112,16 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	}
 	l, err := logic.Open(*dbPath, logic.Config{Notifier: notifier, Retention: *retention, Logger: log})
 	if err != nil {
-		ln.Close()
 		log.Error("cannot open the logic store", "err", err)
 		return 1
 	}
 	defer l.Close()
+	// Listen only now, ready to serve: a gateway that connects is answered.
+	ln, err := listenLogic(*listen, sa.TLS != nil, *plaintextOK)
+	if err != nil {
+		log.Error("cannot listen", "err", err)
+		return 1
+	}
 	gs, err := serveLogic(ln, l, *maxInflight, sa)
 	if err != nil {
 		ln.Close()
