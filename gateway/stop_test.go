@@ -123,3 +123,37 @@ func TestLifelineEOF(t *testing.T) {
 		t.Fatal("EOF on the lifeline was not noticed")
 	}
 }
+
+// TestNewRunDir: 0700 even where run/ existed with a looser mode, and the
+// directories of supervisors that are gone are removed.
+func TestNewRunDir(t *testing.T) {
+	data := t.TempDir()
+	stale := filepath.Join(data, "run", "999999999") // no such pid
+	if err := os.MkdirAll(stale, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(filepath.Join(data, "run"), 0o755)
+	dir, err := NewRunDir(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: %v %v", d, fi.Mode(), err)
+		}
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("a dead supervisor's run directory was kept: %v", err)
+	}
+	// Our own pid's directory from an earlier run starts empty.
+	old := filepath.Join(dir, "logic.secret")
+	if err := os.WriteFile(old, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRunDir(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatalf("an earlier run's file was kept: %v", err)
+	}
+}

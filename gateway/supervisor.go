@@ -53,12 +53,26 @@ type SupervisorConfig struct {
 func NewRunDir(dataDir string) (string, error) {
 	parent := filepath.Join(dataDir, "run")
 	dir := filepath.Join(parent, strconv.Itoa(os.Getpid()))
+	// Ours alone, but it may survive an earlier run under the same pid (a
+	// container's pid 1): start empty, so the logic secret is new each start.
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("run directory: %w", err)
 	}
 	for _, d := range []string{parent, dir} { // MkdirAll keeps the mode of what existed
 		if err := os.Chmod(d, 0o700); err != nil {
 			return "", fmt.Errorf("run directory: %w", err)
+		}
+	}
+	// A supervisor killed with SIGKILL leaves its directory (sockets and a
+	// secret nobody uses any more): remove those of processes that are gone.
+	if ents, err := os.ReadDir(parent); err == nil {
+		for _, e := range ents {
+			if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 && pid != os.Getpid() && syscall.Kill(pid, 0) == syscall.ESRCH {
+				_ = os.RemoveAll(filepath.Join(parent, e.Name()))
+			}
 		}
 	}
 	return dir, nil
@@ -116,7 +130,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 		}
 		admin = &http.Server{Handler: sv.handler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = admin.Serve(ln) }()
-		log.Info("admin listening", "addr", ln.Addr().String(), "endpoints", "/metrics /healthz /status (summed over workers)")
+		log.Info("admin listening", "addr", ln.Addr().String(), "endpoints", "/metrics /healthz /status (merged over workers)")
 	}
 
 	sig := make(chan os.Signal, 1)

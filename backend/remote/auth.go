@@ -9,10 +9,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/longlink/longlink/proto/pb"
@@ -52,18 +56,28 @@ func LoadOrCreateSecret(path string) (secret string, created bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return "", false, fmt.Errorf("logic secret %s: %w", path, err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) { // the other side won the race
-		s, err := LoadSecret(path)
-		return s, false, err
-	}
+	// Written whole under a temporary name, then linked into place: link
+	// never replaces a file, so of a logic and a gateway racing here one
+	// wins, and the other never reads a half-written secret.
+	s := hex.EncodeToString(b)
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".logic-secret-*")
 	if err != nil {
 		return "", false, fmt.Errorf("logic secret %s: %w", path, err)
 	}
-	s := hex.EncodeToString(b)
-	_, err = f.WriteString(s + "\n")
-	if cerr := f.Close(); err == nil {
+	defer os.Remove(tmp.Name())
+	_, err = tmp.WriteString(s + "\n")
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp.Name(), path)
+	}
+	if errors.Is(err, os.ErrExist) { // the other side won the race
+		s, err := LoadSecret(path)
+		return s, false, err
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("logic secret %s: %w", path, err)
@@ -168,8 +182,9 @@ func ClientTLS(f TLSFiles) (*tls.Config, error) {
 
 // ServerAuth is how a LogicService server admits callers.
 type ServerAuth struct {
-	Secret string      // required: the shared logic secret
-	TLS    *tls.Config // optional: serve TLS (from ServerTLS)
+	Secret string       // required: the shared logic secret
+	TLS    *tls.Config  // optional: serve TLS (from ServerTLS)
+	Logger *slog.Logger // optional: audit lines for refused callers (at most one per 10 s)
 }
 
 // healthPrefix is grpc.health.v1, answered without credentials so that
@@ -183,16 +198,25 @@ func ServerOptions(a ServerAuth) ([]grpc.ServerOption, error) {
 		return nil, errors.New("remote: the logic server needs a secret of at least 16 characters")
 	}
 	want := []byte("Bearer " + a.Secret)
+	var refused, lastLog atomic.Int64
 	check := func(ctx context.Context, method string) error {
 		if strings.HasPrefix(method, healthPrefix) {
 			return nil
 		}
 		md, _ := metadata.FromIncomingContext(ctx)
 		got := md.Get("authorization")
-		if len(got) != 1 || subtle.ConstantTimeCompare([]byte(got[0]), want) != 1 {
-			return status.Error(codes.Unauthenticated, "logic: missing or wrong credentials (the gateway's --backend-secret must hold this logic's secret)")
+		if len(got) == 1 && subtle.ConstantTimeCompare([]byte(got[0]), want) == 1 {
+			return nil
 		}
-		return nil
+		n := refused.Add(1)
+		if now, last := time.Now().UnixNano(), lastLog.Load(); a.Logger != nil && now-last > int64(10*time.Second) && lastLog.CompareAndSwap(last, now) {
+			from := "?"
+			if p, ok := peer.FromContext(ctx); ok {
+				from = p.Addr.String()
+			}
+			a.Logger.Warn("audit: logic call refused: missing or wrong secret", "method", method, "remote", from, "refused_total", n)
+		}
+		return status.Error(codes.Unauthenticated, "logic: missing or wrong credentials (the gateway's --backend-secret must hold this logic's secret)")
 	}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -66,8 +68,27 @@ func rawLogic(t *testing.T, addr string, opts ...grpc.DialOption) (pb.LogicServi
 	return pb.NewLogicServiceClient(cc), cc
 }
 
+// lockedBuf is a log sink safe to read while the server writes.
+type lockedBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestServerRefusesCallersWithoutTheSecret(t *testing.T) {
-	addr := serveAuthed(t, ServerAuth{Secret: testSecret})
+	var audit lockedBuf
+	addr := serveAuthed(t, ServerAuth{Secret: testSecret, Logger: slog.New(slog.NewTextHandler(&audit, nil))})
 	cli, cc := rawLogic(t, addr)
 	call := &pb.CallRequest{Uid: 42, Method: "echo", Body: []byte("as user 42")}
 	if _, err := cli.Call(ctx3s(t), call); status.Code(err) != codes.Unauthenticated {
@@ -78,6 +99,9 @@ func TestServerRefusesCallersWithoutTheSecret(t *testing.T) {
 	}
 	if _, err := cli.Presence(ctx3s(t), &pb.PresenceEvent{Uid: 42, Online: true}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("presence without credentials: got %v, want Unauthenticated", err)
+	}
+	if a := audit.String(); strings.Count(a, "audit: logic call refused") != 1 || !strings.Contains(a, "/longlink.v1.LogicService/Call") {
+		t.Fatalf("want one audit line naming the method (later ones are rate-limited), got:\n%s", a)
 	}
 	wrong, _ := rawLogic(t, addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer(testSecret+"x")))
 	if _, err := wrong.Call(ctx3s(t), call); status.Code(err) != codes.Unauthenticated {
@@ -303,4 +327,40 @@ func errorsUnwrap(err error) error {
 		e = u.Unwrap()
 	}
 	return err
+}
+
+// TestSecretCreateRace: a logic and gateways starting together on one file
+// agree on one secret, and none reads a half-written file.
+func TestSecretCreateRace(t *testing.T) {
+	for round := range 20 {
+		path := filepath.Join(t.TempDir(), SecretFile)
+		const n = 8
+		var wg sync.WaitGroup
+		got := make([]string, n)
+		errs := make([]error, n)
+		made := make([]bool, n)
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got[i], made[i], errs[i] = LoadOrCreateSecret(path)
+			}()
+		}
+		wg.Wait()
+		creators := 0
+		for i := range n {
+			if errs[i] != nil || got[i] != got[0] {
+				t.Fatalf("round %d: caller %d got %q, %v; caller 0 %q", round, i, got[i], errs[i], got[0])
+			}
+			if made[i] {
+				creators++
+			}
+		}
+		if creators != 1 {
+			t.Fatalf("round %d: %d creators", round, creators)
+		}
+		if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+			t.Fatalf("round %d: temporary files left: %v", round, ents)
+		}
+	}
 }

@@ -82,17 +82,12 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	if created {
 		log.Info("created the logic secret; give gateways this file as --backend-secret", "file", *secretFile)
 	}
-	sa := remote.ServerAuth{Secret: secret}
+	sa := remote.ServerAuth{Secret: secret, Logger: log}
 	if tf := (remote.TLSFiles{Cert: *tlsCert, Key: *tlsKey, CA: *tlsCA}); tf.Enabled() {
 		if sa.TLS, err = remote.ServerTLS(tf); err != nil {
 			log.Error("bad TLS settings", "err", err)
 			return 2
 		}
-	}
-	ln, err := listenLogic(*listen, sa.TLS != nil, *plaintextOK)
-	if err != nil {
-		log.Error("cannot listen", "err", err)
-		return 1
 	}
 	var notifier logic.Notifier
 	switch {
@@ -117,11 +112,16 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	}
 	l, err := logic.Open(*dbPath, logic.Config{Notifier: notifier, Retention: *retention, Logger: log})
 	if err != nil {
-		ln.Close()
 		log.Error("cannot open the logic store", "err", err)
 		return 1
 	}
 	defer l.Close()
+	// Listen only now, ready to serve: a gateway that connects is answered.
+	ln, err := listenLogic(*listen, sa.TLS != nil, *plaintextOK)
+	if err != nil {
+		log.Error("cannot listen", "err", err)
+		return 1
+	}
 	gs, err := serveLogic(ln, l, *maxInflight, sa)
 	if err != nil {
 		ln.Close()
@@ -355,7 +355,7 @@ func openGatewayBackend(log *slog.Logger, bs backendSetup) (*gatewayBackend, err
 		l.Close()
 		return fail(err)
 	}
-	gs, err := serveLogic(ln, l, 0, remote.ServerAuth{Secret: secret})
+	gs, err := serveLogic(ln, l, 0, remote.ServerAuth{Secret: secret, Logger: log})
 	if err != nil {
 		ln.Close()
 		l.Close()

@@ -2,9 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -190,4 +198,87 @@ func TestGatewayRefusesPlaintextRemoteBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	gb.close()
+}
+
+// writePKI writes a CA, a server certificate for 127.0.0.1 and a client
+// certificate, all PEM, into dir.
+func writePKI(t *testing.T, dir string) (ca, srvCert, srvKey, cliCert, cliKey string) {
+	t.Helper()
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		tm := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+		der, err := x509.CreateCertificate(rand.Reader, tm, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kd, _ := x509.MarshalECPrivateKey(k)
+		return write(name+".pem", "CERTIFICATE", der), write(name+".key", "EC PRIVATE KEY", kd)
+	}
+	srvCert, srvKey = leaf("logic", 2, x509.ExtKeyUsageServerAuth)
+	cliCert, cliKey = leaf("gateway", 3, x509.ExtKeyUsageClientAuth)
+	return write("ca.pem", "CERTIFICATE", caDER), srvCert, srvKey, cliCert, cliKey
+}
+
+// TestLogicCommandMutualTLS: `longlink logic --tls-*` and a gateway's
+// --backend-tls-* flags talk; a gateway without a client certificate, or
+// in plaintext, does not.
+func TestLogicCommandMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, srvCert, srvKey, cliCert, cliKey := writePKI(t, dir)
+	stop := make(chan os.Signal, 1)
+	addrc := make(chan string, 1)
+	done := make(chan int, 1)
+	go func() {
+		done <- logicMain([]string{"--listen", "127.0.0.1:0", "--data", dir, "--nats", "", "--metrics", "", "--log-level", "error",
+			"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-ca", ca}, stop, func(a string) { addrc <- a })
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case code := <-done:
+		t.Fatalf("logic exited %d", code)
+	case <-time.After(10 * time.Second):
+		t.Fatal("logic did not start")
+	}
+	defer func() { stop <- syscall.SIGTERM; <-done }()
+	call := func(args ...string) error {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		bf := addBackendFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		gb, err := openGatewayBackend(quietLog(), backendSetup{spec: "grpc://" + addr, dataDir: dir, flags: bf, worker: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gb.close()
+		sync, _ := proto.Marshal(&pb.SyncRequest{})
+		_, err = gb.be.Call(timeout(t), &backend.Request{UID: 7, Device: "d", Method: logic.MethodSync, Body: sync})
+		return err
+	}
+	if err := call("--backend-tls-ca", ca, "--backend-tls-cert", cliCert, "--backend-tls-key", cliKey); err != nil {
+		t.Fatalf("mutual TLS: %v", err)
+	}
+	if err := call("--backend-tls-ca", ca); err == nil {
+		t.Fatal("a gateway without a client certificate was served")
+	}
+	if err := call(); err == nil {
+		t.Fatal("a plaintext gateway was served by a TLS logic")
+	}
 }
