@@ -130,8 +130,8 @@ const (
 type OpenerConfig struct {
 	Verifier *shake.Verifier
 	Conn     *nats.Conn
-	Name     string           // this opener's name, recorded in each queued packet
-	Replicas int              // stream replicas (default DefaultReplicas); an existing stream with fewer is refused
+	Name     string // this opener's name, recorded in each queued packet
+	Replicas int    // stream replicas (default DefaultReplicas); an existing stream with fewer is refused
 	Log      *slog.Logger
 	MaxAge   time.Duration    // keep queued packets this long (default 0: forever); must exceed the ticket TTL plus the ledger's worst lag
 	Clock    func() time.Time // tests
