@@ -110,6 +110,7 @@ type Opener struct {
 	stream jetstream.Stream
 	name   string
 	clock  func() time.Time
+	log    *slog.Logger
 
 	// Counters by outcome, for metrics.
 	counts   [len(codeNames)]atomic.Uint64
@@ -256,7 +257,10 @@ func NewOpener(ctx context.Context, cfg OpenerConfig) (*Opener, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	return &Opener{v: cfg.Verifier, js: js, stream: st, name: cfg.Name, clock: cfg.Clock}, nil
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Opener{v: cfg.Verifier, js: js, stream: st, name: cfg.Name, clock: cfg.Clock, log: cfg.Log}, nil
 }
 
 // Verifier returns the opener's verifier (for runtime key policy changes).
@@ -369,7 +373,7 @@ func (o *Opener) existing(ctx context.Context, subj string, uid uint64, res Resu
 				// will never be credited; the packet is lost to its owner
 				// until an operator looks: say so loudly.
 				o.squatted.Add(1)
-				slog.Error("opening: packet subject holds an unproven claim; it will not be credited", "subject", subj, "err", err)
+				o.log.Error("opening: packet subject holds an unproven claim; it will not be credited", "subject", subj, "err", err)
 				return Result{Code: Taken}
 			}
 			if p.Uid != uid {
