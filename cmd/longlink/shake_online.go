@@ -103,6 +103,7 @@ func shakeLedger(args []string) int {
 	batch := fs.Int("batch", 256, "messages credited per transaction")
 	replicas := fs.Int("replicas", opening.DefaultReplicas, "claim stream and lease bucket replicas (as the gateways' --shake-replicas)")
 	leaseTTL := fs.Duration("lease", opening.DefaultLeaseTTL, "ledger lease length (every ledger on the stream must use the same)")
+	ackWait := fs.Duration("ack-wait", 30*time.Second, "redeliver a claim not acknowledged within this (after a ledger crash); must exceed a batch's credit time")
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -132,7 +133,7 @@ func shakeLedger(args []string) int {
 	}
 	defer l.Close()
 	l.SetVerifier(v)
-	l.Replicas, l.LeaseTTL = *replicas, *leaseTTL
+	l.Replicas, l.LeaseTTL, l.AckWait = *replicas, *leaseTTL, *ackWait
 	nc, err := push.Connect(*natsURL, "longlink-ledger", log)
 	if err != nil {
 		return shakeFail(err)

@@ -235,6 +235,7 @@ type proc struct {
 	t       *testing.T
 	role    string
 	env     []string
+	argv    []string // the command; default: this test binary in role env
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	exited  chan struct{}
@@ -250,7 +251,11 @@ func (p *proc) start() {
 }
 
 func (p *proc) startLocked() {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	argv := p.argv
+	if argv == nil {
+		argv = []string{os.Args[0], "-test.run=^$"}
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = p.logf, p.logf
 	if err := cmd.Start(); err != nil {
@@ -305,6 +310,7 @@ type chaosRun struct {
 	fault    string        // planted in the children
 	duration time.Duration // of clients and kills
 	kills    bool          // kill -9 a component now and then, every role at least once
+	shipped  string        // if set, the opener and the ledger are this longlink binary
 }
 
 // chaosResult is what a run saw.
@@ -338,6 +344,36 @@ func TestChaosKillsLoseNothingCreditNothingTwice(t *testing.T) {
 	for _, role := range []string{"opener", "ledger"} {
 		if r.crashes[role] == 0 {
 			t.Errorf("the %s never reached its crash point", role)
+		}
+	}
+}
+
+// The same run with the opener and the ledger as the shipped binary
+// (`longlink shake opener`, `longlink shake ledger`), not this test's own
+// wiring; random kills only (the binary has no fault hooks).
+func TestChaosShippedBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test")
+	}
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "longlink")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/longlink/longlink/cmd/longlink")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	r := runChaos(t, chaosRun{duration: 8 * time.Second, kills: true, shipped: bin})
+	t.Logf("kills %v, restarts after exits %v; acknowledged %d, credited %d", r.kills, r.crashes, r.acked, r.credited)
+	for _, p := range r.problems {
+		t.Error(p)
+	}
+	if len(r.problems) > 0 {
+		t.Logf("children's log (tail):\n%s", r.log)
+	}
+	for _, role := range []string{"nats", "opener", "ledger", "gateway"} {
+		if r.kills[role] == 0 {
+			t.Errorf("no kill of the %s in this run", role)
 		}
 	}
 }
@@ -390,6 +426,15 @@ func runChaos(t *testing.T, run chaosRun) chaosResult {
 	procs := map[string]*proc{}
 	for _, role := range roles {
 		p := &proc{t: t, role: role, env: []string{"LONGLINK_CHAOS_ROLE=" + role, "LONGLINK_CHAOS_CFG=" + string(cj)}, logf: logf}
+		if run.shipped != "" {
+			ev := []string{"-dir", filepath.Join(root, "event"), "-keys", filepath.Join(root, "keys"), "-seal-keys", filepath.Join(root, "sealkeys"), "-nats", "nats://" + cfg.NATS}
+			switch role {
+			case "opener":
+				p.argv, p.env = append([]string{run.shipped, "shake", "opener", "-workers", "64"}, ev...), nil
+			case "ledger":
+				p.argv, p.env = append([]string{run.shipped, "shake", "ledger", "-db", filepath.Join(root, "ledger.db"), "-lease", "2s", "-ack-wait", "3s", "-batch", "32"}, ev...), nil
+			}
+		}
 		procs[role] = p
 		p.start()
 		defer p.kill()
