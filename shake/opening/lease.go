@@ -35,6 +35,9 @@ const (
 // before a commit); the batch is not credited.
 var ErrLeaseLost = errors.New("opening: ledger lease lost")
 
+// ErrLeaseMismatch: the lease bucket exists with another lease length.
+var ErrLeaseMismatch = errors.New("opening: ledger lease length differs from the lease bucket's")
+
 type lease struct {
 	kv     jetstream.KeyValue
 	holder []byte
@@ -64,7 +67,7 @@ func leaseBucket(ctx context.Context, js jetstream.JetStream, ttl time.Duration,
 		return nil, err
 	}
 	if st.TTL() != ttl {
-		return nil, fmt.Errorf("ledger lease bucket %s has TTL %v, this ledger wants %v: run every ledger with the same lease", LeaseBucket, st.TTL(), ttl)
+		return nil, fmt.Errorf("%w: bucket %s has TTL %v, this ledger wants %v: run every ledger with the same lease", ErrLeaseMismatch, LeaseBucket, st.TTL(), ttl)
 	}
 	return kv, nil
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -240,7 +239,7 @@ func (l *Ledger) Run(ctx context.Context, js jetstream.JetStream, batch int) err
 			ls = &lease{kv: kv, ttl: ttl, base: time.Now(), holder: []byte(name + "/" + strconv.FormatInt(time.Now().UnixNano(), 36))}
 			break
 		}
-		if ctx.Err() == nil && strings.Contains(err.Error(), "TTL") {
+		if errors.Is(err, ErrLeaseMismatch) {
 			return err
 		}
 		l.log.Warn("ledger: lease bucket not ready", "err", err)

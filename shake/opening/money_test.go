@@ -226,3 +226,28 @@ func waitFor(t *testing.T, f func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Ledgers that disagree on the lease length would disagree on when a lease
+// ends: the second is refused.
+func TestLedgerLeaseLengthMustAgree(t *testing.T) {
+	fx := newFixture(t)
+	a := fx.ledger(t, filepath.Join(t.TempDir(), "a.db"))
+	a.LeaseTTL = time.Second
+	fx.run(t, a, 8)
+	waitFor(t, a.HoldsLease)
+	b := fx.ledger(t, filepath.Join(t.TempDir(), "b.db"))
+	b.LeaseTTL = 2 * time.Second
+	js, _ := jetstream.New(fx.nc)
+	if err := b.Run(ctx(t), js, 8); !errors.Is(err, ErrLeaseMismatch) {
+		t.Fatalf("second ledger with another lease: %v", err)
+	}
+	// A ledger without a verifier refuses to run at all.
+	c, err := OpenLedger(filepath.Join(t.TempDir(), "c.db"), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Run(ctx(t), js, 8); err == nil || !strings.Contains(err.Error(), "verifier") {
+		t.Fatalf("ledger without a verifier: %v", err)
+	}
+}
