@@ -50,7 +50,6 @@ type roleCfg struct {
 
 // Faults a run can plant in its children.
 const (
-	faultNone = ""
 	// faultCrashPoints: deterministic crash points. The ledger kills
 	// itself (SIGKILL) after every 2nd commit before acknowledging it; the
 	// opener after every 10th publish before answering.
