@@ -274,6 +274,9 @@ func (o *Opener) Counts() map[string]uint64 {
 			m[Code(i).String()] = n
 		}
 	}
+	if n := o.squatted.Load(); n > 0 {
+		m["squatted_unproven"] = n // packet subjects found holding an unproven claim
+	}
 	return m
 }
 
