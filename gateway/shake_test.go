@@ -128,6 +128,7 @@ func TestShakeOpenCreditReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	l.SetVerifier(env.ev.Verifier()) // the ledger re-verifies every claim
 	js, _ := jetstream.New(env.nc)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -3,6 +3,7 @@ package shake
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,20 +14,27 @@ import (
 // without quoting, one opened packet per line, after a header line that
 // names the columns:
 //
-//	packet_id,amount_fen,uid,opened_at
-//	1234567,270,10086,2016-02-07T20:00:01.123+08:00
+//	packet_id,amount_fen,uid,opened_at,sealed
+//	1234567,270,10086,2016-02-07T20:00:01.123+08:00,01a3…(122 hex digits)
 //
 // packet_id and amount_fen are required (decimal integers; the amount in
-// fen, 1 ≤ amount ≤ MaxPacketAmount); any other columns are carried but
-// ignored here, in any order. Fields must not contain commas or quotes.
+// fen, 1 ≤ amount ≤ MaxPacketAmount). uid (decimal) and sealed (the claim's
+// proof: the sealed ticket the user opened, SealedSize bytes in hex, or
+// empty) are optional columns; Reconcile with seal keys requires them and
+// checks the user too. Any other columns are carried but ignored, in any
+// order. Fields must not contain commas or quotes.
 // Lines end in \n (a \r before it is dropped); blank lines are skipped.
 const maxLedgerLine = 4096
 
 // LedgerEntry is one opened packet.
 type LedgerEntry struct {
-	PacketID uint64
-	Amount   Money
-	Line     int // 1-based line number in the export
+	PacketID  uint64
+	Amount    Money
+	UID       uint64
+	HasUID    bool
+	Sealed    [SealedSize]byte
+	HasSealed bool
+	Line      int // 1-based line number in the export
 }
 
 // LedgerReader reads a ledger export line by line without allocating per
@@ -36,11 +44,12 @@ type LedgerReader struct {
 	line     int
 	cols     int
 	pid, amt int
+	uid, sld int // optional columns; -1: absent
 }
 
 // NewLedgerReader reads and checks the header line.
 func NewLedgerReader(r io.Reader) (*LedgerReader, error) {
-	lr := &LedgerReader{r: bufio.NewReaderSize(r, 1<<16), pid: -1, amt: -1}
+	lr := &LedgerReader{r: bufio.NewReaderSize(r, 1<<16), pid: -1, amt: -1, uid: -1, sld: -1}
 	hdr, err := lr.readLine()
 	if err == io.EOF {
 		return nil, fmt.Errorf("%w: empty export, want a header line", ErrBadLedger)
@@ -62,6 +71,16 @@ func NewLedgerReader(r io.Reader) (*LedgerReader, error) {
 				return nil, fmt.Errorf("%w: line 1: amount_fen named twice", ErrBadLedger)
 			}
 			lr.amt = i
+		case "uid":
+			if lr.uid >= 0 {
+				return nil, fmt.Errorf("%w: line 1: uid named twice", ErrBadLedger)
+			}
+			lr.uid = i
+		case "sealed":
+			if lr.sld >= 0 {
+				return nil, fmt.Errorf("%w: line 1: sealed named twice", ErrBadLedger)
+			}
+			lr.sld = i
 		}
 	}
 	if lr.pid < 0 || lr.amt < 0 {
@@ -125,6 +144,23 @@ func (lr *LedgerReader) Next() (LedgerEntry, error) {
 				return e, fmt.Errorf("%w: line %d: amount_fen %q", ErrBadLedger, lr.line, f)
 			}
 			e.Amount = Money(v)
+		case lr.uid:
+			v, ok := parseUint(f)
+			if !ok {
+				return e, fmt.Errorf("%w: line %d: uid %q", ErrBadLedger, lr.line, f)
+			}
+			e.UID, e.HasUID = v, true
+		case lr.sld:
+			if len(f) == 0 {
+				break
+			}
+			if len(f) != 2*SealedSize {
+				return e, fmt.Errorf("%w: line %d: sealed is %d hex digits, want %d", ErrBadLedger, lr.line, len(f), 2*SealedSize)
+			}
+			if _, err := hex.Decode(e.Sealed[:], f); err != nil {
+				return e, fmt.Errorf("%w: line %d: sealed is not hex", ErrBadLedger, lr.line)
+			}
+			e.HasSealed = true
 		}
 		col++
 		start = i + 1
@@ -156,13 +192,19 @@ type LedgerWriter struct{ w *bufio.Writer }
 // NewLedgerWriter writes the header line.
 func NewLedgerWriter(w io.Writer) (*LedgerWriter, error) {
 	bw := bufio.NewWriterSize(w, 1<<16)
-	_, err := bw.WriteString("packet_id,amount_fen,uid,opened_at\n")
+	_, err := bw.WriteString("packet_id,amount_fen,uid,opened_at,sealed\n")
 	return &LedgerWriter{w: bw}, err
 }
 
-// Write appends one opened packet.
+// Write appends one opened packet without its proof.
 func (lw *LedgerWriter) Write(pid uint64, amount Money, uid uint64, openedAt string) error {
-	var buf [96]byte
+	return lw.WriteClaim(pid, amount, uid, openedAt, nil)
+}
+
+// WriteClaim appends one opened packet with its proof (the sealed ticket,
+// or nil).
+func (lw *LedgerWriter) WriteClaim(pid uint64, amount Money, uid uint64, openedAt string, sealed []byte) error {
+	var buf [96 + 2*SealedSize]byte
 	b := strconv.AppendUint(buf[:0], pid, 10)
 	b = append(b, ',')
 	b = strconv.AppendInt(b, int64(amount), 10)
@@ -170,6 +212,8 @@ func (lw *LedgerWriter) Write(pid uint64, amount Money, uid uint64, openedAt str
 	b = strconv.AppendUint(b, uid, 10)
 	b = append(b, ',')
 	b = append(b, openedAt...)
+	b = append(b, ',')
+	b = hex.AppendEncode(b, sealed)
 	b = append(b, '\n')
 	_, err := lw.w.Write(b)
 	return err

@@ -18,6 +18,11 @@ type ReconcileOptions struct {
 	// this many (4 bytes + 1 bit each), one pass over ledger and files per
 	// range. Default 256M (about 1 GiB).
 	ShardPackets uint64
+	// SealKeys, if set, makes Reconcile check the user too: every ledger
+	// line must carry uid and sealed (the claim's proof); the sealed ticket
+	// must authenticate, be bound to that uid, and hold that packet and
+	// amount. Without it only packets and amounts are checked.
+	SealKeys *SealKeys
 }
 
 // MerchantRecon is one merchant's side of a reconciliation.
@@ -34,6 +39,9 @@ type ReconcileReport struct {
 	NotGenerated   uint64 // opened packets absent from the files: never pay
 	AmountMismatch uint64 // opened with an amount other than generated
 	OpenedTwice    uint64 // a packet id more than once in the ledger
+	UserMismatch   uint64 // credited to a user other than the one its sealed ticket names (SealKeys)
+	Unproven       uint64 // no proof, or a proof that fails or names another packet or amount (SealKeys)
+	UsersChecked   bool   // SealKeys was given
 	FileProblems   uint64 // records that fail verification or repeat
 	Passes         int
 	Merchants      []MerchantRecon
@@ -42,7 +50,7 @@ type ReconcileReport struct {
 
 // OK reports a clean reconciliation.
 func (r *ReconcileReport) OK() bool {
-	return r.NotGenerated+r.AmountMismatch+r.OpenedTwice+r.FileProblems == 0
+	return r.NotGenerated+r.AmountMismatch+r.OpenedTwice+r.FileProblems+r.UserMismatch+r.Unproven == 0
 }
 
 type reconWorker struct {
@@ -67,7 +75,9 @@ func Reconcile(plan *Plan, keys *KeyStore, files []string, ledgerPath string, op
 		opts.ShardPackets = 256 << 20
 	}
 	c := NewChecker(plan, keys, nil, nil)
-	rep := &ReconcileReport{Merchants: make([]MerchantRecon, len(plan.Merchants))}
+	rep := &ReconcileReport{Merchants: make([]MerchantRecon, len(plan.Merchants)), UsersChecked: opts.SealKeys != nil}
+	proofOpener := c.NewOpener()
+	var scratch [SealedSize]byte
 	problem := func(format string, a ...any) {
 		if len(rep.Problems) < opts.MaxProblems {
 			rep.Problems = append(rep.Problems, fmt.Sprintf(format, a...))
@@ -105,6 +115,9 @@ func Reconcile(plan *Plan, keys *KeyStore, files []string, ledgerPath string, op
 			}
 			if first {
 				rep.LedgerEntries++
+				if opts.SealKeys != nil {
+					checkProof(rep, opts.SealKeys, proofOpener, scratch[:], &e, problem)
+				}
 			}
 			if e.PacketID >= plan.Packets {
 				if first {
@@ -202,6 +215,33 @@ func Reconcile(plan *Plan, keys *KeyStore, files []string, ledgerPath string, op
 	return rep, nil
 }
 
+// checkProof re-verifies one ledger line's proof: the sealed ticket
+// authenticates, names the line's user, and its record the line's packet
+// and amount.
+func checkProof(rep *ReconcileReport, sk *SealKeys, o *Opener, scratch []byte, e *LedgerEntry, problem func(string, ...any)) {
+	if !e.HasSealed || !e.HasUID {
+		rep.Unproven++
+		problem("ledger line %d: packet %d has no uid or sealed ticket to prove who opened it", e.Line, e.PacketID)
+		return
+	}
+	u, err := sk.Unseal(e.Sealed[:], scratch)
+	if err != nil {
+		rep.Unproven++
+		problem("ledger line %d: packet %d: sealed ticket fails authentication", e.Line, e.PacketID)
+		return
+	}
+	t, err := o.Open(u.Record[:])
+	if err != nil || t.PacketID != e.PacketID || t.Amount != e.Amount {
+		rep.Unproven++
+		problem("ledger line %d: packet %d / %s: the sealed ticket holds another packet or amount", e.Line, e.PacketID, e.Amount)
+		return
+	}
+	if u.UID != e.UID {
+		rep.UserMismatch++
+		problem("ledger line %d: packet %d credited to uid %d, but dispensed to uid %d", e.Line, e.PacketID, e.UID, u.UID)
+	}
+}
+
 // Print writes a human-readable summary of the report.
 func (r *ReconcileReport) Print(w io.Writer, plan *Plan) {
 	fmt.Fprintf(w, "ledger entries %d, matched %d packets / %s, passes %d\n", r.LedgerEntries, r.Opened.Count, r.Opened.Amount, r.Passes)
@@ -210,8 +250,11 @@ func (r *ReconcileReport) Print(w io.Writer, plan *Plan) {
 		fmt.Fprintf(w, "  %-12s %12d %16s %12d %16s %12d %16s\n", plan.Merchants[i].ID,
 			m.Planned.Count, m.Planned.Amount, m.Opened.Count, m.Opened.Amount, m.Unopened.Count, m.Unopened.Amount)
 	}
-	fmt.Fprintf(w, "failures: not generated %d, amount mismatch %d, opened twice %d, bad records in files %d\n",
-		r.NotGenerated, r.AmountMismatch, r.OpenedTwice, r.FileProblems)
+	fmt.Fprintf(w, "failures: not generated %d, amount mismatch %d, opened twice %d, bad records in files %d, user mismatch %d, unproven %d\n",
+		r.NotGenerated, r.AmountMismatch, r.OpenedTwice, r.FileProblems, r.UserMismatch, r.Unproven)
+	if !r.UsersChecked {
+		fmt.Fprintln(w, "WARNING: users not checked (no seal keys given)")
+	}
 	for _, p := range r.Problems {
 		fmt.Fprintln(w, "  ", p)
 	}

@@ -104,6 +104,7 @@ func runGateway(args []string) int {
 	}
 	cfg.SwitchesFile = *switchesFile
 	sf.prepareHub(*dataDir)
+	externalNATS := cfg.NATS != "" // --nats given: the shake ledger is off by default
 	var hub *push.Hub
 	if *pf.on && *workerIdx < 0 { // one push hub per host: this process, or the supervisor
 		h, err := startPushHub(log, pf, cfg.NATS)
@@ -117,7 +118,7 @@ func runGateway(args []string) int {
 		cfg.NATS = ""
 	}
 	if *workerIdx < 0 { // one ledger per host
-		stopLedger, err := startShakeLedger(log, sf, *dataDir, cfg.NATS)
+		stopLedger, err := startShakeLedger(log, sf, *dataDir, cfg.NATS, externalNATS, adminToken)
 		if err != nil {
 			log.Error("cannot start the shake ledger", "err", err)
 			return 1

@@ -219,6 +219,15 @@ func parseKeyIDs(s string) ([]uint16, error) {
 
 // ticketFiles lists a gen directory's slot files, or a split directory's
 // primary part files.
+// loadSealKeys loads a seal key store.
+func loadSealKeys(dir string) (*shake.SealKeys, error) {
+	sks, err := shake.LoadKeyStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	return shake.NewSealKeys(sks)
+}
+
 // loadEvent loads a generated event's plan, its key store and its ticket files.
 func loadEvent(dir, keys string) (*shake.Plan, *shake.KeyStore, []string, error) {
 	p, err := shake.LoadPlan(dir)
@@ -319,6 +328,7 @@ func shakeReconcile(args []string) int {
 	ledger := fs.String("ledger", "ledger.csv", "ledger export")
 	shard := fs.Uint64("shard", 0, "packet ids per pass, bounding memory at 4 bytes each (default 268435456)")
 	workers := fs.Int("workers", 0, "goroutines (default GOMAXPROCS)")
+	sealKeys := fs.String("seal-keys", "", "seal key store: check each credited packet's user against its sealed ticket (the ledger export's sealed column); without it users are not checked")
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -326,8 +336,14 @@ func shakeReconcile(args []string) int {
 	if err != nil {
 		return shakeFail(err)
 	}
+	var seal *shake.SealKeys
+	if *sealKeys != "" {
+		if seal, err = loadSealKeys(*sealKeys); err != nil {
+			return shakeFail(err)
+		}
+	}
 	bb, prog := bar("reconcile", p.Packets)
-	r, err := shake.Reconcile(p, ks, files, *ledger, shake.ReconcileOptions{Workers: *workers, Progress: prog, ShardPackets: *shard})
+	r, err := shake.Reconcile(p, ks, files, *ledger, shake.ReconcileOptions{Workers: *workers, Progress: prog, ShardPackets: *shard, SealKeys: seal})
 	finishBar(bb)
 	if err != nil {
 		return shakeFail(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,6 +39,7 @@ type shakeFlags struct {
 	ledger                     *string
 	ledgerAdmin                *string
 	openPool                   *int
+	replicas                   *int
 }
 
 func addShakeFlags(fs *flag.FlagSet) shakeFlags {
@@ -53,9 +56,10 @@ func addShakeFlags(fs *flag.FlagSet) shakeFlags {
 		capacity:    fs.Float64("shake-capacity", 0, "shakes per second above which replies ask clients to back off (0: only by hand, POST /shake/degrade)"),
 		ttl:         fs.Duration("shake-ttl", time.Hour, "a ticket must be opened within this"),
 		opener:      fs.String("shake-opener", "local", "local (verify, claim and enqueue in this process) or remote (opener services: `longlink shake opener`)"),
-		ledger:      fs.String("shake-ledger", "", "run the ledger consumer in this process on this bbolt file (default <data>/shake-ledger.db; \"off\" when the ledger runs elsewhere)"),
-		ledgerAdmin: fs.String("shake-ledger-admin", "127.0.0.1:7103", "the in-process ledger's HTTP (GET /ledger/stats, /ledger/export); empty disables"),
+		ledger:      fs.String("shake-ledger", "", "run the ledger consumer in this process on this bbolt file (default: <data>/shake-ledger.db with the embedded NATS, off with --nats; \"off\" when the ledger runs elsewhere); needs --shake-keys and --shake-seal-keys to re-verify claims"),
+		ledgerAdmin: fs.String("shake-ledger-admin", "127.0.0.1:7103", "the in-process ledger's HTTP (GET /ledger/stats, /ledger/export; Authorization: Bearer <admin token>); empty disables"),
 		openPool:    fs.Int("shake-open-pool", 64, "goroutines running OPEN per process"),
+		replicas:    fs.Int("shake-replicas", opening.DefaultReplicas, "claim stream and ledger lease replicas (the same value as `shake opener -replicas` and `shake ledger -replicas`); an existing stream with fewer is refused, never lowered"),
 	}
 }
 
@@ -69,13 +73,31 @@ func (sf shakeFlags) prepareHub(dataDir string) {
 }
 
 // startShakeLedger runs the ledger consumer in the top process (once per
-// host, whatever --workers). It returns a stop function.
-func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string) (func(), error) {
+// host, whatever --workers). With an external NATS (--nats) it is off
+// unless --shake-ledger names a file: many hosts share that NATS, and one
+// ledger is enough (the lease would keep the others idle anyway). It
+// returns a stop function.
+func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string, externalNATS bool, adminToken string) (func(), error) {
 	if !sf.on() || *sf.ledger == "off" {
+		return func() {}, nil
+	}
+	if *sf.ledger == "" && externalNATS {
+		log.Info("shake ledger off: NATS is external (--nats); run `longlink shake ledger` once, or give --shake-ledger FILE")
 		return func() {}, nil
 	}
 	if natsURL == "" {
 		return nil, errors.New("shake needs NATS with JetStream: leave --push on (embedded) or give --nats")
+	}
+	if *sf.keys == "" || *sf.sealKeys == "" {
+		return nil, errors.New("the shake ledger re-verifies every claim: it needs --shake-keys and --shake-seal-keys (or --shake-ledger off)")
+	}
+	plan, err := shake.LoadPlan(*sf.dir)
+	if err != nil {
+		return nil, err
+	}
+	v, err := claimVerifier(plan, *sf.keys, *sf.sealKeys, *sf.ttl, nil, nil)
+	if err != nil {
+		return nil, err
 	}
 	path := *sf.ledger
 	if path == "" {
@@ -85,6 +107,8 @@ func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string) 
 	if err != nil {
 		return nil, err
 	}
+	l.SetVerifier(v)
+	l.Replicas = *sf.replicas
 	nc, err := push.Connect(natsURL, "longlink-ledger", log)
 	if err != nil {
 		l.Close()
@@ -97,18 +121,31 @@ func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string) 
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := opening.EnsureStream(ctx, js, 1, 0); err != nil {
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = opening.EnsureStream(sctx, js, *sf.replicas, 0, log)
+	scancel()
+	if errors.Is(err, opening.ErrStreamWeaker) {
+		cancel()
+		nc.Close()
+		l.Close()
+		return nil, err
+	} else if err != nil {
 		log.Warn("shake: stream not ready yet; the ledger retries", "err", err)
 	}
 	done := make(chan struct{})
-	go func() { _ = l.Run(ctx, js, 256); close(done) }()
+	go func() {
+		defer close(done)
+		if err := l.Run(ctx, js, 256); err != nil && ctx.Err() == nil {
+			log.Error("shake ledger stopped", "err", err)
+		}
+	}()
 	var srv *http.Server
 	if *sf.ledgerAdmin != "" {
 		ln, err := net.Listen("tcp", *sf.ledgerAdmin)
 		if err != nil {
 			log.Warn("shake: ledger admin not started", "err", err)
 		} else {
-			srv = &http.Server{Handler: ledgerMux(l), ReadHeaderTimeout: 5 * time.Second}
+			srv = &http.Server{Handler: ledgerMux(l, adminToken), ReadHeaderTimeout: 5 * time.Second}
 			go func() { _ = srv.Serve(ln) }()
 		}
 	}
@@ -124,8 +161,25 @@ func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string) 
 	}, nil
 }
 
-// ledgerMux serves GET /ledger/stats and GET /ledger/export[?tag=N] (CSV).
-func ledgerMux(l *opening.Ledger) http.Handler {
+// claimVerifier is what the ledger re-verifies claims with: the same
+// inputs as an opener's verifier (plan, ticket keys, seal keys, ticket TTL,
+// key whitelist and blacklist).
+func claimVerifier(plan *shake.Plan, keysDir, sealDir string, ttl time.Duration, allow, deny []uint16) (*shake.Verifier, error) {
+	ks, err := shake.LoadKeyStore(keysDir)
+	if err != nil {
+		return nil, err
+	}
+	seal, err := loadSealKeys(sealDir)
+	if err != nil {
+		return nil, err
+	}
+	return shake.NewVerifier(seal, plan, ks, ttl, time.Minute, allow, deny), nil
+}
+
+// ledgerMux serves GET /ledger/stats and GET /ledger/export[?tag=N] (CSV),
+// both only with "Authorization: Bearer <token>" (the export lists every
+// winner); anything else gets a bare 401.
+func ledgerMux(l *opening.Ledger, token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ledger/stats", func(w http.ResponseWriter, r *http.Request) {
 		st, err := l.Stats()
@@ -141,7 +195,20 @@ func ledgerMux(l *opening.Ledger) http.Handler {
 		w.Header().Set("Content-Type", "text/csv")
 		_, _ = l.Export(w, uint32(tag))
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !bearerOK(r, token) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// bearerOK reports whether r carries "Authorization: Bearer <want>"; an
+// empty want matches nothing.
+func bearerOK(r *http.Request, want string) bool {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && want != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(want)) == 1
 }
 
 // setupShake builds cfg.Shake for one gateway process (worker -1: the only
@@ -205,7 +272,7 @@ func setupShake(log *slog.Logger, sf shakeFlags, cfg *gateway.Config, dataDir st
 		}
 		v := shake.NewVerifier(seal, iss.Plan(), ks, *sf.ttl, time.Minute, nil, nil)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		op, err := opening.NewOpener(ctx, opening.OpenerConfig{Verifier: v, Conn: nc, Name: cfg.Node})
+		op, err := opening.NewOpener(ctx, opening.OpenerConfig{Verifier: v, Conn: nc, Name: cfg.Node, Replicas: *sf.replicas, Log: log})
 		cancel()
 		if err != nil {
 			nc.Close()

@@ -355,8 +355,12 @@ func (x *OpenRequest) GetNode() string {
 	return ""
 }
 
-// OpenedPacket is the durable queue's message: one claimed packet, published
-// once on subject shake.opened.<plan_tag>.<packet_id>.
+// OpenedPacket is the durable queue's message (the claim): one claimed
+// packet, published once on subject shake.opened.<plan_tag>.<packet_id>.
+// The ledger credits only a claim that proves itself: it re-verifies
+// `sealed` (the ticket the user opened, bound to the user by the seal keys)
+// and takes packet, amount and user from it; the other fields are
+// informational and must agree with it (docs/shake.md, "Money safety").
 type OpenedPacket struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PlanTag       uint32                 `protobuf:"varint,1,opt,name=plan_tag,json=planTag,proto3" json:"plan_tag,omitempty"`
@@ -369,6 +373,7 @@ type OpenedPacket struct {
 	Instance      uint32                 `protobuf:"varint,8,opt,name=instance,proto3" json:"instance,omitempty"`                         // the instance that dispensed it
 	OpenedAtMs    int64                  `protobuf:"varint,9,opt,name=opened_at_ms,json=openedAtMs,proto3" json:"opened_at_ms,omitempty"` // unix milliseconds
 	Opener        string                 `protobuf:"bytes,10,opt,name=opener,proto3" json:"opener,omitempty"`                             // the opener that claimed it
+	Sealed        []byte                 `protobuf:"bytes,11,opt,name=sealed,proto3" json:"sealed,omitempty"`                             // the sealed ticket as presented in OPEN (61 bytes): the claim's proof
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -473,6 +478,13 @@ func (x *OpenedPacket) GetOpener() string {
 	return ""
 }
 
+func (x *OpenedPacket) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
 var File_shake_proto protoreflect.FileDescriptor
 
 const file_shake_proto_rawDesc = "" +
@@ -500,7 +512,7 @@ const file_shake_proto_rawDesc = "" +
 	"\vOpenRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\x04R\x03uid\x12\x16\n" +
 	"\x06ticket\x18\x02 \x01(\fR\x06ticket\x12\x12\n" +
-	"\x04node\x18\x03 \x01(\tR\x04node\"\x9a\x02\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\"\xb2\x02\n" +
 	"\fOpenedPacket\x12\x19\n" +
 	"\bplan_tag\x18\x01 \x01(\rR\aplanTag\x12\x1b\n" +
 	"\tpacket_id\x18\x02 \x01(\x04R\bpacketId\x12\x1d\n" +
@@ -514,7 +526,8 @@ const file_shake_proto_rawDesc = "" +
 	"\fopened_at_ms\x18\t \x01(\x03R\n" +
 	"openedAtMs\x12\x16\n" +
 	"\x06opener\x18\n" +
-	" \x01(\tR\x06openerB*Z(github.com/longlink/longlink/proto/pb;pbb\x06proto3"
+	" \x01(\tR\x06opener\x12\x16\n" +
+	"\x06sealed\x18\v \x01(\fR\x06sealedB*Z(github.com/longlink/longlink/proto/pb;pbb\x06proto3"
 
 var (
 	file_shake_proto_rawDescOnce sync.Once

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -20,25 +22,62 @@ import (
 
 // Ledger is the reference payment side: it consumes the SHAKE_OPENED
 // stream and credits each packet's amount to its user exactly once, in a
-// bbolt file. A batch of messages is credited in one transaction; bbolt
-// fsyncs on commit; only then are the messages acknowledged. A crash
-// between commit and ack redelivers them and the packet-id check skips
-// them: idempotent by (plan tag, packet id). Never ack first.
+// bbolt file. It credits only claims that prove themselves (VerifyClaim:
+// the sealed ticket the user opened, re-verified here with the event's key
+// stores; amount and user come from it, never from the message), and only
+// while it holds the ledger lease (lease.go): of any number of ledgers on
+// one stream, exactly one credits. A batch of claims is credited in one
+// transaction; bbolt fsyncs on commit; only then are the messages
+// acknowledged. A crash between commit and ack redelivers them and the
+// packet-id check skips them: idempotent by (plan tag, packet id). Never
+// ack first.
 //
 // Buckets: "credited" (tag‖packet id → uid, amount, opened at, stream
-// sequence) and "balance" (uid → fen). Safe for concurrent use.
+// sequence, sealed ticket) and "balance" (uid → fen). Safe for concurrent
+// use.
 type Ledger struct {
 	db  *bolt.DB
 	log *slog.Logger
+	v   atomic.Pointer[shake.Verifier]
 
-	credited, duplicates, poison atomic.Uint64
-	delay                        atomic.Int64 // artificial per-batch delay (tests: a slow ledger)
+	credited, duplicates, poison, rejected, fenced atomic.Uint64
+	delay                                          atomic.Int64 // artificial per-batch delay (tests: a slow ledger)
+	leaseHeld                                      atomic.Bool
+	lease                                          atomic.Pointer[lease]
 
 	// AckWait is how long a delivered message may stay unacknowledged
 	// before JetStream redelivers it (after a ledger crash, say); set
 	// before Run. Default 30s; it must exceed a batch's credit time.
 	AckWait time.Duration
+	// LeaseTTL is the ledger lease's length (default DefaultLeaseTTL);
+	// every ledger on a stream must use the same. Set before Run.
+	LeaseTTL time.Duration
+	// Name identifies this ledger in the lease (default host/pid).
+	Name string
+	// Replicas for the lease bucket when creating it.
+	Replicas int
+
+	// Fault, if set, is called at named points of Run (tests: the chaos
+	// test's crash points and planted mutants). Production leaves it nil.
+	Fault func(point string) FaultAction
 }
+
+// FaultAction is what a Fault hook asks Run to do at a point.
+type FaultAction int
+
+// Fault actions.
+const (
+	FaultNone        FaultAction = iota
+	FaultCrash                   // stop at once, as a kill -9 would (nothing after this point happens)
+	FaultAckFirst                // planted mutant (ledger): acknowledge the batch before committing it, then crash
+	FaultAnswerFirst             // planted mutant (opener): answer OK without waiting for the JetStream ack
+)
+
+// Fault points of Run.
+const (
+	PointBeforeCommit = "ledger.before-commit" // verified batch in hand, nothing committed
+	PointAfterCommit  = "ledger.after-commit"  // credits are durable, nothing acknowledged
+)
 
 var (
 	bucketCredited = []byte("credited")
@@ -46,7 +85,7 @@ var (
 )
 
 // OpenLedger opens (or creates) the ledger file. bbolt locks it: one
-// process at a time.
+// process at a time. SetVerifier must be called before Run.
 func OpenLedger(path string, log *slog.Logger) (*Ledger, error) {
 	if log == nil {
 		log = slog.Default()
@@ -69,11 +108,30 @@ func OpenLedger(path string, log *slog.Logger) (*Ledger, error) {
 	return &Ledger{db: db, log: log}, nil
 }
 
+// SetVerifier sets the verifier claims are re-verified with: the event's
+// seal keys, plan and ticket keys, the ticket TTL and the ticket-key
+// whitelist and blacklist the openers use.
+func (l *Ledger) SetVerifier(v *shake.Verifier) { l.v.Store(v) }
+
 // Close closes the file.
 func (l *Ledger) Close() error { return l.db.Close() }
 
 // SetDelay slows every batch by d (tests and drills: a slow payment side).
 func (l *Ledger) SetDelay(d time.Duration) { l.delay.Store(int64(d)) }
+
+// PauseLease stops (true) or resumes lease renewals (tests: a process
+// stalled as a whole, not only its credit path).
+func (l *Ledger) PauseLease(p bool) {
+	if ls := l.lease.Load(); ls != nil {
+		ls.paused.Store(p)
+	}
+}
+
+// HoldsLease reports whether this ledger holds the lease now.
+func (l *Ledger) HoldsLease() bool {
+	ls := l.lease.Load()
+	return ls != nil && ls.valid()
+}
 
 func creditKey(tag uint32, pid uint64) []byte {
 	k := make([]byte, 12)
@@ -82,37 +140,43 @@ func creditKey(tag uint32, pid uint64) []byte {
 	return k
 }
 
-// Credit records a batch of opened packets in one durable transaction and
+// Credit records a batch of verified claims in one durable transaction and
 // returns how many were new (the rest were credited before).
-func (l *Ledger) Credit(ps []*pb.OpenedPacket, seqs []uint64) (int, error) {
+func (l *Ledger) Credit(cs []Claim) (int, error) { return l.credit(cs, nil) }
+
+// credit commits only if fence (checked last, inside the transaction)
+// passes.
+func (l *Ledger) credit(cs []Claim, fence func() error) (int, error) {
 	n := 0
 	err := l.db.Update(func(tx *bolt.Tx) error {
 		n = 0
 		cb, bb := tx.Bucket(bucketCredited), tx.Bucket(bucketBalance)
-		for i, p := range ps {
-			k := creditKey(p.PlanTag, p.PacketId)
+		for _, c := range cs {
+			k := creditKey(c.Tag, c.PacketID)
 			if cb.Get(k) != nil {
 				continue
 			}
-			v := make([]byte, 32)
-			binary.BigEndian.PutUint64(v, p.Uid)
-			binary.BigEndian.PutUint64(v[8:], p.AmountFen)
-			binary.BigEndian.PutUint64(v[16:], uint64(p.OpenedAtMs))
-			if i < len(seqs) {
-				binary.BigEndian.PutUint64(v[24:], seqs[i])
-			}
+			v := make([]byte, 32, 32+len(c.Sealed))
+			binary.BigEndian.PutUint64(v, c.UID)
+			binary.BigEndian.PutUint64(v[8:], uint64(c.Amount))
+			binary.BigEndian.PutUint64(v[16:], uint64(c.OpenedAt.UnixMilli()))
+			binary.BigEndian.PutUint64(v[24:], c.Seq)
+			v = append(v, c.Sealed...)
 			if err := cb.Put(k, v); err != nil {
 				return err
 			}
-			uk := binary.BigEndian.AppendUint64(nil, p.Uid)
+			uk := binary.BigEndian.AppendUint64(nil, c.UID)
 			var bal uint64
 			if b := bb.Get(uk); b != nil {
 				bal = binary.BigEndian.Uint64(b)
 			}
-			if err := bb.Put(uk, binary.BigEndian.AppendUint64(nil, bal+p.AmountFen)); err != nil {
+			if err := bb.Put(uk, binary.BigEndian.AppendUint64(nil, bal+uint64(c.Amount))); err != nil {
 				return err
 			}
 			n++
+		}
+		if fence != nil {
+			return fence() // the last thing before the commit: an error rolls back
 		}
 		return nil
 	})
@@ -120,7 +184,7 @@ func (l *Ledger) Credit(ps []*pb.OpenedPacket, seqs []uint64) (int, error) {
 		return 0, err
 	}
 	l.credited.Add(uint64(n))
-	l.duplicates.Add(uint64(len(ps) - n))
+	l.duplicates.Add(uint64(len(cs) - n))
 	return n, nil
 }
 
@@ -138,12 +202,57 @@ func Consumer(ctx context.Context, js jetstream.JetStream, ackWait time.Duration
 	})
 }
 
-// Run consumes until ctx ends: fetch up to batch messages, credit them in
-// one transaction, then acknowledge them. Connection losses are retried.
+// Run consumes until ctx ends: acquire the ledger lease (waiting while
+// another ledger holds it), then fetch up to batch messages, verify each
+// claim, credit the proven ones in one transaction fenced by the lease,
+// then acknowledge them. Unproven claims are counted, logged and
+// terminated (never redelivered, never credited; they stay in the stream
+// for an operator). Connection losses are retried.
 func (l *Ledger) Run(ctx context.Context, js jetstream.JetStream, batch int) error {
+	if l.v.Load() == nil {
+		return errors.New("ledger: no claim verifier (SetVerifier): it would have no way to prove claims")
+	}
 	if batch <= 0 {
 		batch = 256
 	}
+	ttl := l.LeaseTTL
+	if ttl <= 0 {
+		ttl = DefaultLeaseTTL
+	}
+	name := l.Name
+	if name == "" {
+		h, _ := os.Hostname()
+		name = fmt.Sprintf("%s/%d", h, os.Getpid())
+	}
+	retry := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(500 * time.Millisecond):
+			return true
+		}
+	}
+	var ls *lease
+	for ls == nil {
+		kv, err := leaseBucket(ctx, js, ttl, l.Replicas)
+		if err == nil {
+			ls = &lease{kv: kv, ttl: ttl, base: time.Now(), holder: []byte(name + "/" + strconv.FormatInt(time.Now().UnixNano(), 36))}
+			break
+		}
+		if errors.Is(err, ErrLeaseMismatch) {
+			return err
+		}
+		l.log.Warn("ledger: lease bucket not ready", "err", err)
+		if !retry() {
+			return ctx.Err()
+		}
+	}
+	l.lease.Store(ls)
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ls.release(rctx)
+		cancel()
+	}()
 	var cons jetstream.Consumer
 	for cons == nil {
 		c, err := Consumer(ctx, js, l.AckWait)
@@ -152,16 +261,34 @@ func (l *Ledger) Run(ctx context.Context, js jetstream.JetStream, batch int) err
 			break
 		}
 		l.log.Warn("ledger: consumer not ready", "err", err)
-		select {
-		case <-ctx.Done():
+		if !retry() {
 			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	ps := make([]*pb.OpenedPacket, 0, batch)
-	seqs := make([]uint64, 0, batch)
+	cs := make([]Claim, 0, batch)
 	msgs := make([]jetstream.Msg, 0, batch)
+	var keepCancel context.CancelFunc = func() {}
+	defer func() { keepCancel() }()
 	for ctx.Err() == nil {
+		if !ls.valid() {
+			keepCancel()
+			if l.leaseHeld.Swap(false) {
+				l.log.Warn("ledger: lease lost; another ledger may credit now", "holder", name)
+			}
+			ok, err := ls.tryAcquire(ctx)
+			if err != nil || !ok {
+				if err != nil {
+					l.log.Warn("ledger: lease", "err", err)
+				}
+				if !retry() {
+					break
+				}
+				continue
+			}
+			l.leaseHeld.Store(true)
+			l.log.Info("ledger: lease acquired; crediting", "holder", name)
+			keepCancel = ls.startKeeping(ctx)
+		}
 		mb, err := cons.Fetch(batch, jetstream.FetchMaxWait(500*time.Millisecond))
 		if err != nil {
 			if ctx.Err() == nil {
@@ -169,34 +296,58 @@ func (l *Ledger) Run(ctx context.Context, js jetstream.JetStream, batch int) err
 			}
 			continue
 		}
-		ps, seqs, msgs = ps[:0], seqs[:0], msgs[:0]
+		cs, msgs = cs[:0], msgs[:0]
+		v := l.v.Load()
 		for m := range mb.Messages() {
 			var p pb.OpenedPacket
-			if err := proto.Unmarshal(m.Data(), &p); err != nil || p.AmountFen == 0 || p.AmountFen > uint64(shake.MaxPacketAmount) {
+			if err := proto.Unmarshal(m.Data(), &p); err != nil {
 				l.poison.Add(1)
 				l.log.Error("ledger: undecodable queue message, not credited", "subject", m.Subject())
-				_ = m.Term()
+				_ = m.TermWithReason("undecodable")
 				continue
 			}
-			md, _ := m.Metadata()
-			var seq uint64
-			if md != nil {
-				seq = md.Sequence.Stream
+			md, err := m.Metadata()
+			if err != nil {
+				continue // cannot tell when the stream stored it: leave it for redelivery
 			}
-			ps, seqs, msgs = append(ps, &p), append(seqs, seq), append(msgs, m)
+			c, err := VerifyClaim(v, m.Subject(), &p, md.Timestamp)
+			if err != nil {
+				l.rejected.Add(1)
+				l.log.Error("ledger: unproven claim rejected, not credited", "subject", m.Subject(), "seq", md.Sequence.Stream, "err", err)
+				_ = m.TermWithReason("unproven claim")
+				continue
+			}
+			c.Seq = md.Sequence.Stream
+			cs, msgs = append(cs, c), append(msgs, m)
 		}
-		if len(ps) == 0 {
+		if len(cs) == 0 {
 			continue
 		}
 		if d := time.Duration(l.delay.Load()); d > 0 {
 			time.Sleep(d)
 		}
-		if _, err := l.Credit(ps, seqs); err != nil {
+		if l.Fault != nil && l.Fault(PointBeforeCommit) == FaultAckFirst {
+			for _, m := range msgs {
+				_ = m.DoubleAck(ctx)
+			}
+			return errors.New("ledger: planted mutant: acknowledged, then crashed before " + PointAfterCommit)
+		}
+		if _, err := l.credit(cs, ls.fence); err != nil {
+			if errors.Is(err, ErrLeaseLost) {
+				// Not ours to credit any more: no ack, no nak; the new
+				// holder gets them after AckWait.
+				l.fenced.Add(uint64(len(cs)))
+				l.log.Warn("ledger: lease ran out before commit; batch left to the lease holder", "claims", len(cs))
+				continue
+			}
 			l.log.Error("ledger: credit failed; messages will be redelivered", "err", err)
 			for _, m := range msgs {
 				_ = m.Nak()
 			}
 			continue
+		}
+		if l.Fault != nil && l.Fault(PointAfterCommit) == FaultCrash {
+			return errors.New("ledger: crashed at " + PointAfterCommit)
 		}
 		for _, m := range msgs { // only after the commit is durable
 			_ = m.Ack()
@@ -210,6 +361,9 @@ type LedgerStats struct {
 	Credited   uint64 `json:"credited"`
 	Duplicates uint64 `json:"duplicates_skipped"`
 	Poison     uint64 `json:"poison"`
+	Rejected   uint64 `json:"rejected_unproven"` // claims that did not verify: never credited
+	Fenced     uint64 `json:"fenced"`            // claims left uncredited because the lease ran out before commit
+	LeaseHeld  bool   `json:"lease_held"`
 	Packets    int    `json:"packets_total"`
 	AmountFen  uint64 `json:"amount_fen_total"`
 	Users      int    `json:"users"`
@@ -217,7 +371,8 @@ type LedgerStats struct {
 
 // Stats returns counters and totals over the file.
 func (l *Ledger) Stats() (LedgerStats, error) {
-	s := LedgerStats{Credited: l.credited.Load(), Duplicates: l.duplicates.Load(), Poison: l.poison.Load()}
+	s := LedgerStats{Credited: l.credited.Load(), Duplicates: l.duplicates.Load(), Poison: l.poison.Load(),
+		Rejected: l.rejected.Load(), Fenced: l.fenced.Load(), LeaseHeld: l.HoldsLease()}
 	err := l.db.View(func(tx *bolt.Tx) error {
 		s.Packets = tx.Bucket(bucketCredited).Stats().KeyN
 		s.Users = tx.Bucket(bucketBalance).Stats().KeyN
@@ -271,7 +426,11 @@ func (l *Ledger) Export(w io.Writer, tag uint32) (int, error) {
 			}
 			at := time.UnixMilli(int64(binary.BigEndian.Uint64(v[16:]))).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 			n++
-			return lw.Write(binary.BigEndian.Uint64(k[4:]), shake.Money(binary.BigEndian.Uint64(v[8:])), binary.BigEndian.Uint64(v), at)
+			var sealed []byte
+			if len(v) > 32 {
+				sealed = v[32:]
+			}
+			return lw.WriteClaim(binary.BigEndian.Uint64(k[4:]), shake.Money(binary.BigEndian.Uint64(v[8:])), binary.BigEndian.Uint64(v), at, sealed)
 		})
 	})
 	if err != nil {

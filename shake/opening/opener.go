@@ -25,7 +25,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -108,23 +110,43 @@ type Opener struct {
 	stream jetstream.Stream
 	name   string
 	clock  func() time.Time
+	log    *slog.Logger
 
 	// Counters by outcome, for metrics.
-	counts [len(codeNames)]atomic.Uint64
+	counts   [len(codeNames)]atomic.Uint64
+	squatted atomic.Uint64 // packets whose subject held an unproven claim
+
+	// Fault, if set, is called at named points of Open (tests: the chaos
+	// test's crash points and planted mutants). Set before the first Open.
+	Fault func(point string) FaultAction
 }
+
+// Fault points of Opener.Open.
+const (
+	PointBeforePublish = "opener.before-publish" // verified, nothing published
+	PointAfterPublish  = "opener.after-publish"  // the claim is durable, no answer yet
+)
 
 // OpenerConfig configures an Opener.
 type OpenerConfig struct {
 	Verifier *shake.Verifier
 	Conn     *nats.Conn
-	Name     string           // this opener's name, recorded in each queued packet
-	Replicas int              // stream replicas when creating it (default 1)
+	Name     string // this opener's name, recorded in each queued packet
+	Replicas int    // stream replicas (default DefaultReplicas); an existing stream with fewer is refused
+	Log      *slog.Logger
 	MaxAge   time.Duration    // keep queued packets this long (default 0: forever); must exceed the ticket TTL plus the ledger's worst lag
 	Clock    func() time.Time // tests
 }
 
+// DefaultReplicas is the one replicas setting of the claim stream and the
+// lease bucket: the gateway (--shake-replicas), `shake opener -replicas`
+// and `shake ledger -replicas` all default to it, and whoever starts first
+// creates the stream with it; later starts never lower it (EnsureStream).
+const DefaultReplicas = 1
+
 // StreamConfig is the SHAKE_OPENED stream: one message per packet, kept
-// (limits retention), file storage.
+// (limits retention), file storage, no purge and no message deletion (a
+// claim, once stored, is the record of who won the packet).
 func StreamConfig(replicas int, maxAge time.Duration) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:                 StreamName,
@@ -137,12 +159,89 @@ func StreamConfig(replicas int, maxAge time.Duration) jetstream.StreamConfig {
 		Discard:              jetstream.DiscardNew,
 		DiscardNewPerSubject: true,
 		AllowDirect:          true,
+		DenyDelete:           true,
+		DenyPurge:            true,
 	}
 }
 
-// EnsureStream creates or updates the stream.
-func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int, maxAge time.Duration) (jetstream.Stream, error) {
-	return js.CreateOrUpdateStream(ctx, StreamConfig(replicas, maxAge))
+// ErrStreamWeaker: the claim stream exists with settings weaker than this
+// process was started with; it is not changed.
+var ErrStreamWeaker = errors.New("opening: the claim stream exists with weaker settings than wanted")
+
+// EnsureStream creates the stream if it is absent. If it exists it is
+// never weakened: a setting less durable than wanted (fewer replicas,
+// memory storage, a shorter MaxAge) or one that breaks exactly-once
+// (subjects, per-subject limit, discard policy) is refused with an error
+// naming it; a stronger one is kept with a warning; DenyDelete/DenyPurge
+// are switched on if missing (JetStream allows only that direction).
+func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int, maxAge time.Duration, log *slog.Logger) (jetstream.Stream, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	want := StreamConfig(replicas, maxAge)
+	st, err := js.Stream(ctx, StreamName)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		st, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			st, err = js.Stream(ctx, StreamName)
+		} else {
+			return st, err
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	have := info.Config
+	problems, warnings := compareStream(have, want)
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w: stream %s: %s (raise them on the stream, e.g. `nats stream edit`, or start with the same settings)",
+			ErrStreamWeaker, StreamName, strings.Join(problems, "; "))
+	}
+	for _, w := range warnings {
+		log.Warn("opening: stream "+StreamName+" kept as it is", "setting", w)
+	}
+	if !have.DenyDelete || !have.DenyPurge {
+		have.DenyDelete, have.DenyPurge = true, true
+		if st, err = js.UpdateStream(ctx, have); err != nil {
+			return nil, fmt.Errorf("stream %s: setting deny_delete and deny_purge: %w", StreamName, err)
+		}
+		log.Info("opening: stream " + StreamName + ": deny_delete and deny_purge switched on")
+	}
+	return st, nil
+}
+
+// compareStream lists what in have is weaker than want (problems) or just
+// different (warnings).
+func compareStream(have, want jetstream.StreamConfig) (problems, warnings []string) {
+	switch {
+	case have.Replicas < want.Replicas:
+		problems = append(problems, fmt.Sprintf("replicas %d, want %d", have.Replicas, want.Replicas))
+	case have.Replicas > want.Replicas:
+		warnings = append(warnings, fmt.Sprintf("replicas %d (this process was started with %d)", have.Replicas, want.Replicas))
+	}
+	if have.Storage != jetstream.FileStorage {
+		problems = append(problems, "storage "+have.Storage.String()+", want file")
+	}
+	switch {
+	case have.MaxAge != 0 && (want.MaxAge == 0 || have.MaxAge < want.MaxAge):
+		problems = append(problems, fmt.Sprintf("max_age %v, want %v (0: forever)", have.MaxAge, want.MaxAge))
+	case have.MaxAge != want.MaxAge:
+		warnings = append(warnings, fmt.Sprintf("max_age %v (this process was started with %v)", have.MaxAge, want.MaxAge))
+	}
+	if len(have.Subjects) != 1 || have.Subjects[0] != want.Subjects[0] {
+		problems = append(problems, fmt.Sprintf("subjects %v, want %v", have.Subjects, want.Subjects))
+	}
+	if have.MaxMsgsPerSubject != 1 || have.Discard != jetstream.DiscardNew || !have.DiscardNewPerSubject {
+		problems = append(problems, "max_msgs_per_subject/discard_new_per_subject not 1/true: a packet could be claimed twice")
+	}
+	if have.Retention != jetstream.LimitsPolicy {
+		problems = append(problems, "retention "+have.Retention.String()+", want limits")
+	}
+	return problems, warnings
 }
 
 // NewOpener connects to JetStream and makes sure the stream exists.
@@ -151,14 +250,17 @@ func NewOpener(ctx context.Context, cfg OpenerConfig) (*Opener, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := EnsureStream(ctx, js, cfg.Replicas, cfg.MaxAge)
+	st, err := EnsureStream(ctx, js, max(cfg.Replicas, DefaultReplicas), cfg.MaxAge, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("opening: stream %s: %w", StreamName, err)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	return &Opener{v: cfg.Verifier, js: js, stream: st, name: cfg.Name, clock: cfg.Clock}, nil
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Opener{v: cfg.Verifier, js: js, stream: st, name: cfg.Name, clock: cfg.Clock, log: cfg.Log}, nil
 }
 
 // Verifier returns the opener's verifier (for runtime key policy changes).
@@ -171,6 +273,9 @@ func (o *Opener) Counts() map[string]uint64 {
 		if n := o.counts[i].Load(); n > 0 {
 			m[Code(i).String()] = n
 		}
+	}
+	if n := o.squatted.Load(); n > 0 {
+		m["squatted_unproven"] = n // packet subjects found holding an unproven claim
 	}
 	return m
 }
@@ -210,13 +315,20 @@ func (o *Opener) open(ctx context.Context, uid uint64, sealed []byte) Result {
 	body, _ := proto.Marshal(&pb.OpenedPacket{
 		PlanTag: tag, PacketId: t.PacketID, AmountFen: uint64(t.Amount), Batch: t.Batch, KeyId: uint32(t.Key),
 		Uid: uid, IssuedAtS: t.Issued, Instance: uint32(t.Instance), OpenedAtMs: now.UnixMilli(), Opener: o.name,
+		Sealed: sealed, // the proof the ledger re-verifies
 	})
 	res := Result{Code: OK, Amount: t.Amount, PacketID: t.PacketID, Batch: t.Batch}
+	if o.Fault != nil && o.Fault(PointBeforePublish) == FaultAnswerFirst {
+		return res // planted mutant: OK before the claim is durable (never publishes)
+	}
 	for attempt := 0; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err = o.js.Publish(pctx, subj, body, jetstream.WithExpectLastSequencePerSubject(0))
 		cancel()
 		if err == nil {
+			if o.Fault != nil && o.Fault(PointAfterPublish) == FaultCrash {
+				return Result{Code: Unavailable, RetryAfter: time.Second} // the hook killed the process; a test stand-in
+			}
 			return res
 		}
 		if claimedAlready(err) {
@@ -257,6 +369,15 @@ func (o *Opener) existing(ctx context.Context, subj string, uid uint64, res Resu
 			var p pb.OpenedPacket
 			if proto.Unmarshal(m.Data, &p) != nil {
 				return Result{Code: Unavailable, RetryAfter: time.Second}
+			}
+			if _, err := VerifyClaim(o.v, subj, &p, m.Time); err != nil {
+				// Someone published on the claim subject without a valid
+				// ticket (NATS permissions should make this impossible). It
+				// will never be credited; the packet is lost to its owner
+				// until an operator looks: say so loudly.
+				o.squatted.Add(1)
+				o.log.Error("opening: packet subject holds an unproven claim; it will not be credited", "subject", subj, "err", err)
+				return Result{Code: Taken}
 			}
 			if p.Uid != uid {
 				return Result{Code: Taken}

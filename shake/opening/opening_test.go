@@ -70,6 +70,32 @@ func (fx *fixture) opener(t testing.TB, name string) *Opener {
 	return op
 }
 
+func (fx *fixture) verifier() *shake.Verifier {
+	return shake.NewVerifier(fx.ev.SealKeys, fx.ev.Plan, fx.ev.Keys, time.Hour, time.Minute, nil, nil)
+}
+
+// ledger opens a ledger at path that verifies claims against the fixture's event.
+func (fx *fixture) ledger(t testing.TB, path string) *Ledger {
+	t.Helper()
+	l, err := OpenLedger(path, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	l.SetVerifier(fx.verifier())
+	return l
+}
+
+// run runs l until the test ends (stopped before l is closed).
+func (fx *fixture) run(t testing.TB, l *Ledger, batch int) {
+	t.Helper()
+	js, _ := jetstream.New(fx.connect(t))
+	c, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = l.Run(c, js, batch); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 // ticket dispenses the next record of slot 1 sealed for uid.
 func (fx *fixture) ticket(uid uint64) ([]byte, shake.Ticket) {
 	rec := fx.file.Record(fx.next)
@@ -207,16 +233,8 @@ func TestClaimAtomicAcrossOpeners(t *testing.T) {
 func TestLedgerCreditsOnceAndReconciles(t *testing.T) {
 	fx := newFixture(t)
 	dir := t.TempDir()
-	l, err := OpenLedger(filepath.Join(dir, "ledger.db"), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	js, _ := jetstream.New(fx.nc)
-	c, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = l.Run(c, js, 64); close(done) }()
-	defer func() { cancel(); <-done }()
+	l := fx.ledger(t, filepath.Join(dir, "ledger.db"))
+	fx.run(t, l, 64)
 
 	want := map[uint64]shake.Money{}
 	for i := 0; i < 300; i++ {
@@ -239,7 +257,7 @@ func TestLedgerCreditsOnceAndReconciles(t *testing.T) {
 	}
 	// Replaying messages (a crash between commit and ack) credits nothing.
 	st, _ := l.Stats()
-	n, err := l.Credit(nil, nil)
+	n, err := l.Credit(nil)
 	if err != nil || n != 0 {
 		t.Fatal(n, err)
 	}
@@ -293,11 +311,7 @@ func exportAndReconcile(t testing.TB, l *Ledger, ev *shaketest.Event, path strin
 
 func TestLedgerIdempotentCredit(t *testing.T) {
 	fx := newFixture(t)
-	l, err := OpenLedger(filepath.Join(t.TempDir(), "l.db"), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := fx.ledger(t, filepath.Join(t.TempDir(), "l.db"))
 	sealed, tk := fx.ticket(5)
 	if r := fx.op.Open(ctx(t), 5, sealed); r.Code != OK {
 		t.Fatal(r)
@@ -309,8 +323,12 @@ func TestLedgerIdempotentCredit(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := decode(t, m.Data)
+	c, err := VerifyClaim(fx.verifier(), m.Subject, p[0], m.Time)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 3; i++ {
-		n, err := l.Credit(append(p[:0:0], p...), nil)
+		n, err := l.Credit([]Claim{c})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,17 +344,9 @@ func TestLedgerIdempotentCredit(t *testing.T) {
 // A slow ledger delays crediting; opening is not slowed.
 func TestSlowLedgerDoesNotSlowOpening(t *testing.T) {
 	fx := newFixture(t)
-	l, err := OpenLedger(filepath.Join(t.TempDir(), "l.db"), quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := fx.ledger(t, filepath.Join(t.TempDir(), "l.db"))
 	l.SetDelay(time.Second)
-	js, _ := jetstream.New(fx.nc)
-	c, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = l.Run(c, js, 16); close(done) }()
-	defer func() { cancel(); <-done }()
+	fx.run(t, l, 16)
 	start := time.Now()
 	for i := 0; i < 100; i++ {
 		sealed, _ := fx.ticket(1)

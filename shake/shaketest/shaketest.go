@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 
@@ -119,9 +120,16 @@ func (ev *Event) Files() []string {
 	return out
 }
 
-// Reconcile reconciles a ledger export against the event's files.
+// Reconcile reconciles a ledger export against the event's files, users
+// included (the export's sealed tickets against the seal keys).
 func (ev *Event) Reconcile(ledgerCSV string) (*shake.ReconcileReport, error) {
-	return shake.Reconcile(ev.Plan, ev.Keys, ev.Files(), ledgerCSV, shake.ReconcileOptions{})
+	return shake.Reconcile(ev.Plan, ev.Keys, ev.Files(), ledgerCSV, shake.ReconcileOptions{SealKeys: ev.SealKeys})
+}
+
+// Verifier is the verifier an opener or the ledger of this event uses
+// (ticket TTL one hour).
+func (ev *Event) Verifier() *shake.Verifier {
+	return shake.NewVerifier(ev.SealKeys, ev.Plan, ev.Keys, time.Hour, time.Minute, nil, nil)
 }
 
 // JetStream starts an embedded NATS server with JetStream storing in dir,
