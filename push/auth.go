@@ -39,7 +39,7 @@ var Roles = []Role{RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleAdmin}
 // Subjects the roles are granted (kept here, beside the subjects
 // themselves, so a new subject cannot be used without deciding who may).
 const (
-	claimStream   = "SHAKE_OPENED"  // shake/opening.StreamName
+	claimStream   = "SHAKE_OPENED"   // shake/opening.StreamName
 	claimSubjects = "shake.opened.>" // shake/opening.SubjectPrefix + ">"
 	claimDurable  = "ledger"         // shake/opening.LedgerDurable
 	openService   = "longlink.shake.open"

@@ -36,9 +36,9 @@ type HubConfig struct {
 	JetStreamDir string     // embedded server: enable JetStream with this store directory (empty: off)
 	MaxStore     int64      // embedded JetStream's storage limit in bytes (0: the disk)
 
-	GRPCListen string   // PushService listener; empty: no gRPC
-	PushTokens []string // bearer tokens PushService accepts (required with GRPCListen)
-	GRPCTLSCert, GRPCTLSKey string // PushService TLS (needed for a non-loopback GRPCListen)
+	GRPCListen              string   // PushService listener; empty: no gRPC
+	PushTokens              []string // bearer tokens PushService accepts (required with GRPCListen)
+	GRPCTLSCert, GRPCTLSKey string   // PushService TLS (needed for a non-loopback GRPCListen)
 
 	BroadcastRate float64
 	Grace         time.Duration
