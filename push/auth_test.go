@@ -3,6 +3,7 @@ package push_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -47,18 +48,85 @@ func (v *violations) saw(sub string) bool {
 
 func authHub(t *testing.T) (*push.Hub, push.Secret) {
 	t.Helper()
-	dir := t.TempDir()
-	sec, created, err := push.LoadOrCreateSecret(filepath.Join(dir, push.SecretFile))
+	return authHubAt(t, filepath.Join(t.TempDir(), "js"), nil)
+}
+
+// authHubAt runs a hub with JetStream in jsDir and a fresh host secret;
+// logs go to logs (nil: nowhere).
+func authHubAt(t *testing.T, jsDir string, logs *logCapture) (*push.Hub, push.Secret) {
+	t.Helper()
+	sec, created, err := push.LoadOrCreateSecret(filepath.Join(t.TempDir(), push.SecretFile))
 	if err != nil || !created {
 		t.Fatal(created, err)
 	}
-	h, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", Secret: sec, JetStreamDir: filepath.Join(dir, "js"), Logger: quiet})
+	log := quiet
+	if logs != nil {
+		log = slog.New(logs)
+	}
+	h, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", Secret: sec, JetStreamDir: jsDir, Logger: log, ProbeEvery: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
 	return h, sec
 }
+
+// logCapture is a slog.Handler keeping every record's message and attributes.
+type logCapture struct {
+	mu    sync.Mutex
+	lines []string
+	attrs []slog.Attr
+}
+
+func (l *logCapture) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logCapture) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString(r.Message)
+	l.mu.Lock()
+	for _, a := range l.attrs {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+	}
+	l.mu.Unlock()
+	r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
+	l.mu.Lock()
+	l.lines = append(l.lines, b.String())
+	l.mu.Unlock()
+	return nil
+}
+func (l *logCapture) WithAttrs(as []slog.Attr) slog.Handler {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &logChild{l, append(append([]slog.Attr(nil), l.attrs...), as...)}
+}
+func (l *logCapture) WithGroup(string) slog.Handler { return l }
+
+func (l *logCapture) contains(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, x := range l.lines {
+		if strings.Contains(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// logChild is logCapture with attributes added (slog.Logger.With).
+type logChild struct {
+	root  *logCapture
+	attrs []slog.Attr
+}
+
+func (c *logChild) Enabled(context.Context, slog.Level) bool { return true }
+func (c *logChild) Handle(ctx context.Context, r slog.Record) error {
+	r2 := r.Clone()
+	r2.AddAttrs(c.attrs...)
+	return c.root.Handle(ctx, r2)
+}
+func (c *logChild) WithAttrs(as []slog.Attr) slog.Handler {
+	return &logChild{c.root, append(append([]slog.Attr(nil), c.attrs...), as...)}
+}
+func (c *logChild) WithGroup(string) slog.Handler { return c }
 
 func connectAs(t *testing.T, h *push.Hub, sec push.Secret, r push.Role, v *violations) *nats.Conn {
 	t.Helper()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -68,6 +69,7 @@ type Hub struct {
 
 	probe    *nats.Conn // embedded JetStream: an admin connection for the probe stream
 	jsErr    atomic.Pointer[string]
+	stuck    string // the write error JetStream is stuck on (probe goroutine only)
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	closeOne sync.Once
@@ -140,6 +142,15 @@ func (h *Hub) NATSURL() string { return h.url }
 // Secret is the embedded server's secret (nil with an external NATS).
 func (h *Hub) Secret() Secret { return h.secret }
 
+// Auth is the option that authenticates another connection of this host
+// to the hub's NATS as role r (workers, openers, tests).
+func (h *Hub) Auth(r Role) nats.Option {
+	if h.secret != nil {
+		return ClientAuth{Secret: h.secret}.As(r)
+	}
+	return h.cfg.NATSAuth.As(r)
+}
+
 // GRPCAddr is the bound PushService address ("" without gRPC).
 func (h *Hub) GRPCAddr() string { return h.gaddr }
 
@@ -182,29 +193,34 @@ func connReady(nc *nats.Conn, urls string) error {
 const probeStream, probeSubject = "LONGLINK_PROBE", "longlink.probe"
 
 // probeJetStream does one JetStream write round trip (a publish to a
-// one-message probe stream) and records the verdict. A failed write (a full
-// disk leaves the file store with a sticky write error) restarts JetStream
-// once space allows, which reloads every stream from disk: the same as a
-// server restart, without one.
+// one-message probe stream) and records the verdict. A write error anywhere
+// (a full disk leaves a stream's file store with a sticky write error, seen
+// in the nats-server log or in the probe) makes the hub not ready, and once
+// the store's file system has room again JetStream is restarted, which
+// reloads every stream from disk: what a server restart did, without one.
 func (h *Hub) probeJetStream() {
-	err := h.jsPublish()
-	if err == nil {
-		if h.jsErr.Swap(nil) != nil {
-			h.log.Info("push: JetStream writes work again")
+	if w := h.nl.takeWriteErr(); w != "" {
+		h.stuck = w
+	}
+	if h.stuck == "" {
+		err := h.jsPublish()
+		if err == nil {
+			if h.jsErr.Swap(nil) != nil {
+				h.log.Info("push: JetStream writes work again")
+			}
+			return
 		}
-		return
+		if !writeErr(err) && h.ns.JetStreamEnabled() {
+			h.setJSErr("jetstream: " + err.Error()) // a slow moment, or worse: the next probe decides
+			return
+		}
+		h.stuck = err.Error()
 	}
-	reason := "jetstream: " + err.Error()
-	if w := h.nl.takeWriteErr(); w != "" && !strings.Contains(reason, w) {
-		reason += " (nats: " + w + ")"
+	h.setJSErr("jetstream: write failed: " + h.stuck)
+	if free, ok := diskFree(h.cfg.JetStreamDir); ok && free < minFreeForRestart {
+		return // wait for space
 	}
-	if h.jsErr.Swap(&reason) == nil {
-		h.log.Error("push: JetStream probe failed: not ready", "reason", reason, "store", h.cfg.JetStreamDir)
-	}
-	if !writeErr(err) && h.ns.JetStreamEnabled() {
-		return // not a stuck store (e.g. a slow moment): the next probe decides
-	}
-	h.log.Warn("push: restarting JetStream to clear a write error", "store", h.cfg.JetStreamDir)
+	h.log.Warn("push: restarting JetStream to clear a write error", "store", h.cfg.JetStreamDir, "err", h.stuck)
 	if h.ns.JetStreamEnabled() {
 		if err := h.ns.ShutdownJetStream(); err != nil {
 			h.log.Warn("push: JetStream shutdown", "err", err)
@@ -215,9 +231,28 @@ func (h *Hub) probeJetStream() {
 		h.log.Error("push: JetStream restart failed; retrying", "err", err)
 		return
 	}
+	h.stuck = ""
+	h.nl.takeWriteErr() // whatever the old stores said on the way down
 	if err := h.jsPublish(); err == nil {
 		h.jsErr.Store(nil)
-		h.log.Info("push: JetStream restarted and writes work again")
+		h.log.Info("push: JetStream restarted; writes work again")
+	}
+}
+
+// minFreeForRestart is the free space a JetStream restart waits for.
+const minFreeForRestart = 1 << 20
+
+func diskFree(dir string) (uint64, bool) {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return 0, false
+	}
+	return st.Bavail * uint64(st.Bsize), true
+}
+
+func (h *Hub) setJSErr(reason string) {
+	if old := h.jsErr.Swap(&reason); old == nil || *old != reason {
+		h.log.Error("push: JetStream not ready", "reason", reason, "store", h.cfg.JetStreamDir)
 	}
 }
 

@@ -25,18 +25,28 @@ func newNATSLogger(l *slog.Logger) *natsLogger {
 }
 
 func (l *natsLogger) Noticef(format string, v ...any) { l.out(slog.LevelInfo, format, v) }
-func (l *natsLogger) Warnf(format string, v ...any)   { l.out(slog.LevelWarn, format, v) }
-func (l *natsLogger) Debugf(format string, v ...any)  { l.out(slog.LevelDebug, format, v) }
-func (l *natsLogger) Tracef(format string, v ...any)  { l.out(slog.LevelDebug-4, format, v) }
+func (l *natsLogger) Warnf(format string, v ...any) {
+	msg := fmt.Sprintf(format, v...)
+	l.noteWriteErr(msg)
+	l.log.Warn(msg)
+}
+func (l *natsLogger) Debugf(format string, v ...any) { l.out(slog.LevelDebug, format, v) }
+func (l *natsLogger) Tracef(format string, v ...any) { l.out(slog.LevelDebug-4, format, v) }
 
 func (l *natsLogger) Errorf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
+	l.noteWriteErr(msg)
+	l.log.Error(msg)
+}
+
+// noteWriteErr remembers a store write failure (the file store's "Critical
+// write error", ENOSPC, JetStream out of resources) for the hub's probe.
+func (l *natsLogger) noteWriteErr(msg string) {
 	if strings.Contains(msg, "write error") || strings.Contains(msg, "no space left") || strings.Contains(msg, "out of") && strings.Contains(msg, "resources") {
 		l.mu.Lock()
 		l.writeErr = msg
 		l.mu.Unlock()
 	}
-	l.log.Error(msg)
 }
 
 // Fatalf is a start-up failure (the listener could not be opened): the

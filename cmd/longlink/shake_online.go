@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/shake"
 	"github.com/longlink/longlink/shake/opening"
@@ -31,6 +32,7 @@ func shakeOpener(args []string) int {
 	replicas := fs.Int("replicas", 1, "stream replicas when creating it")
 	allow := fs.String("whitelist", "", "ticket key ids allowed (comma-separated ranges; empty: all)")
 	deny := fs.String("blacklist", "", "ticket key ids refused")
+	na := addNATSAuthFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -63,7 +65,10 @@ func shakeOpener(args []string) int {
 		*name = fmt.Sprintf("%s/%d", h, os.Getpid())
 	}
 	log := newLogger("info", "text", -1)
-	nc, err := push.Connect(*natsURL, "longlink-opener", log)
+	if natsAuth, err = na.resolve(*natsURL, auth.DefaultDataDir()); err != nil {
+		return shakeFail(err)
+	}
+	nc, err := push.Connect(*natsURL, "longlink-opener", log, natsAuth.As(push.RoleOpener))
 	if err != nil {
 		return shakeFail(err)
 	}
@@ -91,6 +96,7 @@ func shakeLedger(args []string) int {
 	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS with JetStream")
 	admin := fs.String("admin", "", "HTTP for GET /ledger/stats and /ledger/export (empty: none)")
 	batch := fs.Int("batch", 256, "messages credited per transaction")
+	na := addNATSAuthFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -100,7 +106,10 @@ func shakeLedger(args []string) int {
 		return shakeFail(err)
 	}
 	defer l.Close()
-	nc, err := push.Connect(*natsURL, "longlink-ledger", log)
+	if natsAuth, err = na.resolve(*natsURL, auth.DefaultDataDir()); err != nil {
+		return shakeFail(err)
+	}
+	nc, err := push.Connect(*natsURL, "longlink-ledger", log, natsAuth.As(push.RoleLedger))
 	if err != nil {
 		return shakeFail(err)
 	}
