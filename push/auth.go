@@ -200,10 +200,12 @@ func (s Secret) users() ([]*server.User, error) {
 // ClientAuth says how this process authenticates to NATS, and with which
 // TLS. Exactly one source of credentials is used, in this order: CredsFile
 // (a NATS .creds file, for clusters in operator/JWT mode), User/Password,
-// Secret (the embedded server of this host: the role's derived password).
+// Secret or SecretFile (the embedded server of this host: the role's
+// derived password).
 // With none, connections carry no credentials (an open external server).
 type ClientAuth struct {
 	Secret         Secret
+	SecretFile     string // like Secret, read at each connection attempt (the gateway may create it after we start)
 	CredsFile      string
 	User, Password string
 
@@ -232,6 +234,15 @@ func (a ClientAuth) As(r Role) nats.Option {
 			o.User, o.Password = a.User, a.Password
 		case a.Secret != nil:
 			o.User, o.Password = string(r), a.Secret.Password(r)
+		case a.SecretFile != "":
+			path := a.SecretFile
+			o.UserInfo = func() (string, string) {
+				s, err := LoadSecret(path)
+				if err != nil {
+					return string(r), "" // refused; retried at the next attempt
+				}
+				return string(r), s.Password(r)
+			}
 		}
 		if a.TLSCA != "" || a.TLSCert != "" {
 			tc, err := a.tlsConfig()

@@ -140,6 +140,7 @@ func Connect(urls, name string, log *slog.Logger, opts ...nats.Option) (*nats.Co
 		nats.ReconnectWait(100 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
+		nats.IgnoreAuthErrorAbort(), // credentials may be fixed (or the secret created) while we retry
 		nats.PingInterval(5 * time.Second),
 		nats.ReconnectBufSize(64 << 20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {

@@ -95,18 +95,16 @@ func (f *natsAuthFlags) resolve(urls, dataDir string) (push.ClientAuth, error) {
 	path := *f.secret
 	if path == "" {
 		if !allLoopback(urls) || dataDir == "" {
-			return a, nil
+			return a, nil // derived passwords never leave the host
 		}
 		path = filepath.Join(dataDir, push.SecretFile)
-		if _, err := os.Stat(path); err != nil {
-			return a, nil // an open NATS (or one configured by hand)
+	}
+	if _, err := os.Stat(path); err == nil {
+		if _, err := push.LoadSecret(path); err != nil { // a bad one is an error now, not a silent refusal later
+			return a, err
 		}
 	}
-	s, err := push.LoadSecret(path)
-	if err != nil {
-		return a, err
-	}
-	a.Secret = s
+	a.SecretFile = path // read at each connection attempt: the gateway may create it after we start
 	return a, nil
 }
 
