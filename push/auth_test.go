@@ -15,10 +15,21 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/longlink/longlink/proto/pb"
 	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/shake/opening"
 )
+
+func mustMarshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -198,6 +209,9 @@ func TestNATSRolePermissions(t *testing.T) {
 	lv := &violations{}
 	lc := connectAs(t, h, sec, push.RoleLedger, lv)
 	ljs, _ := jetstream.New(lc)
+	if _, err := opening.EnsureStream(ctx, ljs, 1, 0); err != nil { // the gateway's ledger does this at start
+		t.Fatalf("ledger EnsureStream: %v", err)
+	}
 	cons, err := opening.Consumer(ctx, ljs, time.Second)
 	if err != nil {
 		t.Fatalf("ledger consumer: %v", err)
@@ -254,8 +268,24 @@ func TestNATSRolePermissions(t *testing.T) {
 	_ = pc.Publish(opening.Subject(7, 3), []byte("forged"))
 	_ = pc.Publish(push.SubjectPresence, []byte("forged"))
 	_ = pc.Publish(push.NodeSubject("n1"), []byte("forged"))
-	if err := pc.Publish(push.SubjectNotify, []byte{}); err != nil {
-		t.Error(err)
+	// A pusher's request is answered by the router (the gateway role may
+	// answer requests it receives), and a gateway's request to the opener
+	// service by an opener.
+	if m, err := pc.Request(push.SubjectNotify, mustMarshal(t, &pb.NotifyRequest{Uid: 1, Type: 1, Version: 1}), 5*time.Second); err != nil {
+		t.Errorf("pusher notify request: %v", err)
+	} else {
+		var rep pb.PushReply
+		if err := proto.Unmarshal(m.Data, &rep); err != nil || rep.Offline != 1 {
+			t.Errorf("pusher notify reply %v %v", &rep, err)
+		}
+	}
+	oc := connectAs(t, h, sec, push.RoleOpener, nil)
+	if _, err := oc.QueueSubscribe(opening.ServiceSubj, opening.ServiceQueue, func(m *nats.Msg) { _ = m.Respond([]byte("ok")) }); err != nil {
+		t.Fatal(err)
+	}
+	_ = oc.FlushTimeout(2 * time.Second)
+	if m, err := gw.Request(opening.ServiceSubj, []byte("open"), 5*time.Second); err != nil || string(m.Data) != "ok" {
+		t.Errorf("gateway → opener service: %v", err)
 	}
 	_ = pc.FlushTimeout(2 * time.Second)
 

@@ -24,9 +24,17 @@ func newNATSLogger(l *slog.Logger) *natsLogger {
 	return &natsLogger{log: l.With("component", "nats"), fatalCh: make(chan struct{})}
 }
 
-func (l *natsLogger) Noticef(format string, v ...any) { l.out(slog.LevelInfo, format, v) }
+// Noticef is the server's chatter (banner, listeners): debug here, the
+// hub logs what matters in its own words.
+func (l *natsLogger) Noticef(format string, v ...any) { l.out(slog.LevelDebug, format, v) }
 func (l *natsLogger) Warnf(format string, v ...any) {
 	msg := fmt.Sprintf(format, v...)
+	if strings.HasPrefix(msg, "Plaintext passwords detected") {
+		// The role passwords are 256-bit HMAC outputs, not guessable
+		// words: bcrypt would only slow every connect down.
+		l.log.Debug(msg)
+		return
+	}
 	l.noteWriteErr(msg)
 	l.log.Warn(msg)
 }
