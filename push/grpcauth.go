@@ -25,15 +25,37 @@ const PushTokenFile = "push.token"
 // for one of tokens (compared in constant time). Health checks are open:
 // a balancer must be able to ask without a secret.
 func tokenInterceptor(tokens []string) grpc.UnaryServerInterceptor {
+	check := tokenCheck(tokens)
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := check(ctx, info.FullMethod); err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// tokenStreamInterceptor is the same for streaming methods (health's Watch
+// today; any added later is covered).
+func tokenStreamInterceptor(tokens []string) grpc.StreamServerInterceptor {
+	check := tokenCheck(tokens)
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := check(ss.Context(), info.FullMethod); err != nil {
+			return err
+		}
+		return handler(srv, ss)
+	}
+}
+
+func tokenCheck(tokens []string) func(context.Context, string) error {
 	want := make([][]byte, 0, len(tokens))
 	for _, t := range tokens {
 		if t = strings.TrimSpace(t); t != "" {
 			want = append(want, []byte(t))
 		}
 	}
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if strings.HasPrefix(info.FullMethod, "/grpc.health.v1.Health/") {
-			return handler(ctx, req)
+	return func(ctx context.Context, method string) error {
+		if strings.HasPrefix(method, "/grpc.health.v1.Health/") {
+			return nil
 		}
 		md, _ := metadata.FromIncomingContext(ctx)
 		for _, v := range md.Get("authorization") {
@@ -43,11 +65,11 @@ func tokenInterceptor(tokens []string) grpc.UnaryServerInterceptor {
 			}
 			for _, w := range want {
 				if subtle.ConstantTimeCompare([]byte(got), w) == 1 {
-					return handler(ctx, req)
+					return nil
 				}
 			}
 		}
-		return nil, status.Error(codes.Unauthenticated, "push: a bearer token (the push token or the admin token) is required")
+		return status.Error(codes.Unauthenticated, "push: a bearer token (the push token or the admin token) is required")
 	}
 }
 

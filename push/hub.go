@@ -67,12 +67,13 @@ type Hub struct {
 	url    string
 	secret Secret
 
-	probe    *nats.Conn // embedded JetStream: an admin connection for the probe stream
-	jsErr    atomic.Pointer[string]
-	stuck    string // the write error JetStream is stuck on (probe goroutine only)
-	stop     chan struct{}
-	wg       sync.WaitGroup
-	closeOne sync.Once
+	probe     *nats.Conn // embedded JetStream: an admin connection for the probe stream
+	jsErr     atomic.Pointer[string]
+	stuck     string    // the write error JetStream is stuck on (probe goroutine only)
+	restarted time.Time // last JetStream restart (probe goroutine only)
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOne  sync.Once
 }
 
 // StartHub starts the hub.
@@ -220,6 +221,10 @@ func (h *Hub) probeJetStream() {
 	if free, ok := diskFree(h.cfg.JetStreamDir); ok && free < minFreeForRestart {
 		return // wait for space
 	}
+	if time.Since(h.restarted) < 10*time.Second {
+		return // a store that fails for another reason must not be reloaded every probe
+	}
+	h.restarted = time.Now()
 	h.log.Warn("push: restarting JetStream to clear a write error", "store", h.cfg.JetStreamDir, "err", h.stuck)
 	if h.ns.JetStreamEnabled() {
 		if err := h.ns.ShutdownJetStream(); err != nil {
@@ -258,8 +263,7 @@ func (h *Hub) setJSErr(reason string) {
 
 func writeErr(err error) bool {
 	s := err.Error()
-	return strings.Contains(s, "no space left") || strings.Contains(s, "write error") || strings.Contains(s, "insufficient resources") ||
-		strings.Contains(s, "not enabled") || strings.Contains(s, "resources exceeded")
+	return strings.Contains(s, "no space left") || strings.Contains(s, "write error") || strings.Contains(s, "not enabled")
 }
 
 func (h *Hub) jsPublish() error {
@@ -303,7 +307,7 @@ func (h *Hub) serveGRPC() error {
 		return fmt.Errorf("push: PushService cannot listen on %s: %w", h.cfg.GRPCListen, err)
 	}
 	h.gaddr = ln.Addr().String()
-	sopts := []grpc.ServerOption{grpc.UnaryInterceptor(tokenInterceptor(h.cfg.PushTokens))}
+	sopts := []grpc.ServerOption{grpc.UnaryInterceptor(tokenInterceptor(h.cfg.PushTokens)), grpc.StreamInterceptor(tokenStreamInterceptor(h.cfg.PushTokens))}
 	if h.cfg.GRPCTLSCert != "" || h.cfg.GRPCTLSKey != "" {
 		tc, err := credentials.NewServerTLSFromFile(h.cfg.GRPCTLSCert, h.cfg.GRPCTLSKey)
 		if err != nil {
