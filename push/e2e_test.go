@@ -490,10 +490,16 @@ func TestPushCLIAndToken(t *testing.T) {
 // gateway (push is advisory); /readyz says why it is not ready, naming the
 // address, and becomes ready when NATS comes.
 func TestGatewayStartsWithNATSDown(t *testing.T) {
+	for _, workers := range []int{1, 2} { // one process; a supervisor with its hub and workers
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) { gatewayStartsWithNATSDown(t, workers) })
+	}
+}
+
+func gatewayStartsWithNATSDown(t *testing.T, workers int) {
 	natsPort := freePort(t)
 	natsAddr := fmt.Sprintf("127.0.0.1:%d", natsPort)
 	g := newGatewayProc(t)
-	args := gatewayArgs(g, 1)
+	args := gatewayArgs(g, workers)
 	cmd := exec.Command(binary(t), append(args, "--nats", "nats://"+natsAddr)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
