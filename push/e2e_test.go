@@ -476,6 +476,13 @@ func TestPushCLIAndToken(t *testing.T) {
 	if err != nil || !strings.Contains(out, "offline") {
 		t.Fatalf("push with the host token: %v\n%s", err, out)
 	}
+	sec, err := push.LoadSecret(filepath.Join(g.dir, push.SecretFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("--data", g.dir, "nats-password", "admin"); err != nil || strings.TrimSpace(out) != sec.Password(push.RoleAdmin) {
+		t.Errorf("nats-password admin: %v %q", err, out)
+	}
 	bad := filepath.Join(t.TempDir(), "bad.token")
 	if err := os.WriteFile(bad, []byte("not-the-token\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -141,6 +141,9 @@ func startPushHub(log *slog.Logger, pf pushFlags, nats, dataDir, adminToken stri
 		JetStreamDir: hubJetStreamDir, PlaintextOK: *pf.auth.plaintextOK,
 	}
 	if nats == "" {
+		if *pf.auth.creds != "" || *pf.auth.user != "" {
+			return nil, errors.New("--nats-creds and --nats-user are for an external NATS (--nats); the embedded server's passwords derive from <data>/nats.secret")
+		}
 		p := filepath.Join(dataDir, push.SecretFile)
 		s, created, err := push.LoadOrCreateSecret(p)
 		if err != nil {
@@ -194,7 +197,7 @@ func init() { register(command{name: "push", summary: pushSummary, run: runPush}
 
 // runPush is `longlink push [flags] notify|multicast|broadcast`.
 func runPush(args []string) int {
-	fs := newFlagSet("push", pushSummary+"\n\n  longlink push --uid 42 --type 1 --version 7 notify\n  longlink push --uids 1,2,3 --type 1 --version 7 multicast\n  longlink push --type 9 --version 1 broadcast")
+	fs := newFlagSet("push", pushSummary+"\n\n  longlink push --uid 42 --type 1 --version 7 notify\n  longlink push --uids 1,2,3 --type 1 --version 7 multicast\n  longlink push --type 9 --version 1 broadcast\n  longlink push nats-password admin   (a role's password on this host's embedded NATS, user = role)")
 	addr := fs.String("addr", "127.0.0.1:7102", "PushService address")
 	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory holding push.token")
 	tokenFile := fs.String("token-file", "", "bearer token file (default <data>/push.token)")
@@ -208,6 +211,21 @@ func runPush(args []string) int {
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline of the call")
 	if !parseFlags(fs, args) {
 		return 2
+	}
+	if fs.NArg() == 2 && fs.Arg(0) == "nats-password" { // for the nats CLI and services configured by hand
+		p := filepath.Join(*dataDir, push.SecretFile)
+		sec, err := push.LoadSecret(p)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "longlink push:", err)
+			return 1
+		}
+		r := push.Role(fs.Arg(1))
+		if _, err := push.Permissions(r); err != nil {
+			fmt.Fprintf(os.Stderr, "longlink push: %v (roles: %v)\n", err, push.Roles)
+			return 2
+		}
+		fmt.Println(sec.Password(r))
+		return 0
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
