@@ -36,6 +36,9 @@ type HubConfig struct {
 	PlaintextOK  bool       // embedded server: allow a non-loopback listener
 	JetStreamDir string     // embedded server: enable JetStream with this store directory (empty: off)
 	MaxStore     int64      // embedded JetStream's storage limit in bytes (0: the disk)
+	// JetStreamProbe: with an external NATS, readiness also asks JetStream
+	// (account info) — set when something here depends on it (shake).
+	JetStreamProbe bool
 
 	GRPCListen              string   // PushService listener; empty: no gRPC
 	PushTokens              []string // bearer tokens PushService accepts (required with GRPCListen)
@@ -127,6 +130,10 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 		h.probeJetStream() // the first verdict before anyone asks
 		h.wg.Add(1)
 		go h.watchJetStream()
+	}
+	if h.ns == nil && cfg.JetStreamProbe {
+		h.wg.Add(1)
+		go h.watchExternalJetStream()
 	}
 	if cfg.GRPCListen != "" {
 		if err := h.serveGRPC(); err != nil {
@@ -297,6 +304,35 @@ func (h *Hub) watchJetStream() {
 			return
 		case <-t.C:
 			h.probeJetStream()
+		}
+	}
+}
+
+// watchExternalJetStream asks an external cluster's JetStream for the
+// account's info every ProbeEvery: the hub cannot write a probe stream
+// there (no admin rights), but a JetStream that does not answer is seen.
+func (h *Hub) watchExternalJetStream() {
+	defer h.wg.Done()
+	t := time.NewTicker(h.cfg.ProbeEvery)
+	defer t.Stop()
+	for {
+		if h.nc.IsConnected() {
+			js, err := jetstream.New(h.nc)
+			if err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, err = js.AccountInfo(ctx)
+				cancel()
+			}
+			if err != nil {
+				h.setJSErr(fmt.Sprintf("jetstream at %s: %v", RedactURLs(h.url), err))
+			} else if h.jsErr.Swap(nil) != nil {
+				h.log.Info("push: JetStream answers again", "nats", RedactURLs(h.url))
+			}
+		}
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
 		}
 	}
 }

@@ -202,3 +202,34 @@ func TestJetStreamDiskFullRecovers(t *testing.T) {
 		return err
 	})
 }
+
+// TestHubProbesExternalJetStream: with an external NATS and something
+// relying on JetStream, readiness says when JetStream does not answer.
+func TestHubProbesExternalJetStream(t *testing.T) {
+	for _, withJS := range []bool{false, true} {
+		cfg := push.EmbeddedConfig{Listen: "127.0.0.1:0", Logger: quiet}
+		if withJS {
+			cfg.JetStreamDir = t.TempDir()
+		}
+		ns, err := push.StartEmbedded(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := push.StartHub(push.HubConfig{NATS: ns.ClientURL(), JetStreamProbe: true, ProbeEvery: 100 * time.Millisecond, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkFor(t, 10*time.Second, func() error {
+			err := h.Ready()
+			switch {
+			case withJS && err != nil:
+				return err
+			case !withJS && (err == nil || !strings.Contains(err.Error(), "jetstream at")):
+				return fmt.Errorf("JetStream off, Ready = %v", err)
+			}
+			return nil
+		})
+		h.Close()
+		ns.Shutdown()
+	}
+}

@@ -139,6 +139,7 @@ func startPushHub(log *slog.Logger, pf pushFlags, nats, dataDir, adminToken stri
 		GRPCTLSCert: *pf.grpcTLSCert, GRPCTLSKey: *pf.grpcTLSKey,
 		BroadcastRate: *pf.broadcastRate, Grace: *pf.grace, Logger: log,
 		JetStreamDir: hubJetStreamDir, PlaintextOK: *pf.auth.plaintextOK,
+		JetStreamProbe: hubJetStreamDir != "", // shake is on: readiness asks JetStream too
 	}
 	if nats == "" {
 		if *pf.auth.creds != "" || *pf.auth.user != "" {
