@@ -26,7 +26,8 @@ type Role string
 
 // Roles.
 const (
-	RoleGateway Role = "gateway" // router and worker nodes: push and presence subjects; in-process openers: claims
+	RoleRouter  Role = "router"  // the host's push router (hub): takes ingress and presence, publishes to nodes
+	RoleGateway Role = "gateway" // gateway workers (nodes): their deliveries, presence; in-process openers: claims
 	RoleOpener  Role = "opener"  // `longlink shake opener`: serves longlink.shake.open, publishes claims
 	RoleLedger  Role = "ledger"  // consumes the SHAKE_OPENED durable consumer "ledger"; publishes no claim
 	RolePusher  Role = "pusher"  // logic services: the push ingress subjects only
@@ -34,7 +35,7 @@ const (
 )
 
 // Roles lists every role, in the order docs/push.md gives them.
-var Roles = []Role{RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleAdmin}
+var Roles = []Role{RoleRouter, RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleAdmin}
 
 // Subjects the roles are granted (kept here, beside the subjects
 // themselves, so a new subject cannot be used without deciding who may).
@@ -75,12 +76,18 @@ func Permissions(r Role) (*server.Permissions, error) {
 	inbox := InboxPrefix(r) + ".>"
 	resp := &server.ResponsePermission{MaxMsgs: 1} // answer requests received (router, opener service)
 	switch r {
-	case RoleGateway:
-		pub := append([]string{SubjectPresence, SubjectAll, SubjectResync, nodeSubjectBase + ">", openService}, claimWriter...)
+	case RoleRouter:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: pub},
-			Subscribe: &server.SubjectPermission{Allow: []string{"longlink.push.>", inbox}},
-			Response:  resp,
+			Publish:   &server.SubjectPermission{Allow: []string{SubjectAll, SubjectResync, nodeSubjectBase + ">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{SubjectPresence, SubjectNotify, SubjectMulticast, SubjectBroadcast, inbox}},
+			Response:  resp, // answers pushers' requests
+		}, nil
+	case RoleGateway:
+		// A worker faces the internet: it may announce presence and claim
+		// packets, never push to another node's users.
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: append([]string{SubjectPresence, openService}, claimWriter...)},
+			Subscribe: &server.SubjectPermission{Allow: []string{nodeSubjectBase + ">", SubjectAll, SubjectResync, inbox}},
 		}, nil
 	case RoleOpener:
 		return &server.Permissions{

@@ -288,6 +288,12 @@ func TestNATSRolePermissions(t *testing.T) {
 		t.Errorf("gateway → opener service: %v", err)
 	}
 	_ = pc.FlushTimeout(2 * time.Second)
+	// A worker (internet-facing) may not push to other nodes' users, nor
+	// inject API calls the router would act on.
+	_ = gw.Publish(push.NodeSubject("n1"), []byte("forged"))
+	_ = gw.Publish(push.SubjectAll, []byte("forged"))
+	_ = gw.Publish(push.SubjectNotify, []byte("forged"))
+	_ = gw.FlushTimeout(2 * time.Second)
 
 	// The claim stream still holds exactly the one real claim, and the
 	// ledger gets it.
@@ -313,9 +319,13 @@ func TestNATSRolePermissions(t *testing.T) {
 		t.Errorf("ledger fetched %d claims, want 1", n)
 	}
 	time.Sleep(100 * time.Millisecond)
-	for sub, v := range map[string]*violations{"$JS.API.STREAM.PURGE": gv, "$JS.API.CONSUMER.DELETE": lv, "shake.opened": pv, push.SubjectPresence: pv} {
-		if !v.saw(sub) {
-			t.Errorf("no permissions violation reported for %s", sub)
+	for _, c := range []struct {
+		sub string
+		v   *violations
+	}{{"$JS.API.STREAM.PURGE", gv}, {"$JS.API.CONSUMER.DELETE", lv}, {"shake.opened", pv}, {push.SubjectPresence, pv},
+		{push.NodeSubject("n1"), gv}, {push.SubjectAll, gv}, {push.SubjectNotify, gv}} {
+		if !c.v.saw(c.sub) {
+			t.Errorf("no permissions violation reported for %s", c.sub)
 		}
 	}
 

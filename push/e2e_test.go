@@ -397,9 +397,11 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 	for i := range cports {
 		cports[i] = freePort(t)
 	}
-	// The cluster authenticates, as an operator's would: the gateway
-	// comes in as the gateway role's user.
-	secret, _, err := push.LoadOrCreateSecret(filepath.Join(t.TempDir(), push.SecretFile))
+	// The cluster authenticates, as an operator's would: the router and
+	// the workers come in as their roles' users (passwords from the
+	// secret file they are given).
+	secretFile := filepath.Join(t.TempDir(), push.SecretFile)
+	secret, _, err := push.LoadOrCreateSecret(secretFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -429,7 +431,7 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 		}
 		return nil
 	})
-	g := startGateway(t, 3, "--nats", strings.Join(urls, ","), "--nats-user", "gateway", "--nats-password", secret.Password(push.RoleGateway))
+	g := startGateway(t, 3, "--nats", strings.Join(urls, ","), "--nats-secret", secretFile)
 	churn(t, g, 40, 6*time.Second, func() {
 		victim := servers[0] // the busiest node
 		for _, s := range servers {
@@ -538,9 +540,12 @@ func gatewayStartsWithNATSDown(t *testing.T, workers int) {
 		return nil
 	})
 	t.Logf("degraded and saying so after %v", time.Since(start).Round(time.Millisecond))
-	if code, _, err := get("/healthz"); err != nil || code != http.StatusOK {
-		t.Fatalf("/healthz %d %v: the gateway must be alive", code, err)
-	}
+	checkFor(t, 10*time.Second, func() error { // alive all the same (a supervisor: once a worker runs)
+		if code, body, err := get("/healthz"); err != nil || code != http.StatusOK {
+			return fmt.Errorf("/healthz %d %q %v: the gateway must be alive", code, body, err)
+		}
+		return nil
+	})
 	ns, err := push.StartEmbedded(push.EmbeddedConfig{Listen: natsAddr, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)

@@ -30,7 +30,7 @@ import (
 // HubConfig configures a Hub: the per-host part of push.
 type HubConfig struct {
 	NATS         string     // external NATS URLs (comma-separated); empty runs an embedded server
-	NATSAuth     ClientAuth // how the hub's connection to an external NATS authenticates (RoleGateway)
+	NATSAuth     ClientAuth // how the hub's connection to an external NATS authenticates (RoleRouter)
 	NATSListen   string     // embedded server's client listener (default 127.0.0.1:4222; port 0 picks one)
 	Secret       Secret     // embedded server's host secret (nil: a random one, known only to this process)
 	PlaintextOK  bool       // embedded server: allow a non-loopback listener
@@ -108,7 +108,7 @@ func StartHub(cfg HubConfig) (*Hub, error) {
 		opts = append(opts, nats.InProcessServer(h.ns))
 		auth = ClientAuth{Secret: h.secret}
 	}
-	h.nc, err = Connect(h.url, "longlink-router", cfg.Logger, append(opts, auth.As(RoleGateway), nats.ReconnectHandler(func(*nats.Conn) {
+	h.nc, err = Connect(h.url, "longlink-router", cfg.Logger, append(opts, auth.As(RoleRouter), nats.ReconnectHandler(func(*nats.Conn) {
 		if h.router != nil {
 			h.router.Resync()
 		}

@@ -151,11 +151,6 @@ func Connect(urls, name string, log *slog.Logger, opts ...nats.Option) (*nats.Co
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { // permission violations among them
 			log.Error("push: NATS error", "nats", where, "conn", name, "err", err)
 		}),
-		nats.ClosedHandler(func(c *nats.Conn) {
-			if err := c.LastError(); err != nil {
-				log.Error("push: NATS connection given up", "nats", where, "conn", name, "err", err)
-			}
-		}),
 	}
 	nc, err := nats.Connect(urls, append(base, opts...)...)
 	if err != nil {
