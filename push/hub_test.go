@@ -233,3 +233,12 @@ func TestHubProbesExternalJetStream(t *testing.T) {
 		ns.Shutdown()
 	}
 }
+
+// TestConnectNeedsARole: push.Connect refuses a connection that says
+// nothing about its credentials, so no caller can forget them.
+func TestConnectNeedsARole(t *testing.T) {
+	_, err := push.Connect("nats://127.0.0.1:1", "forgetful", quiet)
+	if err == nil || !strings.Contains(err.Error(), "no role") {
+		t.Fatalf("Connect without ClientAuth.As: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -152,7 +153,21 @@ func Connect(urls, name string, log *slog.Logger, opts ...nats.Option) (*nats.Co
 			log.Error("push: NATS error", "nats", where, "conn", name, "err", err)
 		}),
 	}
-	nc, err := nats.Connect(urls, append(base, opts...)...)
+	o := nats.GetDefaultOptions()
+	for _, u := range strings.Split(urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			o.Servers = append(o.Servers, u)
+		}
+	}
+	for _, opt := range append(base, opts...) {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("push: NATS %s: %w", where, err)
+		}
+	}
+	if !strings.HasPrefix(o.InboxPrefix, "_INBOX_") { // ClientAuth.As sets it: nobody connects without deciding how
+		return nil, fmt.Errorf("push: NATS %s: connection %q has no role (pass ClientAuth.As(role))", where, name)
+	}
+	nc, err := o.Connect()
 	if err != nil {
 		return nil, fmt.Errorf("push: NATS %s: %w", where, err)
 	}
