@@ -101,11 +101,28 @@ func TestHubStartsDegradedWithoutNATS(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	start := time.Now()
-	h, err := push.StartHub(push.HubConfig{NATS: "nats://" + addr, Logger: quiet})
+	h, err := push.StartHub(push.HubConfig{NATS: "nats://" + addr, GRPCListen: "127.0.0.1:0", PushTokens: []string{"t"}, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
+	cc, err := grpc.NewClient(h.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	health := func(want healthpb.HealthCheckResponse_ServingStatus) func() error {
+		return func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			r, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: pb.PushService_ServiceDesc.ServiceName})
+			if err != nil || r.Status != want {
+				return fmt.Errorf("health %v %v, want %v", r, err, want)
+			}
+			return nil
+		}
+	}
+	checkFor(t, 5*time.Second, health(healthpb.HealthCheckResponse_NOT_SERVING))
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("start took %v with NATS down", d)
 	}
@@ -118,6 +135,7 @@ func TestHubStartsDegradedWithoutNATS(t *testing.T) {
 	}
 	defer ns.Shutdown()
 	checkFor(t, 10*time.Second, h.Ready)
+	checkFor(t, 5*time.Second, health(healthpb.HealthCheckResponse_SERVING))
 	checkFor(t, 5*time.Second, func() error { // the router's subscriptions went out on connect
 		if ns.NumSubscriptions() < 4 {
 			return fmt.Errorf("%d subscriptions", ns.NumSubscriptions())
