@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"net"
@@ -140,6 +141,13 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
 	mux.HandleFunc("/switches", s.handleSwitches)
@@ -147,6 +155,22 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.shakeRoutes(mux)
 	return s.requireToken(mux)
+}
+
+// ready is nil when this process should take traffic, else why not.
+func (s *Server) ready() error {
+	if s.draining.Load() {
+		return errors.New("draining")
+	}
+	if s.push != nil && s.push.node != nil {
+		if err := s.push.node.Ready(); err != nil {
+			return err
+		}
+	}
+	if s.cfg.Ready != nil {
+		return s.cfg.Ready()
+	}
+	return nil
 }
 
 func writeStatus(w http.ResponseWriter, r *http.Request, st Status) {

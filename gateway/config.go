@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
@@ -62,6 +64,12 @@ type Config struct {
 	// and type within PushWindow are merged (default 20ms).
 	NATS       string
 	PushWindow time.Duration
+	// NATSOptions go to the worker's NATS connection: its credentials
+	// (push.ClientAuth.As(push.RoleGateway)) and TLS.
+	NATSOptions []nats.Option
+	// Ready, if set, is asked by /readyz beside the gateway's own state
+	// (the push hub in this process: push.Hub.Ready).
+	Ready func() error
 
 	// Shake red packets (gateway/shake.go): nil answers SHAKE and OPEN with
 	// "no event here".

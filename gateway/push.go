@@ -131,7 +131,7 @@ func (p *pusher) start() error {
 	if p == nil {
 		return nil
 	}
-	n, err := push.StartNode(push.NodeConfig{Node: p.s.cfg.Node, URLs: p.s.cfg.NATS, Logger: p.s.log}, p)
+	n, err := push.StartNode(push.NodeConfig{Node: p.s.cfg.Node, URLs: p.s.cfg.NATS, Logger: p.s.log, Options: p.s.cfg.NATSOptions}, p)
 	if err != nil {
 		return err
 	}

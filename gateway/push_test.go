@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,19 +26,20 @@ import (
 func startPush(t *testing.T, mod func(*Config)) (*Server, *push.Hub, pb.PushServiceClient) {
 	t.Helper()
 	hub, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0", BroadcastRate: 2,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		PushTokens: []string{"test-push-token"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(hub.Close)
 	s := startServer(t, func(c *Config) {
-		c.NATS = hub.NATSURL()
+		c.NATS, c.NATSOptions = hub.NATSURL(), []nats.Option{hub.Auth(push.RoleGateway)}
 		c.Node = "test-node"
 		if mod != nil {
 			mod(c)
 		}
 	})
-	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(push.BearerToken("test-push-token")))
 	if err != nil {
 		t.Fatal(err)
 	}

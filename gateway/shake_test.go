@@ -39,7 +39,7 @@ type shakeEnv struct {
 func newShakeEnv(t testing.TB, speed float64) *shakeEnv {
 	t.Helper()
 	e := live.Serve(t, speed, "gw-test")
-	return &shakeEnv{ev: e.Event, iss: e.Issuer, op: e.Opener, nc: e.NC,
+	return &shakeEnv{ev: e.Event, iss: e.Issuer, op: e.Opener, nc: e.LedgerNC,
 		cfg: &ShakeConfig{Issuer: e.Issuer, Opener: e.Opener, Verifier: e.Verifier}}
 }
 

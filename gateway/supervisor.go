@@ -41,6 +41,7 @@ type SupervisorConfig struct {
 	Logger          *slog.Logger
 	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
 	AdminToken      string              // protects switch endpoints and worker drain
+	Ready           func() error        // optional readiness of this process's own part (the push hub) for /readyz
 	// RunDir is the supervisor's private directory (from NewRunDir): worker
 	// admin sockets, and the embedded logic's socket and secret. Default: a
 	// new one. RunSupervisor removes it on exit.
@@ -108,7 +109,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 	}
 	defer os.RemoveAll(runDir)
 
-	sv := &supervisor{token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
+	sv := &supervisor{ready: cfg.Ready, token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
 	if sv.lifeline, sv.lifelineW, err = os.Pipe(); err != nil {
 		log.Error("cannot create the workers' lifeline pipe", "err", err)
 		return 1
@@ -145,6 +146,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 }
 
 type supervisor struct {
+	ready   func() error
 	token   string
 	log     *slog.Logger
 	exe     string
@@ -478,6 +480,25 @@ func (sv *supervisor) handler() http.Handler {
 			return
 		}
 		fmt.Fprintf(w, "ok %d/%d workers\n", ok, len(bodies))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if sv.ready != nil {
+			if err := sv.ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		ok, bodies := 0, sv.scrape("/readyz")
+		for _, b := range bodies {
+			if b != nil {
+				ok++
+			}
+		}
+		if ok == 0 {
+			http.Error(w, "not ready: no worker ready", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ready %d/%d workers\n", ok, len(bodies))
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		st := Status{Node: "supervisor", Version: buildinfo.Version, UptimeS: time.Since(sv.started).Seconds()}

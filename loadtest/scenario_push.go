@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/push"
 )
 
 // The push scenario drives the gateway's gRPC PushService from the
@@ -84,7 +86,18 @@ func (d *pushDriver) run(l *leg) {
 		addr = "127.0.0.1:7102"
 	}
 	rate, batch := envOr("LONGLINK_PUSH_RATE", 20000), int(envOr("LONGLINK_PUSH_BATCH", 200))
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// PushService wants the host's push token: LONGLINK_PUSH_TOKEN_FILE, or
+	// push.token beside the key file (the gateway's data directory).
+	tf := os.Getenv("LONGLINK_PUSH_TOKEN_FILE")
+	if tf == "" {
+		tf = filepath.Join(filepath.Dir(l.cfg.Keys), push.PushTokenFile)
+	}
+	tok, _, err := push.LoadOrCreateToken(tf, false)
+	if err != nil {
+		l.logf("push: %v", err)
+		return
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(push.BearerToken(tok)))
 	if err != nil {
 		l.logf("push: %v", err)
 		return

@@ -3,8 +3,10 @@ package push_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,21 +82,35 @@ func binary(t *testing.T) string {
 
 // gatewayProc runs `longlink gateway --workers N` with push on.
 type gatewayProc struct {
-	addr, grpc string
-	keys       *auth.KeySet
+	addr, grpc, admin string
+	keys              *auth.KeySet
+	token             string // PushService bearer token (<data>/push.token)
+	dir               string
 }
 
-func startGateway(t *testing.T, workers int, extra ...string) *gatewayProc {
+// gatewayArgs are the flags that keep a test gateway off every default
+// port: each listener it does not test is on a port of its own or off.
+func gatewayArgs(g *gatewayProc, workers int) []string {
+	return []string{"gateway", "--workers", strconv.Itoa(workers), "--listen", g.addr, "--admin", g.admin, "--data", g.dir,
+		"--http", "", "--push-grpc", g.grpc, "--nats-listen", "127.0.0.1:0", "--shake-ledger-admin", "",
+		"--log-level", "error", "--loops", "1"}
+}
+
+func newGatewayProc(t *testing.T) *gatewayProc {
 	t.Helper()
 	dir := t.TempDir()
 	keys, _, err := auth.LoadOrCreate(auth.KeyFile(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gatewayProc{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpc: fmt.Sprintf("127.0.0.1:%d", freePort(t)), keys: keys}
-	args := append([]string{"gateway", "--workers", strconv.Itoa(workers), "--listen", g.addr, "--admin", "", "--data", dir,
-		"--push-grpc", g.grpc, "--nats-listen", "127.0.0.1:0", "--log-level", "error", "--loops", "1"}, extra...)
-	cmd := exec.Command(binary(t), args...)
+	return &gatewayProc{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpc: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), keys: keys, dir: dir}
+}
+
+func startGateway(t *testing.T, workers int, extra ...string) *gatewayProc {
+	t.Helper()
+	g := newGatewayProc(t)
+	cmd := exec.Command(binary(t), append(gatewayArgs(g, workers), extra...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -105,15 +121,34 @@ func startGateway(t *testing.T, workers int, extra ...string) *gatewayProc {
 	})
 	checkFor(t, 20*time.Second, func() error {
 		for _, a := range []string{g.addr, g.grpc} {
-			c, err := net.Dial("tcp", a)
+			c, err := net.DialTimeout("tcp", a, time.Second)
 			if err != nil {
 				return err
 			}
 			c.Close()
 		}
-		return nil
+		tok, _, err := push.LoadOrCreateToken(filepath.Join(g.dir, push.PushTokenFile), false)
+		g.token = tok
+		return err
 	})
 	return g
+}
+
+// pushClient dials the gateway's PushService with its token.
+func pushClient(t *testing.T, g *gatewayProc, opts ...grpc.DialOption) pb.PushServiceClient {
+	t.Helper()
+	cc, err := grpc.NewClient(g.grpc, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(push.BearerToken(g.token))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return pb.NewPushServiceClient(cc)
+}
+
+// callCtx is the deadline of one test call: nothing in a test waits forever.
+func callCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
 }
 
 // store is the logic service's view: the current version per (user, type).
@@ -191,7 +226,9 @@ func (d *device) dial(t *testing.T, g *gatewayProc) {
 	d.mu.Lock()
 	d.pushed = [e2eTypes + 1]uint64{}
 	d.mu.Unlock()
-	cl, err := client.Dial(context.Background(), client.Options{
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Options{
 		Addr: g.addr, Token: tok, Device: d.name, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
 		OnPush: d.onPush,
 		OnState: func(s client.State, _ error) {
@@ -226,16 +263,13 @@ func churn(t *testing.T, g *gatewayProc, users int, dur time.Duration, mid func(
 			d.cl.Close()
 		}
 	}()
-	cc, err := grpc.NewClient(g.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	api := pb.NewPushServiceClient(cc)
+	api := pushClient(t, g)
 	// Wait until every user is routable: the first notifies must not race
 	// the registry (the grace replay covers reconnects later).
 	checkFor(t, 10*time.Second, func() error {
-		rep, err := api.Multicast(context.Background(), &pb.MulticastRequest{Uids: seq(users), Type: e2eTypes + 1})
+		ctx, cancel := callCtx()
+		defer cancel()
+		rep, err := api.Multicast(ctx, &pb.MulticastRequest{Uids: seq(users), Type: e2eTypes + 1})
 		if err != nil || rep.Offline > 0 {
 			return fmt.Errorf("multicast probe: %v %v", rep, err)
 		}
@@ -258,27 +292,30 @@ func churn(t *testing.T, g *gatewayProc, users int, dur time.Duration, mid func(
 				}
 				typ := uint32(1 + rng.IntN(e2eTypes))
 				var err error
+				ctx, cancel := callCtx()
 				if rng.IntN(10) == 0 {
 					uids := []uint64{uint64(1 + rng.IntN(users)), uint64(1 + rng.IntN(users))}
 					if uids[0] == uids[1] {
+						cancel()
 						continue
 					}
 					// One version per user: bump both, send each its own
 					// (multicast carries one version, so use it when equal).
 					v0, v1 := st.bump(uids[0], typ), st.bump(uids[1], typ)
 					if v0 == v1 {
-						_, err = api.Multicast(context.Background(), &pb.MulticastRequest{Uids: uids, Type: typ, Version: v0})
+						_, err = api.Multicast(ctx, &pb.MulticastRequest{Uids: uids, Type: typ, Version: v0})
 					} else {
-						_, err = api.Notify(context.Background(), &pb.NotifyRequest{Uid: uids[0], Type: typ, Version: v0})
+						_, err = api.Notify(ctx, &pb.NotifyRequest{Uid: uids[0], Type: typ, Version: v0})
 						if err == nil {
-							_, err = api.Notify(context.Background(), &pb.NotifyRequest{Uid: uids[1], Type: typ, Version: v1})
+							_, err = api.Notify(ctx, &pb.NotifyRequest{Uid: uids[1], Type: typ, Version: v1})
 						}
 					}
 				} else {
 					uid := uint64(1 + rng.IntN(users))
 					v := st.bump(uid, typ)
-					_, err = api.Notify(context.Background(), &pb.NotifyRequest{Uid: uid, Type: typ, Version: v, Payload: []byte("x")})
+					_, err = api.Notify(ctx, &pb.NotifyRequest{Uid: uid, Type: typ, Version: v, Payload: []byte("x")})
 				}
+				cancel()
 				calls.Add(1)
 				if err != nil {
 					failed.Add(1)
@@ -360,6 +397,14 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 	for i := range cports {
 		cports[i] = freePort(t)
 	}
+	// The cluster authenticates, as an operator's would: the router and
+	// the workers come in as their roles' users (passwords from the
+	// secret file they are given).
+	secretFile := filepath.Join(t.TempDir(), push.SecretFile)
+	secret, _, err := push.LoadOrCreateSecret(secretFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var servers []*server.Server
 	var urls []string
 	for i := 0; i < n; i++ {
@@ -370,7 +415,7 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 			}
 		}
 		ns, err := push.StartEmbedded(push.EmbeddedConfig{Listen: "127.0.0.1:0", Name: fmt.Sprintf("n%d", i),
-			ClusterListen: fmt.Sprintf("127.0.0.1:%d", cports[i]), Routes: routes})
+			ClusterListen: fmt.Sprintf("127.0.0.1:%d", cports[i]), Routes: routes, Secret: secret, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -386,7 +431,7 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 		}
 		return nil
 	})
-	g := startGateway(t, 3, "--nats", strings.Join(urls, ","))
+	g := startGateway(t, 3, "--nats", strings.Join(urls, ","), "--nats-secret", secretFile)
 	churn(t, g, 40, 6*time.Second, func() {
 		victim := servers[0] // the busiest node
 		for _, s := range servers {
@@ -396,5 +441,121 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 		}
 		t.Logf("killing NATS node %s with %d clients", victim.Name(), victim.NumClients())
 		victim.Shutdown()
+	})
+}
+
+// holdDefaultPorts listens on every port a default gateway (and logic)
+// opens, as `make run` does, so a test that forgot to move one fails.
+func holdDefaultPorts(t *testing.T) {
+	t.Helper()
+	for _, p := range []int{7100, 7101, 7102, 7103, 7180, 4222, 7200, 7201} {
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", p))
+		if err != nil {
+			continue // held already (a running gateway): just as good
+		}
+		t.Cleanup(func() { ln.Close() })
+	}
+}
+
+// TestGatewayWithDefaultPortsHeld: the e2e gateway works while another
+// gateway holds every default port (issue 17: `make test` during `make run`).
+func TestGatewayWithDefaultPortsHeld(t *testing.T) {
+	holdDefaultPorts(t)
+	g := startGateway(t, 2)
+	churn(t, g, 8, time.Second, nil)
+}
+
+// TestPushCLIAndToken: `longlink push` sends the host's push token; without
+// it (another token file) PushService answers Unauthenticated.
+func TestPushCLIAndToken(t *testing.T) {
+	g := startGateway(t, 1)
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(binary(t), append([]string{"push", "--addr", g.grpc, "--timeout", "5s"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("--data", g.dir, "--uid", "1", "--type", "1", "--version", "1", "notify")
+	if err != nil || !strings.Contains(out, "offline") {
+		t.Fatalf("push with the host token: %v\n%s", err, out)
+	}
+	sec, err := push.LoadSecret(filepath.Join(g.dir, push.SecretFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("--data", g.dir, "nats-password", "admin"); err != nil || strings.TrimSpace(out) != sec.Password(push.RoleAdmin) {
+		t.Errorf("nats-password admin: %v %q", err, out)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.token")
+	if err := os.WriteFile(bad, []byte("not-the-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run("--token-file", bad, "--uid", "1", "--type", "1", "--version", "2", "notify")
+	if err == nil || !strings.Contains(out, "Unauthenticated") {
+		t.Fatalf("push with a wrong token: %v\n%s", err, out)
+	}
+}
+
+// TestGatewayStartsWithNATSDown: an unreachable --nats does not stop the
+// gateway (push is advisory); /readyz says why it is not ready, naming the
+// address, and becomes ready when NATS comes.
+func TestGatewayStartsWithNATSDown(t *testing.T) {
+	for _, workers := range []int{1, 2} { // one process; a supervisor with its hub and workers
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) { gatewayStartsWithNATSDown(t, workers) })
+	}
+}
+
+func gatewayStartsWithNATSDown(t *testing.T, workers int) {
+	natsPort := freePort(t)
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", natsPort)
+	g := newGatewayProc(t)
+	args := gatewayArgs(g, workers)
+	cmd := exec.Command(binary(t), append(args, "--nats", "nats://"+natsAddr)...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	hc := &http.Client{Timeout: 2 * time.Second}
+	get := func(path string) (int, string, error) {
+		resp, err := hc.Get("http://" + g.admin + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	start := time.Now()
+	checkFor(t, 8*time.Second, func() error {
+		code, body, err := get("/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "nats: disconnected") || !strings.Contains(body, natsAddr) {
+			return fmt.Errorf("/readyz %d %q", code, body)
+		}
+		return nil
+	})
+	t.Logf("degraded and saying so after %v", time.Since(start).Round(time.Millisecond))
+	checkFor(t, 10*time.Second, func() error { // alive all the same (a supervisor: once a worker runs)
+		if code, body, err := get("/healthz"); err != nil || code != http.StatusOK {
+			return fmt.Errorf("/healthz %d %q %v: the gateway must be alive", code, body, err)
+		}
+		return nil
+	})
+	ns, err := push.StartEmbedded(push.EmbeddedConfig{Listen: natsAddr, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	checkFor(t, 15*time.Second, func() error {
+		code, body, err := get("/readyz")
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("/readyz %d %q %v", code, body, err)
+		}
+		return nil
 	})
 }

@@ -3,8 +3,10 @@ package push
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -30,6 +32,9 @@ type NodeConfig struct {
 	URLs   string // required: comma-separated NATS URLs
 	Logger *slog.Logger
 	Beacon time.Duration // liveness beacon period (default 2s)
+	// Options for the NATS connection: credentials first of all
+	// (ClientAuth.As(RoleGateway)).
+	Options []nats.Option
 }
 
 // Node is the gateway-worker half of push: it subscribes to the worker's own
@@ -83,7 +88,7 @@ func StartNode(cfg NodeConfig, sink Sink) (*Node, error) {
 		events: make(chan presEvent, 1<<16), snapReq: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
-	nc, err := Connect(cfg.URLs, "longlink-node "+cfg.Node, cfg.Logger,
+	nc, err := Connect(cfg.URLs, "longlink-node "+cfg.Node, cfg.Logger, append(cfg.Options[:len(cfg.Options):len(cfg.Options)],
 		nats.ReconnectHandler(func(*nats.Conn) {
 			n.Reconnects.Add(1)
 			n.log.Warn("push: NATS reconnected; resyncing presence and clients")
@@ -96,7 +101,7 @@ func StartNode(cfg NodeConfig, sink Sink) (*Node, error) {
 					sink.Resync()
 				}
 			})
-		}))
+		}))...)
 	if err != nil {
 		return nil, err
 	}
@@ -113,33 +118,68 @@ func StartNode(cfg NodeConfig, sink Sink) (*Node, error) {
 		_ = sub.SetPendingLimits(1<<20, 256<<20)
 		n.subs = append(n.subs, sub)
 	}
-	if err := nc.Flush(); err != nil {
-		nc.Close()
-		return nil, err
+	if nc.IsConnected() { // else degraded: the subscriptions are sent when it connects
+		if err := nc.FlushTimeout(5 * time.Second); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("push: NATS %s: %w", RedactURLs(cfg.URLs), err)
+		}
 	}
 	n.requestSnapshot() // announce ourselves (and clear what a router knew of a previous us)
 	go n.publisher()
 	return n, nil
 }
 
-// Connect dials NATS with reconnects that never give up.
+// Connect dials NATS with reconnects that never give up. Pass the
+// connection's credentials among opts (ClientAuth.As(role)). An unreachable
+// server is not an error: the connection keeps trying in the background
+// (push is advisory) and this logs it, naming the address.
 func Connect(urls, name string, log *slog.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	where := RedactURLs(urls)
 	base := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(100 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.RetryOnFailedConnect(true),
+		nats.IgnoreAuthErrorAbort(), // credentials may be fixed (or the secret created) while we retry
 		nats.PingInterval(5 * time.Second),
 		nats.ReconnectBufSize(64 << 20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("push: NATS disconnected", "err", err)
+				log.Warn("push: NATS disconnected", "nats", where, "conn", name, "err", err)
 			}
 		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { // permission violations among them
+			log.Error("push: NATS error", "nats", where, "conn", name, "err", err)
+		}),
 	}
-	return nats.Connect(urls, append(base, opts...)...)
+	o := nats.GetDefaultOptions()
+	for _, u := range strings.Split(urls, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			o.Servers = append(o.Servers, u)
+		}
+	}
+	for _, opt := range append(base, opts...) {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("push: NATS %s: %w", where, err)
+		}
+	}
+	if !strings.HasPrefix(o.InboxPrefix, "_INBOX_") { // ClientAuth.As sets it: nobody connects without deciding how
+		return nil, fmt.Errorf("push: NATS %s: connection %q has no role (pass ClientAuth.As(role))", where, name)
+	}
+	nc, err := o.Connect()
+	if err != nil {
+		return nil, fmt.Errorf("push: NATS %s: %w", where, err)
+	}
+	if !nc.IsConnected() {
+		log.Warn("push: NATS not reachable; retrying in the background (push is degraded meanwhile)", "nats", where, "conn", name, "err", nc.LastError())
+	}
+	return nc, nil
 }
+
+// Ready is nil while the node's NATS link is up, else the reason
+// ("nats: disconnected <addr>").
+func (n *Node) Ready() error { return connReady(n.nc, n.cfg.URLs) }
 
 // Subject is the node subject this node listens on.
 func (n *Node) Subject() string { return n.subj }

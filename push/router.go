@@ -127,7 +127,9 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		for _, s := range r.subs {
 			_ = s.SetPendingLimits(1<<20, 256<<20)
 		}
-		err = r.nc.Flush()
+		if r.nc.IsConnected() { // else degraded: sent on connect
+			err = r.nc.FlushTimeout(5 * time.Second)
+		}
 	}
 	if err != nil {
 		r.Close()

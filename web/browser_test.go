@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -47,7 +48,8 @@ type stage struct {
 // path (gRPC PushService → router → NATS → gateway worker), retrying until
 // the router has heard the user is online.
 func notify(t *testing.T, hub *push.Hub, uid uint64) {
-	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(push.BearerToken("test-push-token")))
 	if err != nil {
 		t.Error(err)
 		return
@@ -77,12 +79,13 @@ func TestBrowserClient(t *testing.T) {
 	}
 	keys, _ := auth.NewKeySet(1, map[uint32][]byte{1: []byte("browser-test-key-0123456789abcd")})
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hub, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0", Logger: quiet})
+	hub, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0", PushTokens: []string{"test-push-token"}, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer hub.Close()
-	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: quiet, NATS: hub.NATSURL()})
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: quiet, NATS: hub.NATSURL(),
+		NATSOptions: []nats.Option{hub.Auth(push.RoleGateway)}})
 	if err != nil {
 		t.Fatal(err)
 	}

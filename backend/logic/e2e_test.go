@@ -250,7 +250,7 @@ func TestE2E(t *testing.T) {
 	}
 	gwAddr, natsAddr, logicAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	lg := start(t, "logic", "--listen", logicAddr, "--data", filepath.Join(dir, "logic"), "--secret", filepath.Join(dir, "logic.secret"), "--nats", "nats://"+natsAddr,
-		"--metrics", "", "--log-level", "error")
+		"--nats-secret", filepath.Join(dir, "nats.secret"), "--metrics", "", "--log-level", "error")
 	gw := start(t, "gateway", "--workers", "2", "--listen", gwAddr, "--admin", "", "--http", "", "--data", dir,
 		"--nats-listen", natsAddr, "--push-grpc", "", "--backend", "grpc://"+logicAddr, "--log-level", "error", "--loops", "1")
 	until(t, "gateway up", 30*time.Second, func() error { return dialable(gwAddr) })

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
@@ -107,16 +109,20 @@ func runGateway(args []string) int {
 	externalNATS := cfg.NATS != "" // --nats given: the shake ledger is off by default
 	var hub *push.Hub
 	if *pf.on && *workerIdx < 0 { // one push hub per host: this process, or the supervisor
-		h, err := startPushHub(log, pf, cfg.NATS)
+		h, err := startPushHub(log, pf, cfg.NATS, *dataDir, adminToken)
 		if err != nil {
 			log.Error("cannot start push", "err", err)
 			return 1
 		}
 		defer h.Close()
-		hub, cfg.NATS = h, h.NATSURL()
+		hub, cfg.NATS, cfg.Ready = h, h.NATSURL(), h.Ready
 	} else if !*pf.on {
 		cfg.NATS = ""
+	} else if natsAuth, err = pf.auth.resolve(cfg.NATS, *dataDir); err != nil {
+		log.Error("NATS credentials", "err", err)
+		return 2
 	}
+	cfg.NATSOptions = []nats.Option{natsAuth.As(push.RoleGateway)}
 	if *workerIdx < 0 { // one ledger per host
 		stopLedger, err := startShakeLedger(log, sf, *dataDir, cfg.NATS, externalNATS, adminToken)
 		if err != nil {
@@ -136,6 +142,9 @@ func runGateway(args []string) int {
 		args := os.Args[1:]
 		if hub != nil {
 			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
+			if hub.Secret() != nil { // workers derive their password; nothing secret on the command line
+				args = append(args, "--nats-secret", filepath.Join(*dataDir, push.SecretFile))
+			}
 		}
 		args = append(args[:len(args):len(args)], gb.workerArgs...)
 		return runSupervisor(log, *workers, *admin, *dataDir, gb.runDir, *drainMax, adminToken, args, hub, gb.collectors...)

@@ -63,6 +63,8 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "text or json")
 	)
+	pushToken := fs.String("push-token-file", "", "bearer token file for --push-grpc (default <data>/push.token)")
+	na := addNATSAuthFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -92,7 +94,15 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	var notifier logic.Notifier
 	switch {
 	case *pushGRPC != "":
-		n, cc, err := logic.NewGRPCNotifier(*pushGRPC)
+		if *pushToken == "" {
+			*pushToken = filepath.Join(*dataDir, push.PushTokenFile)
+		}
+		tok, _, err := push.LoadOrCreateToken(*pushToken, false)
+		if err != nil {
+			log.Error("push gRPC token", "err", err)
+			return 2
+		}
+		n, cc, err := logic.NewGRPCNotifier(*pushGRPC, grpc.WithPerRPCCredentials(push.BearerToken(tok)))
 		if err != nil {
 			log.Error("push gRPC", "err", err)
 			return 2
@@ -100,7 +110,12 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 		defer cc.Close()
 		notifier = n
 	case *natsURL != "":
-		nc, err := push.Connect(*natsURL, "longlink-logic", log)
+		var err error
+		if natsAuth, err = na.resolve(*natsURL, *dataDir); err != nil {
+			log.Error("NATS credentials", "err", err)
+			return 2
+		}
+		nc, err := push.Connect(*natsURL, "longlink-logic", log, natsAuth.As(push.RolePusher))
 		if err != nil {
 			log.Error("cannot connect to NATS", "url", *natsURL, "err", err)
 			return 1

@@ -109,7 +109,7 @@ func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string, 
 	}
 	l.SetVerifier(v)
 	l.Replicas = *sf.replicas
-	nc, err := push.Connect(natsURL, "longlink-ledger", log)
+	nc, err := push.Connect(natsURL, "longlink-ledger", log, natsAuth.As(push.RoleLedger))
 	if err != nil {
 		l.Close()
 		return nil, err
@@ -254,7 +254,7 @@ func setupShake(log *slog.Logger, sf shakeFlags, cfg *gateway.Config, dataDir st
 	if err != nil {
 		return nil, err
 	}
-	nc, err := push.Connect(cfg.NATS, "longlink-opener", log)
+	nc, err := push.Connect(cfg.NATS, "longlink-opener", log, natsAuth.As(push.RoleGateway))
 	if err != nil {
 		return nil, err
 	}

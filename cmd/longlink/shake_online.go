@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/shake"
 	"github.com/longlink/longlink/shake/opening"
@@ -34,6 +35,7 @@ func shakeOpener(args []string) int {
 	replicas := fs.Int("replicas", opening.DefaultReplicas, "claim stream replicas (the same value as the gateways' --shake-replicas); an existing stream with fewer is refused, never lowered")
 	allow := fs.String("whitelist", "", "ticket key ids allowed (comma-separated ranges; empty: all)")
 	deny := fs.String("blacklist", "", "ticket key ids refused")
+	na := addNATSAuthFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -66,7 +68,10 @@ func shakeOpener(args []string) int {
 		*name = fmt.Sprintf("%s/%d", h, os.Getpid())
 	}
 	log := newLogger("info", "text", -1)
-	nc, err := push.Connect(*natsURL, "longlink-opener", log)
+	if natsAuth, err = na.resolve(*natsURL, auth.DefaultDataDir()); err != nil {
+		return shakeFail(err)
+	}
+	nc, err := push.Connect(*natsURL, "longlink-opener", log, natsAuth.As(push.RoleOpener))
 	if err != nil {
 		return shakeFail(err)
 	}
@@ -104,6 +109,7 @@ func shakeLedger(args []string) int {
 	replicas := fs.Int("replicas", opening.DefaultReplicas, "claim stream and lease bucket replicas (as the gateways' --shake-replicas)")
 	leaseTTL := fs.Duration("lease", opening.DefaultLeaseTTL, "ledger lease length (every ledger on the stream must use the same)")
 	ackWait := fs.Duration("ack-wait", 30*time.Second, "redeliver a claim not acknowledged within this (after a ledger crash); must exceed a batch's credit time")
+	na := addNATSAuthFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -134,7 +140,10 @@ func shakeLedger(args []string) int {
 	defer l.Close()
 	l.SetVerifier(v)
 	l.Replicas, l.LeaseTTL, l.AckWait = *replicas, *leaseTTL, *ackWait
-	nc, err := push.Connect(*natsURL, "longlink-ledger", log)
+	if natsAuth, err = na.resolve(*natsURL, auth.DefaultDataDir()); err != nil {
+		return shakeFail(err)
+	}
+	nc, err := push.Connect(*natsURL, "longlink-ledger", log, natsAuth.As(push.RoleLedger))
 	if err != nil {
 		return shakeFail(err)
 	}

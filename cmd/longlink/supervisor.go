@@ -24,8 +24,12 @@ func runSupervisor(log *slog.Logger, workers int, admin, dataDir, runDir string,
 		reg.MustRegister(more...)
 		extra = reg
 	}
-	return gateway.RunSupervisor(gateway.SupervisorConfig{
+	sc := gateway.SupervisorConfig{
 		Workers: workers, Admin: admin, DataDir: dataDir, Args: args,
 		ShutdownTimeout: shutdownTimeout, Logger: log, Extra: extra, AdminToken: adminToken, RunDir: runDir,
-	})
+	}
+	if hub != nil {
+		sc.Ready = hub.Ready
+	}
+	return gateway.RunSupervisor(sc)
 }

@@ -146,7 +146,7 @@ func runRole(role string, c roleCfg) error {
 		if err != nil {
 			return err
 		}
-		nc, err := push.Connect(url, "chaos-opener", quiet)
+		nc, err := push.Connect(url, "chaos-opener", quiet, push.ClientAuth{}.As(push.RoleOpener))
 		if err != nil {
 			return err
 		}
@@ -168,7 +168,7 @@ func runRole(role string, c roleCfg) error {
 		if err != nil {
 			return err
 		}
-		nc, err := push.Connect(url, "chaos-ledger", quiet)
+		nc, err := push.Connect(url, "chaos-ledger", quiet, push.ClientAuth{}.As(push.RoleLedger))
 		if err != nil {
 			return err
 		}
@@ -202,7 +202,7 @@ func runRole(role string, c roleCfg) error {
 		if err := iss.Start(); err != nil {
 			return err
 		}
-		nc, err := push.Connect(url, "chaos-gateway", quiet)
+		nc, err := push.Connect(url, "chaos-gateway", quiet, push.ClientAuth{}.As(push.RoleGateway))
 		if err != nil {
 			return err
 		}

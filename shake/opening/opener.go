@@ -206,10 +206,16 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int, max
 	}
 	if !have.DenyDelete || !have.DenyPurge {
 		have.DenyDelete, have.DenyPurge = true, true
-		if st, err = js.UpdateStream(ctx, have); err != nil {
-			return nil, fmt.Errorf("stream %s: setting deny_delete and deny_purge: %w", StreamName, err)
+		// Only an admin may update the stream (push/auth.go): an older
+		// stream without the flags is still guarded by the NATS
+		// permissions (nobody but an admin may purge or delete), so say it
+		// and go on.
+		if up, err := js.UpdateStream(ctx, have); err != nil {
+			log.Warn("opening: stream "+StreamName+" lacks deny_delete/deny_purge and this role may not set them: set them as the NATS admin (nats stream edit)", "err", err)
+		} else {
+			st = up
+			log.Info("opening: stream " + StreamName + ": deny_delete and deny_purge switched on")
 		}
-		log.Info("opening: stream " + StreamName + ": deny_delete and deny_purge switched on")
 	}
 	return st, nil
 }
