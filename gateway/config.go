@@ -11,6 +11,7 @@ import (
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
+	"github.com/longlink/longlink/secure"
 )
 
 // Config configures a Server. Zero fields take the defaults noted.
@@ -66,6 +67,11 @@ type Config struct {
 	// Shake red packets (gateway/shake.go): nil answers SHAKE and OPEN with
 	// "no event here".
 	Shake *ShakeConfig
+
+	// Transport encryption (gateway/secure.go): "required", "optional" or
+	// "off"; default optional with ServerKeys, off without.
+	Encryption string
+	ServerKeys *secure.KeyRing
 }
 
 func (c *Config) fill() error {
@@ -133,5 +139,5 @@ func (c *Config) fill() error {
 	}
 	def(&c.DrainWindow, 10*time.Second)
 	def(&c.PushWindow, 20*time.Millisecond)
-	return nil
+	return c.fillEncryption()
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/secure"
 )
 
 // Connection states.
@@ -40,6 +41,11 @@ type conn struct {
 	next *conn // sessions chain; guarded by the session shard's mutex
 
 	push *pushSeen // highest PUSH version written per type (push.go); owned by the event loop, nil until the first push
+
+	// Record state once HELLO succeeded (secure.go); set on the loop before
+	// the connection can be authenticated, atomic because the wheel may
+	// close a connection still in its handshake.
+	sec atomic.Pointer[secure.State]
 
 	state     atomic.Uint32
 	inflight  atomic.Int32  // calls queued or running
