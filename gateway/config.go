@@ -72,6 +72,11 @@ type Config struct {
 	// "off"; default optional with ServerKeys, off without.
 	Encryption string
 	ServerKeys *secure.KeyRing
+	// HandshakeWorkers run the X25519 work of HELLO off the loops (default
+	// GOMAXPROCS minus Loops, at least 1; -1: on the loop); at most
+	// HandshakeQueue wait (default 1024), more are shed with 3007.
+	HandshakeWorkers int
+	HandshakeQueue   int
 }
 
 func (c *Config) fill() error {

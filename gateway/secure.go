@@ -10,8 +10,11 @@ package gateway
 // dies at the AUTH deadline.
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -19,6 +22,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
 	"github.com/longlink/longlink/secure"
 )
 
@@ -33,12 +37,20 @@ const (
 // on reload) and the handshake metrics.
 type secureState struct {
 	required   bool
+	jobs       chan hsJob // the handshake pool's queue
+	poolOnce   sync.Once
 	handshakes *prometheus.CounterVec // result
 	records    prometheus.Counter     // records refused (bad_record)
 	hsTime     prometheus.Histogram
 }
 
 func (c *Config) fillEncryption() error {
+	if c.HandshakeWorkers == 0 {
+		c.HandshakeWorkers = max(1, runtime.GOMAXPROCS(0)-c.Loops)
+	}
+	if c.HandshakeQueue <= 0 {
+		c.HandshakeQueue = 1024
+	}
 	switch c.Encryption {
 	case "":
 		c.Encryption = EncryptionOff
@@ -58,6 +70,7 @@ func (c *Config) fillEncryption() error {
 
 func (s *Server) initSecure() {
 	s.sec.required = s.cfg.Encryption == EncryptionRequired
+	s.sec.jobs = make(chan hsJob, s.cfg.HandshakeQueue)
 	if s.cfg.Encryption != EncryptionOff {
 		s.secKeys.Store(s.cfg.ServerKeys)
 	}
@@ -107,28 +120,122 @@ func (s *Server) beforeAuth(c *conn, f codec.Frame) (code codec.Code, done bool)
 	return codec.OK, false
 }
 
-// onHello runs the whole server handshake in one go, on the loop: it is
-// ~3 X25519 operations (see BenchmarkServerHandshake and the
-// longlink_handshake_seconds histogram).
+// onHello starts the server handshake. Its ~3 X25519 operations (~0.1 ms
+// each on the reference host: BenchmarkServerHandshake) would hold the loop
+// for every other connection's heartbeat, so by default they run on a
+// bounded pool (HandshakeWorkers, fewer than the cores the loops need) and
+// the result comes back to the loop through AsyncWritev; bytes the client
+// sends meanwhile wait in gnet's buffer. A full queue sheds the handshake
+// with 3007 server_busy, like connection admission.
 func (s *Server) onHello(c *conn, f codec.Frame) codec.Code {
 	ring := s.secKeys.Load()
-	if ring == nil || f.Flags != codec.FlagEncrypted || c.sec.Load() != nil {
+	if ring == nil || f.Flags != codec.FlagEncrypted || c.sec.Load() != nil || c.handshaking {
 		s.sec.handshakes.WithLabelValues("refused").Inc()
 		return codec.CodeProtocol
 	}
+	if s.cfg.HandshakeWorkers < 0 { // on the loop
+		return s.applyHello(c, s.serverHandshake(ring, c, f.Body))
+	}
+	s.sec.poolOnce.Do(s.startHandshakePool)
+	select {
+	case s.sec.jobs <- hsJob{c: c, ring: ring, hello: bytes.Clone(f.Body), queued: time.Now()}:
+		c.handshaking = true
+		return codec.OK
+	default:
+		return s.shedHello(c)
+	}
+}
+
+func (s *Server) shedHello(c *conn) codec.Code {
+	s.sec.handshakes.WithLabelValues("shed").Inc()
+	s.metrics.connRefused.WithLabelValues("handshake_queue").Inc()
+	c.closeCode.Store(uint32(codec.CodeServerBusy))
+	s.send(c, s.connAdm.busyFrame(0))
+	return codeSent
+}
+
+type hsJob struct {
+	c      *conn
+	ring   *secure.KeyRing
+	hello  []byte
+	queued time.Time
+}
+
+// hsResult is a finished server handshake, to apply on the loop.
+type hsResult struct {
+	out     []byte        // HELLO_OK, or a plaintext ERROR when st is nil (WebSocket-framed if needed)
+	st      *secure.State // nil: the handshake failed
+	code    codec.Code    // OK: admitted on the first record; else closed after out
+	uid     uint64
+	device  string
+	network pb.Network
+}
+
+func (s *Server) startHandshakePool() {
+	for range s.cfg.HandshakeWorkers {
+		go func() {
+			for {
+				select {
+				case j := <-s.sec.jobs:
+					s.runHandshake(j)
+				case <-s.done:
+					return
+				}
+			}
+		}()
+	}
+}
+
+func (s *Server) runHandshake(j hsJob) {
+	c := j.c
+	if c.state.Load() != stateNew {
+		return // closed while queued
+	}
+	var res hsResult
+	if time.Since(j.queued) > s.cfg.AuthTimeout/2 { // the client has all but given up: don't spend the CPU
+		s.sec.handshakes.WithLabelValues("shed").Inc()
+		res = hsResult{out: s.wrapWS(c, s.connAdm.busyFrame(0)), code: codec.CodeServerBusy}
+	} else {
+		res = s.serverHandshake(j.ring, c, j.hello)
+	}
+	_ = c.gc.AsyncWritev(nil, func(gc gnet.Conn, err error) error {
+		if err != nil {
+			return nil // closed meanwhile
+		}
+		c.handshaking = false
+		if code := s.applyHello(c, res); code != codec.OK {
+			if s.closeOnLoop(c, code) == gnet.Close {
+				return gc.Close()
+			}
+			return nil
+		}
+		if s.OnTraffic(gc) == gnet.Close { // bytes that arrived during the handshake
+			return gc.Close()
+		}
+		return nil
+	})
+}
+
+// serverHandshake does the crypto and the token check; it touches nothing
+// shared, so it may run on any goroutine.
+func (s *Server) serverHandshake(ring *secure.KeyRing, c *conn, hello []byte) hsResult {
 	t0 := time.Now()
 	defer func() { s.sec.hsTime.Observe(time.Since(t0).Seconds()) }()
-	sh, payload, err := ring.Accept(f.Body, nil)
+	sh, payload, err := ring.Accept(hello, nil)
 	if err != nil {
+		code := codec.CodeBadHandshake
 		if errors.Is(err, secure.ErrUnknownKey) {
+			code = codec.CodeUnknownKey
 			s.sec.handshakes.WithLabelValues("unknown_key").Inc()
-			return codec.CodeUnknownKey
+		} else {
+			s.sec.handshakes.WithLabelValues("bad_handshake").Inc()
+			s.connLog.Warn("bad handshake", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
 		}
-		s.sec.handshakes.WithLabelValues("bad_handshake").Inc()
-		s.connLog.Warn("bad handshake", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
-		return codec.CodeBadHandshake
+		return hsResult{out: s.wrapWS(c, errorFrame(code)), code: code}
 	}
-	// The first flight carries exactly one AUTH frame.
+	// The first flight carries exactly one AUTH frame. checkAuth fills a
+	// scratch conn: c's own fields are the loop's.
+	tmp := &conn{gc: c.gc, id: c.id}
 	var code codec.Code
 	af, n, err := codec.Split(payload, s.cfg.MaxBody)
 	switch {
@@ -139,36 +246,52 @@ func (s *Server) onHello(c *conn, f codec.Frame) codec.Code {
 	case af.Cmd != codec.CmdAuth:
 		code = codec.CodeNotAuthed
 	default:
-		code = s.checkAuth(c, af.Body)
+		code = s.checkAuth(tmp, af.Body)
 	}
-	bb := respPool.Get()
-	defer respPool.Put(bb)
 	var answer []byte
 	if code == codec.OK {
-		bb.B = s.appendAuthOK(bb.B[:0], c)
-		answer = bb.B
+		answer = s.appendAuthOK(make([]byte, 0, 128), tmp)
 	} else {
 		answer = errorFrame(code)
 	}
-	out := make([]byte, 0, 10+codec.HeaderSize+secure.DHLen+len(answer)+secure.TagSize)
+	bodyLen := secure.DHLen + len(answer) + secure.TagSize
+	out := make([]byte, 0, 10+codec.HeaderSize+bodyLen)
 	if c.ws {
-		out = wsHeader(out, 0x2, codec.HeaderSize+secure.DHLen+len(answer)+secure.TagSize)
+		out = wsHeader(out, 0x2, codec.HeaderSize+bodyLen)
 	}
-	out = codec.AppendHeader(out, codec.CmdHelloOK, codec.FlagEncrypted, 0, secure.DHLen+len(answer)+secure.TagSize)
+	out = codec.AppendHeader(out, codec.CmdHelloOK, codec.FlagEncrypted, 0, bodyLen)
 	out, st, err := sh.Finish(out, answer)
 	if err != nil {
 		s.sec.handshakes.WithLabelValues("bad_handshake").Inc()
-		return codec.CodeBadHandshake
+		return hsResult{out: s.wrapWS(c, errorFrame(codec.CodeBadHandshake)), code: codec.CodeBadHandshake}
 	}
-	_, _ = c.gc.Write(out)
-	c.sec.Store(st)
 	if code != codec.OK {
 		s.sec.handshakes.WithLabelValues("auth_refused").Inc()
-		c.closeCode.Store(uint32(code))
-		return codeSent // the ERROR went in HELLO_OK
+	} else {
+		s.sec.handshakes.WithLabelValues("ok").Inc()
 	}
-	s.sec.handshakes.WithLabelValues("ok").Inc()
+	return hsResult{out: out, st: st, code: code, uid: tmp.uid, device: tmp.device, network: tmp.network}
+}
+
+// applyHello writes a handshake's answer and installs its keys, on the loop.
+func (s *Server) applyHello(c *conn, r hsResult) codec.Code {
+	_, _ = c.gc.Write(r.out)
+	if r.st != nil {
+		c.sec.Store(r.st)
+	}
+	if r.code != codec.OK {
+		c.closeCode.Store(uint32(r.code))
+		return codeSent // the ERROR went out (in HELLO_OK when the keys exist)
+	}
+	c.uid, c.device, c.network = r.uid, r.device, r.network
 	return codec.OK
+}
+
+func (s *Server) wrapWS(c *conn, frame []byte) []byte {
+	if !c.ws {
+		return frame
+	}
+	return append(wsHeader(make([]byte, 0, 10+len(frame)), 0x2, len(frame)), frame...)
 }
 
 // records opens the sealed records at the start of buf in place and handles

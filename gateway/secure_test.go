@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 
@@ -414,5 +415,44 @@ func TestSecureReplayedFirstFlight(t *testing.T) {
 	again, _ := dialSecure(t, s.Addr(), token(t, 21, "", time.Hour), "pad", true)
 	if r := again.call(1, "echo", []byte("x")); string(r.Body) != "x" {
 		t.Fatalf("reconnect after replays: %v", r)
+	}
+}
+
+func TestSecureHandshakeOnLoopAndShed(t *testing.T) {
+	t.Run("on_loop", func(t *testing.T) {
+		s, _ := secureServer(t, EncryptionRequired, func(c *Config) { c.HandshakeWorkers = -1 })
+		w, _ := dialSecure(t, s.Addr(), token(t, 1, "", time.Hour), "", true)
+		if r := w.call(1, "echo", []byte("x")); string(r.Body) != "x" {
+			t.Fatalf("echo %v", r)
+		}
+	})
+	t.Run("queue_full", func(t *testing.T) {
+		s, _ := secureServer(t, EncryptionRequired, func(c *Config) { c.HandshakeQueue = 1 })
+		s.sec.poolOnce.Do(func() {}) // no workers: the queue stays full
+		tok := token(t, 2, "", time.Hour)
+		first := dialWire(t, s.Addr())
+		_, hello := helloFrame(t, testServerKey, tok, "")
+		first.send(hello)
+		checkFor(t, 2*time.Second, func() error {
+			if len(s.sec.jobs) != 1 {
+				return errorf("queued %d", len(s.sec.jobs))
+			}
+			return nil
+		})
+		second := dialWire(t, s.Addr())
+		second.send(hello)
+		second.expectClose(codec.CodeServerBusy, 2*time.Second)
+	})
+}
+
+// Per-connection cost of encryption: the 8-byte sec pointer keeps conn in
+// its 144-byte size class (136 bytes before), and an encrypted connection
+// adds one secure.State object (96-byte class): +96 B, goal <= 128 B.
+func TestEncryptedConnBytes(t *testing.T) {
+	if n := unsafe.Sizeof(conn{}); n > 144 {
+		t.Fatalf("conn is %d bytes: over the 144-byte size class", n)
+	}
+	if n := unsafe.Sizeof(secure.State{}); n > 96 {
+		t.Fatalf("secure.State is %d bytes: over the 96-byte size class", n)
 	}
 }

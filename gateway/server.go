@@ -260,6 +260,9 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 // frames handles the whole frames at the start of buf and returns how many
 // bytes they took; a non-OK code means close the connection with it.
 func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
+	if c.handshaking {
+		return 0, codec.OK // bytes wait until the handshake pool answers (secure.go)
+	}
 	if st := c.sec.Load(); st != nil {
 		return s.records(c, st, buf) // sealed (secure.go)
 	}
