@@ -72,6 +72,9 @@ type Config struct {
 	// "off"; default optional with ServerKeys, off without.
 	Encryption string
 	ServerKeys *secure.KeyRing
+	// ServerKeysFile is where ServerKeys came from: POST /keys/reload on
+	// the admin port (with the admin token) reloads it.
+	ServerKeysFile string
 	// HandshakeWorkers run the X25519 work of HELLO off the loops (default
 	// GOMAXPROCS minus Loops, at least 1; -1: on the loop); at most
 	// HandshakeQueue wait (default 1024), more are shed with 3007.

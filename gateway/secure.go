@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/http"
 	"runtime"
 	"sync"
 	"time"
@@ -100,6 +101,36 @@ func (s *Server) ReloadServerKeys(r *secure.KeyRing) error {
 	s.secKeys.Store(r)
 	s.log.Info("server keys reloaded", "active", r.Active().ID, "ids", r.IDs())
 	return nil
+}
+
+// handleKeysReload serves POST /keys/reload: reload Config.ServerKeysFile
+// (admin token required; audited in the log).
+func (s *Server) handleKeysReload(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		s.connLog.Warn("audit: unauthenticated admin request refused", "path", r.URL.Path, "remote", r.RemoteAddr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="longlink admin"`)
+		http.Error(w, "admin token required", http.StatusUnauthorized)
+		return
+	}
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	if s.cfg.ServerKeysFile == "" {
+		http.Error(w, "no server key file configured", http.StatusConflict)
+		return
+	}
+	ring, err := secure.LoadKeyRing(s.cfg.ServerKeysFile)
+	if err == nil {
+		err = s.ReloadServerKeys(ring)
+	}
+	if err != nil {
+		s.log.Warn("audit: server keys reload failed", "remote", r.RemoteAddr, "err", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.log.Info("audit: server keys reloaded by admin call", "remote", r.RemoteAddr, "active", ring.Active().ID)
+	fmt.Fprintf(w, "active %d, loaded %v\n", ring.Active().ID, ring.IDs())
 }
 
 // beforeAuth handles HELLO and applies the policy to plaintext AUTH, for a

@@ -61,6 +61,9 @@ func BenchmarkEncryptedHeartbeatOnLoop(b *testing.B) {
 }
 
 func TestEncryptedHeartbeatOnLoopZeroAlloc(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items under the race detector")
+	}
 	s, fc, recs := encryptedLoopConn(t, 1100)
 	c := fc.ctx.(*conn)
 	i := 0

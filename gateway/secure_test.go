@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/gobwas/ws"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/backend"
@@ -454,5 +456,122 @@ func TestEncryptedConnBytes(t *testing.T) {
 	}
 	if n := unsafe.Sizeof(secure.State{}); n > 96 {
 		t.Fatalf("secure.State is %d bytes: over the 96-byte size class", n)
+	}
+}
+
+// Key rotation without a restart: POST /keys/reload (admin token) swaps the
+// ring; clients pinning the new key connect, the old key keeps working
+// while it stays in the file.
+func TestServerKeysReloadByAdmin(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/server-keys.json"
+	old, _ := secure.GenerateKey(1, nil)
+	if err := secure.SaveKeys(file, []secure.ServerKey{old}, 1); err != nil {
+		t.Fatal(err)
+	}
+	ring, _ := secure.LoadKeyRing(file)
+	s := startServer(t, func(c *Config) {
+		c.ServerKeys, c.ServerKeysFile, c.Encryption, c.AdminToken = ring, file, EncryptionRequired, "sekrit"
+	})
+	admin, err := s.ServeAdmin("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(tok string) int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+admin+"/keys/reload", nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	hello := func(k secure.ServerKey) codec.Frame {
+		w := dialWire(t, s.Addr())
+		_, h := helloFrame(t, k, token(t, 3, "", time.Hour), "")
+		w.send(h)
+		f, err := w.next(2 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	nk, _ := secure.GenerateKey(2, nil)
+	if f := hello(nk); f.Cmd != codec.CmdError {
+		t.Fatalf("new key accepted before the reload: %v", f.Cmd)
+	}
+	if err := secure.SaveKeys(file, []secure.ServerKey{old, nk}, 2); err != nil {
+		t.Fatal(err)
+	}
+	if code := post(""); code != http.StatusUnauthorized {
+		t.Fatalf("reload without the admin token: %d", code)
+	}
+	if code := post("sekrit"); code != http.StatusOK {
+		t.Fatalf("reload: %d", code)
+	}
+	for _, k := range []secure.ServerKey{nk, old} {
+		if f := hello(k); f.Cmd != codec.CmdHelloOK {
+			t.Fatalf("key %d after the reload: %v", k.ID, f.Cmd)
+		}
+	}
+}
+
+// Over WebSocket: HELLO and HELLO_OK in binary messages, then one record
+// per message; a tampered record closes with 3010.
+func TestSecureOverWebSocket(t *testing.T) {
+	s, n := secureServer(t, EncryptionRequired, nil)
+	w := dialWS(t, s.Addr())
+	hs, hello := helloFrame(t, testServerKey, token(t, 8, "", time.Hour), "web")
+	w.sendRaw(ws.MaskFrame(ws.NewBinaryFrame(hello)))
+	f := w.expect(codec.CmdHelloOK)
+	payload, st, err := hs.Finish(f.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inner, _, _ := codec.Split(payload, codec.MaxBodyLimit); inner.Cmd != codec.CmdAuthOK {
+		t.Fatalf("HELLO_OK carries %v", inner.Cmd)
+	}
+	sealed := func(cmd codec.Cmd, seq uint16, m proto.Message) []byte {
+		var body []byte
+		if m != nil {
+			body, _ = proto.Marshal(m)
+		}
+		return st.Seal(nil, codec.AppendFrame(nil, cmd, 0, seq, body))
+	}
+	open := func() codec.Frame {
+		m := w.read()
+		fr, k, err := st.Open(m.Payload, codec.MaxBodyLimit)
+		if err != nil || k != len(m.Payload) {
+			t.Fatalf("record: %v (%d of %d bytes)", err, k, len(m.Payload))
+		}
+		inner, _, _ := codec.Split(fr, codec.MaxBodyLimit)
+		inner.Body = bytes.Clone(inner.Body)
+		return inner
+	}
+	w.sendRaw(ws.MaskFrame(ws.NewBinaryFrame(sealed(codec.CmdHeartbeat, 5, nil))))
+	if f := open(); f.Cmd != codec.CmdPong || f.Seq != 5 {
+		t.Fatalf("got %v seq %d", f.Cmd, f.Seq)
+	}
+	w.sendRaw(ws.MaskFrame(ws.NewBinaryFrame(sealed(codec.CmdRequest, 6, &pb.Request{Method: "count"}))))
+	if f := open(); f.Cmd != codec.CmdResponse || f.Seq != 6 {
+		t.Fatalf("got %v seq %d", f.Cmd, f.Seq)
+	}
+	bad := sealed(codec.CmdRequest, 7, &pb.Request{Method: "count"})
+	bad[len(bad)-1] ^= 1
+	w.sendRaw(ws.MaskFrame(ws.NewBinaryFrame(bad)))
+	if f := open(); f.Cmd != codec.CmdError {
+		t.Fatalf("got %v after a tampered record", f.Cmd)
+	} else {
+		var e pb.Error
+		_ = proto.Unmarshal(f.Body, &e)
+		if codec.Code(e.Code) != codec.CodeBadRecord {
+			t.Fatalf("code %d", e.Code)
+		}
+	}
+	if n.Load() != 1 {
+		t.Fatalf("handler ran %d times, want 1", n.Load())
 	}
 }

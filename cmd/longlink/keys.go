@@ -131,7 +131,7 @@ func (e *encryptionFlags) apply(log *slog.Logger, cfg *gateway.Config, dataDir s
 	if err != nil {
 		return fmt.Errorf("server keys: %w", err)
 	}
-	cfg.ServerKeys = ring
+	cfg.ServerKeys, cfg.ServerKeysFile = ring, *e.file
 	if !quiet {
 		log.Info("server keys loaded", "file", *e.file, "active", ring.Active().ID, "ids", ring.IDs(), "encryption", *e.mode)
 	}
