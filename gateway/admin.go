@@ -144,7 +144,7 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
 	mux.HandleFunc("/switches", s.handleSwitches)
 	mux.HandleFunc("/keys/reload", s.handleKeysReload) // secure.go
-	mux.HandleFunc("/debug/pprof/", pprof.Index) // profiles, behind the admin token
+	mux.HandleFunc("/debug/pprof/", pprof.Index)       // profiles, behind the admin token
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.shakeRoutes(mux)
 	return s.requireToken(mux)
