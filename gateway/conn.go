@@ -33,11 +33,11 @@ type conn struct {
 	network pb.Network
 
 	// Owned by the event loop.
-	rateWin     uint32 // flood window (in seconds of wheel time)
-	frames      uint16 // frames seen in rateWin
-	partial     bool   // a frame is half-received
-	ws          bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
-	handshaking bool   // HELLO is on the handshake pool (secure.go)
+	rateWin uint32 // flood window (in seconds of wheel time)
+	frames  uint16 // frames seen in rateWin
+	partial bool   // a frame is half-received
+	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
+	inHello bool   // HELLO is on the handshake pool (secure.go)
 
 	next *conn // sessions chain; guarded by the session shard's mutex
 

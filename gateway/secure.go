@@ -160,7 +160,7 @@ func (s *Server) beforeAuth(c *conn, f codec.Frame) (code codec.Code, done bool)
 // with 3007 server_busy, like connection admission.
 func (s *Server) onHello(c *conn, f codec.Frame) codec.Code {
 	ring := s.secKeys.Load()
-	if ring == nil || f.Flags != codec.FlagEncrypted || c.sec.Load() != nil || c.handshaking {
+	if ring == nil || f.Flags != codec.FlagEncrypted || c.sec.Load() != nil || c.inHello {
 		s.sec.handshakes.WithLabelValues("refused").Inc()
 		return codec.CodeProtocol
 	}
@@ -170,7 +170,7 @@ func (s *Server) onHello(c *conn, f codec.Frame) codec.Code {
 	s.sec.poolOnce.Do(s.startHandshakePool)
 	select {
 	case s.sec.jobs <- hsJob{c: c, ring: ring, hello: bytes.Clone(f.Body), queued: time.Now()}:
-		c.handshaking = true
+		c.inHello = true
 		return codec.OK
 	default:
 		return s.shedHello(c)
@@ -233,7 +233,7 @@ func (s *Server) runHandshake(j hsJob) {
 		if err != nil {
 			return nil // closed meanwhile
 		}
-		c.handshaking = false
+		c.inHello = false
 		if code := s.applyHello(c, res); code != codec.OK {
 			if s.closeOnLoop(c, code) == gnet.Close {
 				return gc.Close()

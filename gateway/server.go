@@ -240,7 +240,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c.ws {
 		return s.onWSTraffic(c, buf, 0)
 	}
-	if len(buf) > 0 && buf[0] == 'G' && c.state.Load() == stateNew {
+	if len(buf) > 0 && buf[0] == 'G' && c.state.Load() == stateNew && c.sec.Load() == nil && !c.inHello {
 		return s.upgrade(c, buf) // an HTTP GET: WebSocket on the same port
 	}
 	off, code := s.frames(c, buf)
@@ -260,7 +260,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 // frames handles the whole frames at the start of buf and returns how many
 // bytes they took; a non-OK code means close the connection with it.
 func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
-	if c.handshaking {
+	if c.inHello {
 		return 0, codec.OK // bytes wait until the handshake pool answers (secure.go)
 	}
 	if st := c.sec.Load(); st != nil {
