@@ -17,6 +17,7 @@ import (
 	"github.com/longlink/longlink/proto/pb"
 	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/secure"
+	"github.com/longlink/longlink/shake/shaketest/live"
 )
 
 func testRing(t *testing.T) (*secure.KeyRing, secure.ServerKey) {
@@ -210,5 +211,52 @@ func TestForgedServerKeyRefused(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if len(accepts) != 1 {
 		t.Fatalf("%d connections: the client retried a forged server", len(accepts))
+	}
+}
+
+// Shake and open, a POLICY change and degrade CONFIG, all encrypted.
+func TestEncryptedShakePolicyConfig(t *testing.T) {
+	e := live.Serve(t, 50, "sdk-secure")
+	ring, key := testRing(t)
+	s := startGateway(t, "127.0.0.1:0", func(c *gateway.Config) {
+		c.ServerKeys, c.Encryption = ring, gateway.EncryptionRequired
+		c.Shake = &gateway.ShakeConfig{Issuer: e.Issuer, Opener: e.Opener, Verifier: e.Verifier}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, Options{Addr: s.Addr(), Token: tok(78, time.Hour), Device: "d", Encrypt: true, ServerKey: key.Pin()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for {
+		r, err := c.Shake(ctx)
+		if err != nil {
+			t.Fatalf("shake: %v", err)
+		}
+		if r.Result != 0 {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		o, err := c.Open(ctx, r.Ticket)
+		if err != nil || o.Code != 0 || o.AmountFen == 0 {
+			t.Fatalf("open: %v %v", o, err)
+		}
+		break
+	}
+	orig := c.HeartbeatPolicy().GetMinIntervalS()
+	if err := s.SetHeartbeatPolicies(s.HeartbeatPolicies().Scale(2)); err != nil {
+		t.Fatal(err)
+	}
+	sw := s.Switches()
+	sw.Degrade = 2
+	if err := s.SetSwitches(sw, "test"); err != nil {
+		t.Fatal(err)
+	}
+	for c.DegradeConfig().GetDegradeLevel() != 2 || c.HeartbeatPolicy().GetMinIntervalS() <= orig {
+		if ctx.Err() != nil {
+			t.Fatalf("no sealed CONFIG/POLICY: %v, min %d (was %d)", c.DegradeConfig(), c.HeartbeatPolicy().GetMinIntervalS(), orig)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
