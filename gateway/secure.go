@@ -16,12 +16,14 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/bytebufferpool"
 
+	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/proto/pb"
 	"github.com/longlink/longlink/secure"
@@ -37,6 +39,7 @@ const (
 // secureState is the server's encryption side: the key ring (swapped whole
 // on reload) and the handshake metrics.
 type secureState struct {
+	tokKeys    atomic.Pointer[auth.KeySet] // token keys after a reload (nil: Config.Keys)
 	required   bool
 	jobs       chan hsJob // the handshake pool's queue
 	poolOnce   sync.Once
@@ -87,6 +90,25 @@ func (s *Server) initSecure() {
 	})
 	s.metrics.reg.MustRegister(s.sec.handshakes, s.sec.records, s.sec.hsTime)
 	s.metrics.all = append(s.metrics.all, s.sec.handshakes, s.sec.records, s.sec.hsTime)
+}
+
+// tokenKeys returns the token keys in force.
+func (s *Server) tokenKeys() *auth.KeySet {
+	if k := s.sec.tokKeys.Load(); k != nil {
+		return k
+	}
+	return s.cfg.Keys
+}
+
+// ReloadTokenKeys swaps in new token keys (SIGHUP in longlink gateway):
+// tokens signed by a key no longer loaded are refused from then on.
+func (s *Server) ReloadTokenKeys(ks *auth.KeySet) error {
+	if ks == nil {
+		return errors.New("gateway: nil token keys")
+	}
+	s.sec.tokKeys.Store(ks)
+	s.log.Info("audit: token keys reloaded", "active", ks.Active())
+	return nil
 }
 
 // ReloadServerKeys swaps in a new key ring; connections already encrypted

@@ -14,6 +14,7 @@ import (
 	"github.com/gobwas/ws"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/proto/pb"
@@ -574,4 +575,24 @@ func TestSecureOverWebSocket(t *testing.T) {
 	if n.Load() != 1 {
 		t.Fatalf("handler ran %d times, want 1", n.Load())
 	}
+}
+
+// Token keys reload without a restart (SIGHUP in longlink gateway).
+func TestTokenKeysReload(t *testing.T) {
+	s := startServer(t, nil)
+	nk, err := auth.NewKeySet(2, map[uint32][]byte{2: []byte("another-token-key-0123456789abcd")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := nk.Mint(5, "", time.Now().Add(time.Hour))
+	w := dialWire(t, s.Addr())
+	w.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: tok})
+	w.expectClose(codec.CodeBadToken, 2*time.Second)
+	if err := s.ReloadTokenKeys(nk); err != nil {
+		t.Fatal(err)
+	}
+	dialWire(t, s.Addr()).auth(tok, "d")
+	w = dialWire(t, s.Addr())
+	w.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: token(t, 6, "", time.Hour)}) // signed by the old key
+	w.expectClose(codec.CodeBadToken, 2*time.Second)
 }

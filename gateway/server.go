@@ -391,7 +391,7 @@ func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 		s.metrics.authMalformed.Inc()
 		return codec.CodeBadToken
 	}
-	claims, err := s.cfg.Keys.VerifyBytes(a.token, time.Now())
+	claims, err := s.tokenKeys().VerifyBytes(a.token, time.Now())
 	if err != nil {
 		if errors.Is(err, auth.ErrExpired) {
 			s.metrics.auths.WithLabelValues("expired").Inc()

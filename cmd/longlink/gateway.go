@@ -196,7 +196,7 @@ func runGateway(args []string) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	defer ef.reloadOnHUP(log, srv)()
+	defer ef.reloadOnHUP(log, srv, keyPath)()
 	if httpCfg.Addr != "" {
 		addr, err := srv.ServeHTTP(httpCfg, *workerIdx >= 0)
 		if err != nil {

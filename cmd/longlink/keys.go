@@ -138,11 +138,9 @@ func (e *encryptionFlags) apply(log *slog.Logger, cfg *gateway.Config, dataDir s
 	return nil
 }
 
-// reloadOnHUP reloads the server keys on SIGHUP (audited in the log).
-func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server) (stop func()) {
-	if *e.mode == gateway.EncryptionOff {
-		return func() {}
-	}
+// reloadOnHUP reloads the token keys and (unless encryption is off) the
+// server keys on SIGHUP, audited in the log.
+func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tokenFile string) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -150,6 +148,14 @@ func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server) (st
 		for {
 			select {
 			case <-ch:
+				if ks, err := auth.LoadKeyFile(tokenFile); err != nil {
+					log.Error("SIGHUP: token keys not reloaded", "file", tokenFile, "err", err)
+				} else {
+					_ = srv.ReloadTokenKeys(ks)
+				}
+				if *e.mode == gateway.EncryptionOff {
+					continue
+				}
 				ring, err := secure.LoadKeyRing(*e.file)
 				if err == nil {
 					err = srv.ReloadServerKeys(ring)
