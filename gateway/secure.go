@@ -1,10 +1,11 @@
 package gateway
 
-// Transport encryption on the loop (package secure; docs/protocol.md
-// "Encryption"). A client sends HELLO (Noise NK message 1 carrying its AUTH
-// frame); the server verifies the token, answers HELLO_OK (message 2
-// carrying AUTH_OK or the ERROR) and from then on every byte both ways is a
-// sealed record. The connection joins the session table only when the
+// Transport encryption (package secure; docs/protocol.md "Encryption"). A
+// client sends HELLO (Noise NK message 1 carrying its AUTH frame); the
+// server verifies the token, answers HELLO_OK (message 2 carrying AUTH_OK or
+// the ERROR) and from then on every byte both ways is a sealed record,
+// opened in place and sealed on the connection's loop. The handshake's
+// X25519 work runs on a bounded pool (onHello). The connection joins the session table only when the
 // client's first record proves it holds the keys: a replayed first flight
 // gets a HELLO_OK it cannot read, replaces no session, counts no flap, and
 // dies at the AUTH deadline.
@@ -36,8 +37,9 @@ const (
 	EncryptionRequired = "required" // plaintext AUTH refused with 4010
 )
 
-// secureState is the server's encryption side: the key ring (swapped whole
-// on reload) and the handshake metrics.
+// secureState is the server's encryption side (the server key ring is
+// Server.secKeys, swapped whole on reload): reloaded token keys, the
+// handshake pool and the metrics.
 type secureState struct {
 	tokKeys    atomic.Pointer[auth.KeySet] // token keys after a reload (nil: Config.Keys)
 	required   bool
