@@ -18,7 +18,7 @@ build: ## build bin/longlink
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/longlink
 
 run: build ## run the gateway on its embedded defaults (:7100, admin 127.0.0.1:7101)
-	./$(BIN) gateway
+	./$(BIN) gateway --encryption required
 
 test: ## go vet + go test -race ./...
 	$(GO) vet ./...

@@ -25,6 +25,7 @@ import (
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/secure"
 )
 
 // Options configure a Client. Addr and Token (or TokenFunc) are required.
@@ -54,6 +55,18 @@ type Options struct {
 	BackoffMax  time.Duration // default 60s
 	// NoReconnect makes the Client stop at the first disconnect.
 	NoReconnect bool
+
+	// Encrypt speaks the HELLO handshake (Noise NK) before AUTH and seals
+	// everything after it; it needs ServerKey or ServerKeys and never falls
+	// back to plaintext (client/secure.go).
+	Encrypt bool
+	// ServerKey / ServerKeys pin the gateway's static public keys, as
+	// printed by `longlink keys` ("<id>:<64 hex digits>"). The first is
+	// used; a server answering 4011 unknown_server_key moves to the next.
+	ServerKey  string
+	ServerKeys []string
+	// Suite is the cipher suite (0: ChaCha20-Poly1305; secure.SuiteAESGCM).
+	Suite uint8
 
 	// OnPush receives server pushes. Must not block.
 	OnPush func(*pb.Push)
@@ -121,6 +134,9 @@ type Client struct {
 	authOK  *pb.AuthOK
 	lastErr error
 
+	pins   []secure.PinnedKey // Encrypt: the pinned server keys (secure.go)
+	pinIdx atomic.Int32       // the pin in use
+
 	smart  *heartbeat.Smart // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
 	config *pb.ClientConfig // last CONFIG (degrade mode); guarded by mu
 	kick   chan struct{}    // wakes the heartbeat loop after a policy or mode change
@@ -142,6 +158,7 @@ type session struct {
 	closed   chan struct{}
 	once     sync.Once
 	err      error
+	sec      *secure.State // nil in plaintext; Seal under wmu, Open on the reader
 }
 
 type result struct {
@@ -169,6 +186,9 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		opts.BackoffMax = 60 * time.Second
 	}
 	c := &Client{opts: opts, ready: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	if err := c.initSecure(); err != nil {
+		return nil, err
+	}
 	go c.run()
 	if err := c.WaitReady(ctx); err != nil {
 		c.Close()
@@ -268,6 +288,10 @@ func (c *Client) run() {
 			return
 		default:
 		}
+		if errors.Is(err, ErrForgedServer) { // never retried, never in plaintext
+			c.setState(Closed, err)
+			return
+		}
 		var sc *ServerClose
 		if errors.As(err, &sc) {
 			if !sc.Code.Reconnect() {
@@ -331,12 +355,7 @@ func (c *Client) connect(addr string) (*session, error) {
 	s := &session{nc: nc, pending: map[uint16]chan result{}, closed: make(chan struct{}), pong: make(chan struct{}, 1)}
 	body, _ := proto.Marshal(&pb.Auth{Token: tok, Device: c.opts.Device, Network: c.opts.Network, ClientVersion: "longlink-go"})
 	_ = nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
-	if _, err := nc.Write(codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body)); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	r := &frameReader{r: nc, buf: make([]byte, 0, 4096)}
-	f, err := r.next()
+	r, f, err := c.hello(s, codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -354,6 +373,10 @@ func (c *Client) connect(addr string) (*session, error) {
 	if err := proto.Unmarshal(f.Body, &ok); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("longlink: bad AUTH_OK: %w", err)
+	}
+	if err := c.confirm(s, r); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
 	c.mu.Lock()
@@ -404,6 +427,9 @@ func (s *session) write(b []byte) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	_ = s.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if s.sec != nil {
+		b = s.sec.Seal(make([]byte, 0, len(b)+secure.Overhead), b)
+	}
 	_, err := s.nc.Write(b)
 	s.lastSend.Store(time.Now().UnixNano())
 	return err

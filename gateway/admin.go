@@ -151,6 +151,7 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
 	mux.HandleFunc("/switches", s.handleSwitches)
+	mux.HandleFunc("/keys/reload", s.handleKeysReload)
 	mux.HandleFunc("/debug/pprof/", pprof.Index) // profiles, behind the admin token
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.shakeRoutes(mux)

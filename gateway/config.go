@@ -13,6 +13,7 @@ import (
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
+	"github.com/longlink/longlink/secure"
 )
 
 // Config configures a Server. Zero fields take the defaults noted.
@@ -74,6 +75,19 @@ type Config struct {
 	// Shake red packets (gateway/shake.go): nil answers SHAKE and OPEN with
 	// "no event here".
 	Shake *ShakeConfig
+
+	// Transport encryption (gateway/secure.go): "required", "optional" or
+	// "off"; default optional with ServerKeys, off without.
+	Encryption string
+	ServerKeys *secure.KeyRing
+	// ServerKeysFile is where ServerKeys came from: POST /keys/reload on
+	// the admin port (with the admin token) reloads it.
+	ServerKeysFile string
+	// HandshakeWorkers run the X25519 work of HELLO off the loops (default
+	// GOMAXPROCS minus Loops, at least 1; -1: on the loop); at most
+	// HandshakeQueue wait (default 1024), more are shed with 3007.
+	HandshakeWorkers int
+	HandshakeQueue   int
 }
 
 func (c *Config) fill() error {
@@ -141,5 +155,5 @@ func (c *Config) fill() error {
 	}
 	def(&c.DrainWindow, 10*time.Second)
 	def(&c.PushWindow, 20*time.Millisecond)
-	return nil
+	return c.fillEncryption()
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/longlink/longlink/heartbeat"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/secure"
 )
 
 // Connection states.
@@ -36,10 +37,16 @@ type conn struct {
 	frames  uint16 // frames seen in rateWin
 	partial bool   // a frame is half-received
 	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
+	inHello bool   // HELLO is on the handshake pool (secure.go)
 
 	next *conn // sessions chain; guarded by the session shard's mutex
 
 	push *pushSeen // highest PUSH version written per type (push.go); owned by the event loop, nil until the first push
+
+	// Record state once HELLO succeeded (secure.go); set on the loop before
+	// the connection can be authenticated, atomic because the wheel may
+	// close a connection still in its handshake.
+	sec atomic.Pointer[secure.State]
 
 	state     atomic.Uint32
 	inflight  atomic.Int32  // calls queued or running

@@ -105,7 +105,7 @@ func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
 		s.httpFail(w, http.StatusUnauthorized, codec.CodeBadToken, "missing bearer token", 0)
 		return
 	}
-	claims, err := s.cfg.Keys.Verify(strings.TrimSpace(tok), time.Now())
+	claims, err := s.tokenKeys().Verify(strings.TrimSpace(tok), time.Now())
 	if err != nil {
 		code := codec.CodeBadToken
 		if errors.Is(err, auth.ErrExpired) {

@@ -373,6 +373,10 @@ func (lb *loopBatch) Run(context.Context) error {
 // writeFrames writes whole protocol frames to c, on c's loop: one write, in
 // one binary message on WebSocket.
 func writeFrames(c *conn, b []byte) {
+	if st := c.sec.Load(); st != nil {
+		writeSealed(c, st, b) // one record for the batch
+		return
+	}
 	if c.ws {
 		var h [10]byte
 		_, _ = c.gc.Writev([][]byte{wsHeader(h[:0], 0x2, len(b)), b})

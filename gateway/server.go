@@ -31,6 +31,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
+	"github.com/longlink/longlink/secure"
 )
 
 // Server is one gateway worker.
@@ -49,6 +50,8 @@ type Server struct {
 	presence *presence
 	push     *pusher // nil when Config.NATS is empty
 	shake    *shaker // SHAKE and OPEN (shake.go)
+	sec      secureState
+	secKeys  atomic.Pointer[secure.KeyRing] // nil: encryption off (secure.go)
 
 	secTicks   uint32 // wheel ticks per second (flood window)
 	authTicks  uint32
@@ -100,6 +103,7 @@ func New(cfg Config) (*Server, error) {
 	s.presence = newPresence(s)
 	s.push = newPusher(s)
 	s.shake = newShaker(s)
+	s.initSecure()
 	return s, nil
 }
 
@@ -236,7 +240,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c.ws {
 		return s.onWSTraffic(c, buf, 0)
 	}
-	if len(buf) > 0 && buf[0] == 'G' && c.state.Load() == stateNew {
+	if len(buf) > 0 && buf[0] == 'G' && c.state.Load() == stateNew && c.sec.Load() == nil && !c.inHello {
 		return s.upgrade(c, buf) // an HTTP GET: WebSocket on the same port
 	}
 	off, code := s.frames(c, buf)
@@ -256,6 +260,12 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 // frames handles the whole frames at the start of buf and returns how many
 // bytes they took; a non-OK code means close the connection with it.
 func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
+	if c.inHello {
+		return 0, codec.OK // bytes wait until the handshake pool answers (secure.go)
+	}
+	if st := c.sec.Load(); st != nil {
+		return s.records(c, st, buf) // sealed (secure.go)
+	}
 	off := 0
 	for off < len(buf) {
 		f, n, err := codec.Split(buf[off:], s.cfg.MaxBody)
@@ -269,6 +279,10 @@ func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
 		off += n
 		if code := s.handle(c, f); code != codec.OK {
 			return off, code
+		}
+		if f.Cmd == codec.CmdHello { // the rest is sealed (secure.go)
+			m, code := s.frames(c, buf[off:])
+			return off + m, code
 		}
 	}
 	return off, codec.OK
@@ -290,6 +304,10 @@ func (s *Server) afterTraffic(c *conn, rest int) {
 
 // send writes a protocol frame to c. Must run on c's event loop.
 func (s *Server) send(c *conn, frame []byte) {
+	if st := c.sec.Load(); st != nil {
+		writeSealed(c, st, frame)
+		return
+	}
 	if c.ws {
 		_, _ = c.gc.Writev([][]byte{wsHeader(make([]byte, 0, 10), 0x2, len(frame)), frame})
 		return
@@ -300,6 +318,9 @@ func (s *Server) send(c *conn, frame []byte) {
 // sendAsync queues a protocol frame to c from any goroutine; cb (may be nil)
 // runs on the loop afterwards. frame must stay untouched until then.
 func (s *Server) sendAsync(c *conn, frame []byte, cb gnet.AsyncCallback) error {
+	if c.sec.Load() != nil {
+		return sendSealedAsync(c, frame, cb)
+	}
 	if c.ws {
 		return c.gc.AsyncWritev([][]byte{wsHeader(make([]byte, 0, 10), 0x2, len(frame)), frame}, cb)
 	}
@@ -316,6 +337,9 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 	if c.frames++; int(c.frames) > s.cfg.MaxFrameRate {
 		return codec.CodeFlood
 	}
+	if code, done := s.beforeAuth(c, f); done { // HELLO and the encryption policy (secure.go)
+		return code
+	}
 	if f.Flags != 0 {
 		return codec.CodeProtocol // encryption and compression are announced but not yet spoken
 	}
@@ -329,7 +353,9 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 	switch f.Cmd {
 	case codec.CmdHeartbeat:
 		// counted in longlink_frames_in_total{cmd="HEARTBEAT"} above
-		if c.ws {
+		if c.sec.Load() != nil {
+			s.send(c, pongFrame(f.Seq))
+		} else if c.ws {
 			_, _ = c.gc.Write(wsPongFrame(f.Seq))
 		} else {
 			_, _ = c.gc.Write(pongFrame(f.Seq))
@@ -350,12 +376,22 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 
 // authenticate verifies the token locally and admits the connection.
 func (s *Server) authenticate(c *conn, body []byte) codec.Code {
+	if code := s.checkAuth(c, body); code != codec.OK {
+		return code
+	}
+	return s.admit(c, true)
+}
+
+// checkAuth verifies AUTH's token and sets c's uid, device and network;
+// it has no other effect (an encrypted first flight may be a replay:
+// secure.go admits only after the client proves its keys).
+func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 	a, ok := parseAuth(body)
 	if !ok {
 		s.metrics.authMalformed.Inc()
 		return codec.CodeBadToken
 	}
-	claims, err := s.cfg.Keys.VerifyBytes(a.token, time.Now())
+	claims, err := s.tokenKeys().VerifyBytes(a.token, time.Now())
 	if err != nil {
 		if errors.Is(err, auth.ErrExpired) {
 			s.metrics.auths.WithLabelValues("expired").Inc()
@@ -376,13 +412,20 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 		s.metrics.authMalformed.Inc()
 		return codec.CodeBadToken
 	}
-	if ban, flapping := s.connAdm.flapping(claims.UID, time.Now()); flapping {
+	c.uid, c.device, c.network = claims.UID, device, a.network
+	return codec.OK
+}
+
+// admit applies the flapping rule and puts a checked connection in the
+// session table; sendOK writes AUTH_OK (an encrypted connection got it in
+// HELLO_OK already).
+func (s *Server) admit(c *conn, sendOK bool) codec.Code {
+	if ban, flapping := s.connAdm.flapping(c.uid, time.Now()); flapping {
 		s.metrics.connRefused.WithLabelValues("flapping").Inc()
 		c.closeCode.Store(uint32(codec.CodeServerBusy))
 		s.send(c, s.connAdm.busyFrame(ban))
 		return codeSent
 	}
-	c.uid, c.device, c.network = claims.UID, device, a.network
 	c.state.Store(stateAuthed)
 	s.metrics.authOK.Inc()
 	s.metrics.sessions.Inc()
@@ -392,10 +435,12 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 	s.wheel.Set(&c.hb, s.idleTicks(c.network), heartbeat.Never)
 	s.wheel.Touch(&c.hb)
 
-	bb := respPool.Get()
-	bb.B = s.appendAuthOK(bb.B[:0], c)
-	s.send(c, bb.B)
-	respPool.Put(bb)
+	if sendOK {
+		bb := respPool.Get()
+		bb.B = s.appendAuthOK(bb.B[:0], c)
+		s.send(c, bb.B)
+		respPool.Put(bb)
+	}
 	s.presence.online(c)
 	return codec.OK
 }

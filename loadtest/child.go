@@ -28,9 +28,11 @@ type childSpec struct {
 	ID   int    `json:"id"`
 
 	// client workers
-	Target       string     `json:"target,omitempty"` // ip:port
-	Floor        bool       `json:"floor,omitempty"`  // the target is the floor server (raw 16-byte echo, no protocol)
-	WS           bool       `json:"ws,omitempty"`     // connect with a WebSocket upgrade (gateway only)
+	Target       string     `json:"target,omitempty"`     // ip:port
+	Floor        bool       `json:"floor,omitempty"`      // the target is the floor server (raw 16-byte echo, no protocol)
+	WS           bool       `json:"ws,omitempty"`         // connect with a WebSocket upgrade (gateway only)
+	Encrypt      bool       `json:"encrypt,omitempty"`    // HELLO handshake, sealed records (gateway only)
+	ServerKey    string     `json:"server_key,omitempty"` // the pin for --encrypt
 	Sources      []string   `json:"sources,omitempty"`
 	First        int        `json:"first"` // global index of this worker's first connection
 	Conns        int        `json:"conns"`

@@ -16,6 +16,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/secure"
 )
 
 // Connection states.
@@ -45,7 +46,9 @@ const (
 	readBufLen  = 64 << 10
 )
 
-// conn is one client connection: about 90 bytes, no goroutine, no timer.
+// conn is one client connection: 104 bytes (88 before the two --encrypt
+// pointers; an encrypted one adds a 96-byte secure.State), no goroutine, no
+// timer.
 type conn struct {
 	t0    int64  // unix ns: connect started, then AUTH sent, then (slow) stopped reading
 	hbAt  int64  // unix ns the outstanding heartbeat was sent (0 = none)
@@ -59,6 +62,11 @@ type conn struct {
 	code  uint16 // close code the server sent (ERROR or GOAWAY), 0 if none
 	state uint8
 	slow  bool // stopped reading (slow scenario)
+
+	// --encrypt (secure.go): the handshake until HELLO_OK, then the record
+	// state (96 bytes on the heap: two keys, two counters).
+	hs  *secure.ClientHandshake
+	sec *secure.State
 }
 
 // engine is one client worker's epoll loop over its connections.
@@ -73,6 +81,8 @@ type engine struct {
 	buf     []byte
 	scratch []byte
 	wsOut   []byte // --ws: the masked message being written
+	sealed  []byte // --encrypt: the record being written
+	pin     secure.PinnedKey
 	rng     uint64 // --ws: masking keys
 	now     int64
 
@@ -130,6 +140,11 @@ func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 		return fmt.Errorf("target %q: %v", spec.Target, err)
 	}
 	e.target, e.family = sockaddr(ap.Addr(), ap.Port())
+	if spec.Encrypt {
+		if e.pin, err = secure.ParsePin(spec.ServerKey); err != nil {
+			return err
+		}
+	}
 	for _, s := range spec.Sources {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -277,6 +292,7 @@ func (e *engine) startConn(i int) {
 	c.t0 = e.now
 	c.hbAt, c.rpcAt, c.code = 0, 0, 0
 	c.part, c.out = nil, nil
+	c.hs, c.sec = nil, nil
 	c.slow = false
 	c.state = stConnecting
 	e.inflight++
@@ -332,6 +348,7 @@ func (e *engine) closeFD(c *conn, rst bool) {
 	unix.Close(int(c.fd))
 	c.fd = 0
 	c.part, c.out = nil, nil
+	c.hs, c.sec = nil, nil
 }
 
 func (e *engine) closeAll() {
@@ -390,7 +407,11 @@ func (e *engine) event(ev *unix.EpollEvent) {
 		} else {
 			c.state = stAuthing
 			c.t0 = e.now
-			if !e.write(i, e.authFrame(i)) {
+			first := e.authFrame(i)
+			if e.spec.Encrypt {
+				first = e.helloFrame(i, first)
+			}
+			if first == nil || !e.write(i, first) {
 				return
 			}
 		}
@@ -489,6 +510,9 @@ func (e *engine) parse(i int, data []byte) (int, bool) {
 	}
 	if e.spec.WS {
 		return e.parseWS(i, data)
+	}
+	if c.hs != nil || c.sec != nil {
+		return e.parseSealed(i, data)
 	}
 	for off < len(data) {
 		f, n, err := codec.Split(data[off:], codec.MaxBodyLimit)
@@ -632,6 +656,10 @@ func (e *engine) authFrame(i int) []byte {
 // write sends b (longlink frames, or floor messages) on connection i; with
 // --ws as one masked binary WebSocket message.
 func (e *engine) write(i int, b []byte) bool {
+	if st := e.conns[i].sec; st != nil {
+		e.sealed = st.Seal(e.sealed[:0], b)
+		b = e.sealed
+	}
 	if e.spec.WS {
 		b = e.wsWrap(wsOpBinary, b)
 	}

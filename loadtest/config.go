@@ -52,6 +52,8 @@ type Config struct {
 	UIDBase      uint64        // first user id; connection i authenticates as UIDBase+i
 	Quiet        bool          // no live progress line even on a terminal
 	WS           bool          // connect with a WebSocket upgrade (GET /ws), frames in binary messages
+	Encrypt      bool          // HELLO handshake (Noise NK) and sealed records
+	ServerKey    string        // --encrypt: the server key pin (default: the active key of <data>/server-keys.json)
 
 	// ChildCommand is the argv that starts this binary as a worker; the
 	// default re-executes os.Executable() with "loadtest". Tests leave it.
@@ -157,6 +159,8 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Uint64Var(&c.UIDBase, "uid-base", c.UIDBase, "first user id; connection i authenticates as uid-base+i")
 	fs.BoolVar(&c.Quiet, "quiet", c.Quiet, "no live progress line")
 	fs.BoolVar(&c.WS, "ws", c.WS, "WebSocket clients: upgrade with GET /ws on --target, then each frame in a masked binary message (the floor leg stays TCP)")
+	fs.BoolVar(&c.Encrypt, "encrypt", c.Encrypt, "encrypted clients: HELLO (Noise NK) with AUTH in the first flight, then sealed records (the floor leg stays plain)")
+	fs.StringVar(&c.ServerKey, "server-key", c.ServerKey, "with --encrypt: the gateway key `PIN` (id:hex, from `longlink keys`; default: the active key of <data>/server-keys.json)")
 }
 
 // parseRate accepts "5000", "5000/s" and "300/m".
@@ -229,6 +233,9 @@ func (c *Config) normalize() error {
 	}
 	if len(c.Scenarios) == 0 {
 		c.Scenarios = []string{"idle"}
+	}
+	if err := c.normalizeEncrypt(); err != nil {
+		return err
 	}
 	for _, n := range c.Scenarios {
 		d, ok := scenarios[n]

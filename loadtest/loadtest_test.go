@@ -17,6 +17,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/secure"
 )
 
 // TestMain lets the test binary serve as the tool's worker processes: the
@@ -542,5 +543,35 @@ func TestWSClientFraming(t *testing.T) {
 	// An unmasked client message header is never produced: every write is masked.
 	if w := e.wsWrap(wsOpBinary, make([]byte, 300)); w[1] != 0x80|126 || len(w) != 4+4+300 {
 		t.Errorf("300-byte message header %x", w[:4])
+	}
+}
+
+// --encrypt against a gateway that requires encryption: every connection
+// handshakes (HELLO), heartbeats and calls go sealed, and a plaintext run
+// against the same gateway is refused with 4010.
+func TestGatewayEncrypted(t *testing.T) {
+	k, err := secure.GenerateKey(1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, _ := secure.NewKeyRing([]secure.ServerKey{k}, 1)
+	addr, admin, keys := testGatewayCfg(t, gateway.Config{ServerKeys: ring, Encryption: gateway.EncryptionRequired})
+	cfg := small(200, 3*time.Second, "heartbeat", "rpc")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.Encrypt, cfg.ServerKey = true, k.Pin()
+	cfg.Heartbeat, cfg.RPCRate = 500*time.Millisecond, 200
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" || r.ConnsEstablished != 200 || r.ConnsFailed != 0 {
+		t.Fatalf("held %d failed %d failure %q errors %v", r.ConnsEstablished, r.ConnsFailed, r.Failure, r.Errors)
+	}
+	if r.HeartbeatPerS <= 0 || r.RPCPerS <= 0 || r.RPCErrors != 0 {
+		t.Errorf("heartbeats %.0f/s rpc %.0f/s errors %d %v", r.HeartbeatPerS, r.RPCPerS, r.RPCErrors, r.Errors)
+	}
+	plain := small(20, time.Second, "idle")
+	plain.Target, plain.Keys, plain.Procs, plain.MaxFail = addr, keys, 1, 1
+	r = run(t, plain)
+	if r.ConnsEstablished != 0 || r.Errors["auth:encryption_required"] != 20 {
+		t.Errorf("plaintext against required: held %d, errors %v", r.ConnsEstablished, r.Errors)
 	}
 }

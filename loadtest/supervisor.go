@@ -356,7 +356,7 @@ func (l *leg) startClients() error {
 			n++
 		}
 		spec := &childSpec{
-			Target: l.target, Floor: l.kind == "floor", WS: cfg.WS && l.kind != "floor", Sources: sources, First: first, Conns: n,
+			Target: l.target, Floor: l.kind == "floor", WS: cfg.WS && l.kind != "floor", Encrypt: cfg.Encrypt && l.kind != "floor", ServerKey: cfg.ServerKey, Sources: sources, First: first, Conns: n,
 			Rate: cfg.Rate / float64(cfg.Procs), Inflight: cfg.Inflight,
 			Heartbeat: int64(cfg.Heartbeat), Storm: int64(cfg.Storm), Timeout: int64(cfg.Timeout),
 			Scenarios: cfg.Scenarios, RPCRate: cfg.RPCRate / float64(cfg.Procs), Method: cfg.Method,

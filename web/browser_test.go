@@ -69,7 +69,11 @@ func notify(t *testing.T, hub *push.Hub, uid uint64) {
 // TestBrowserClient runs web/longlink.js in a real headless Chromium against
 // a real gateway: connect, AUTH, call echo, get a logical error, receive a
 // push sent through the push API.
-func TestBrowserClient(t *testing.T) {
+func TestBrowserClient(t *testing.T) { runBrowserClient(t, nil, nil) }
+
+// runBrowserClient is TestBrowserClient with gateway options (mod) and
+// extra page parameters (q), for the encrypted variant (browser_secure_test.go).
+func runBrowserClient(t *testing.T, mod func(*gateway.Config), extra url.Values) {
 	browser := findChromium()
 	if browser == "" {
 		if os.Getenv("CI") != "" {
@@ -84,8 +88,12 @@ func TestBrowserClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hub.Close()
-	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: quiet, NATS: hub.NATSURL(),
-		NATSOptions: []nats.Option{hub.Auth(push.RoleGateway)}})
+	gcfg := gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: quiet, NATS: hub.NATSURL(),
+		NATSOptions: []nats.Option{hub.Auth(push.RoleGateway)}}
+	if mod != nil {
+		mod(&gcfg)
+	}
+	gw, err := gateway.New(gcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +116,9 @@ func TestBrowserClient(t *testing.T) {
 	defer page.Close()
 
 	q := url.Values{"ws": {"ws://" + gw.Addr() + "/ws"}, "token": {tok}, "push": {"1"}}
+	for k, v := range extra {
+		q[k] = v
+	}
 	cmd := exec.Command(browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--user-data-dir="+t.TempDir(), page.URL+"/selftest.html?"+q.Encode())

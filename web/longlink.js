@@ -10,11 +10,19 @@
 // Each binary WebSocket message carries longlink frames exactly as on TCP
 // (docs/protocol.md): an 8-byte big-endian header, then a protobuf body,
 // encoded here by hand.
+//
+// With { serverKey: "<id>:<64 hex>" } (a pin printed by `longlink keys`) the
+// connection is encrypted (docs/protocol.md "Encryption"): Noise NK with
+// X25519, SHA-256 and AES-256-GCM, all from WebCrypto (which has no
+// ChaCha20-Poly1305), AUTH in the first flight; then every message carries
+// sealed records. A forged server fails the handshake; there is no
+// fallback to plaintext.
 
 const MAGIC = 0xd7, VERSION = 1;
 export const Cmd = Object.freeze({
   AUTH: 0x01, AUTH_OK: 0x02, HEARTBEAT: 0x03, PONG: 0x04, REQUEST: 0x05,
   RESPONSE: 0x06, PUSH: 0x07, ERROR: 0x08, GOAWAY: 0x09, POLICY: 0x0a, CONFIG: 0x0b,
+  HELLO: 0x20, HELLO_OK: 0x21,
 });
 
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -74,12 +82,12 @@ export function parseFields(buf) {
 }
 
 // --- frames ---
-export function frame(cmd, seq, body) {
+export function frame(cmd, seq, body, flags = 0) {
   body = bytes(body);
   const b = new Uint8Array(8 + body.length);
   const dv = new DataView(b.buffer);
   b[0] = MAGIC;
-  b[1] = VERSION << 4;
+  b[1] = (VERSION << 4) | flags;
   b[2] = cmd;
   dv.setUint16(3, seq);
   b[5] = (body.length >> 16) & 0xff;
@@ -99,6 +107,89 @@ export function* frames(buf) {
   }
 }
 
+// --- encryption: Noise_NK_25519_AESGCM_SHA256 on WebCrypto ---
+const subtle = globalThis.crypto?.subtle;
+const cat = (...parts) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) { out.set(p, o); o += p.length; }
+  return out;
+};
+const sha256 = async (...parts) => new Uint8Array(await subtle.digest("SHA-256", cat(...parts)));
+async function hmac(key, data) {
+  const k = await subtle.importKey("raw", key, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  return new Uint8Array(await subtle.sign("HMAC", k, data));
+}
+async function hkdf2(ck, ikm) { // Noise HKDF with two outputs
+  const t = await hmac(ck, ikm);
+  const o1 = await hmac(t, Uint8Array.of(1));
+  return [o1, await hmac(t, cat(o1, Uint8Array.of(2)))];
+}
+const gcmIV = (n) => { const iv = new Uint8Array(12); new DataView(iv.buffer).setBigUint64(4, BigInt(n)); return iv; };
+const gcmKey = (raw) => subtle.importKey("raw", raw, "AES-GCM", false, ["encrypt", "decrypt"]);
+const gcmSeal = async (key, n, ad, pt) =>
+  new Uint8Array(await subtle.encrypt({ name: "AES-GCM", iv: gcmIV(n), additionalData: ad, tagLength: 128 }, key, pt));
+const gcmOpen = async (key, n, ad, ct) =>
+  new Uint8Array(await subtle.decrypt({ name: "AES-GCM", iv: gcmIV(n), additionalData: ad, tagLength: 128 }, key, ct));
+async function x25519(priv, pub) {
+  const k = await subtle.importKey("raw", pub, { name: "X25519" }, false, []);
+  return new Uint8Array(await subtle.deriveBits({ name: "X25519", public: k }, priv, 256));
+}
+
+// parsePin parses "<id>:<64 hex digits>".
+export function parsePin(pin) {
+  const m = /^(\d+):([0-9a-fA-F]{64})$/.exec(String(pin).trim());
+  if (!m) throw new Error("server key pin must be <id>:<64 hex digits>");
+  return { id: Number(m[1]), pub: Uint8Array.from(m[2].match(/../g), (h) => parseInt(h, 16)) };
+}
+
+// helloNK writes Noise NK message 1 carrying payload; finish reads message 2.
+export async function helloNK({ id, pub }, payload) {
+  const prefix = Uint8Array.of(1, 2, id >>> 24, (id >>> 16) & 0xff, (id >>> 8) & 0xff, id & 0xff);
+  const name = enc.encode("Noise_NK_25519_AESGCM_SHA256");
+  let h = new Uint8Array(32);
+  h.set(name);
+  let ck = h;
+  h = await sha256(h, enc.encode("longlink/1 "), prefix);
+  h = await sha256(h, pub);
+  const e = await subtle.generateKey({ name: "X25519" }, true, ["deriveBits"]);
+  const epub = new Uint8Array(await subtle.exportKey("raw", e.publicKey));
+  h = await sha256(h, epub);
+  let k;
+  [ck, k] = await hkdf2(ck, await x25519(e.privateKey, pub));
+  const c = await gcmSeal(await gcmKey(k), 0, h, payload);
+  h = await sha256(h, c);
+  const finish = async (msg2) => {
+    const re = msg2.subarray(0, 32), c2 = msg2.subarray(32);
+    let h2 = await sha256(h, re), k2, ck2;
+    [ck2, k2] = await hkdf2(ck, await x25519(e.privateKey, re));
+    let p;
+    try { p = await gcmOpen(await gcmKey(k2), 0, h2, c2); } catch { throw new LonglinkError(0, "server failed the key check (forged server key or wrong pin)"); }
+    const [ks, kr] = await hkdf2(ck2, new Uint8Array(0));
+    return { payload: p, send: await gcmKey(ks), recv: await gcmKey(kr) };
+  };
+  return { body: cat(prefix, epub, c), finish };
+}
+
+// Records: u24 length, then AES-GCM(frames) with the length as associated data.
+class Records {
+  constructor(send, recv) { Object.assign(this, { send, recv, sn: 0, rn: 0 }); }
+  async seal(pt) {
+    const n = pt.length + 16, ad = Uint8Array.of((n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+    return cat(ad, await gcmSeal(this.send, this.sn++, ad, pt));
+  }
+  async open(buf) { // every record in buf (one WebSocket message)
+    const out = [];
+    for (let off = 0; off < buf.length;) {
+      const n = (buf[off] << 16) | (buf[off + 1] << 8) | buf[off + 2];
+      if (off + 3 + n > buf.length) throw new Error("record spans messages");
+      out.push(await gcmOpen(this.recv, this.rn++, buf.subarray(off, off + 3), buf.subarray(off + 3, off + 3 + n)));
+      off += 3 + n;
+    }
+    return cat(...out);
+  }
+}
+
 // LonglinkError is a failed call (code 1000-2999) or a server close (3000-4999).
 export class LonglinkError extends Error {
   constructor(code, message, retryAfterMs = 0) {
@@ -111,8 +202,9 @@ export class LonglinkError extends Error {
 }
 
 export class LonglinkClient {
-  constructor(url, { token, device = "web", onPush, onState, reconnect = true, pongTimeoutMs = 10000 } = {}) {
+  constructor(url, { token, device = "web", onPush, onState, reconnect = true, pongTimeoutMs = 10000, serverKey } = {}) {
     Object.assign(this, { url, token, device, onPush, onState, reconnect, pongTimeoutMs });
+    this.pin = serverKey ? parsePin(serverKey) : null;
     this.pending = new Map();
     this.seq = 0;
     this.attempt = 0;
@@ -125,15 +217,38 @@ export class LonglinkClient {
       const ws = new WebSocket(this.url);
       ws.binaryType = "arraybuffer";
       this.ws = ws;
-      let authed = false;
-      ws.onopen = () => {
+      let authed = false, hs = null, rx = Promise.resolve();
+      this.sec = null;
+      this.tx = Promise.resolve();
+      ws.onopen = async () => {
         const body = [];
         fieldBytes(1, this.token, body);
         fieldBytes(2, this.device, body);
-        ws.send(frame(Cmd.AUTH, 0, new Uint8Array(body)));
+        const auth = frame(Cmd.AUTH, 0, new Uint8Array(body));
+        if (!this.pin) return ws.send(auth);
+        try {
+          hs = await helloNK(this.pin, auth);
+          ws.send(frame(Cmd.HELLO, 0, hs.body, 0x1));
+        } catch (e) { this.closed = true; reject(e); ws.close(1000); }
       };
-      ws.onmessage = (ev) => {
-        for (const f of frames(new Uint8Array(ev.data))) {
+      // Messages are handled one at a time, in order: opening records is async.
+      ws.onmessage = (ev) => { rx = rx.then(() => onMessage(new Uint8Array(ev.data))).catch((e) => { reject(e); ws.close(1000); }); };
+      const onMessage = async (data) => {
+        if (this.pin && !this.sec) { // HELLO_OK, or a plaintext ERROR before the keys
+          const [f] = frames(data);
+          if (f?.cmd !== Cmd.HELLO_OK) {
+            if (f?.cmd === Cmd.ERROR) reject(this._closeError(f));
+            ws.close(1000);
+            return;
+          }
+          const r = await hs.finish(f.body).catch((e) => { this.closed = true; throw e; });
+          this.sec = new Records(r.send, r.recv);
+          this._send(frame(Cmd.HEARTBEAT, 0)); // the first record: the server admits the session now
+          data = r.payload;
+        } else if (this.sec) {
+          data = await this.sec.open(data);
+        }
+        for (const f of frames(data)) {
           if (!authed) {
             if (f.cmd === Cmd.AUTH_OK) {
               authed = true;
@@ -179,8 +294,15 @@ export class LonglinkClient {
         resolve: (v) => { clearTimeout(timer); resolve(v); },
         reject: (e) => { clearTimeout(timer); reject(e); },
       });
-      this.ws.send(frame(Cmd.REQUEST, seq, new Uint8Array(b)));
+      this._send(frame(Cmd.REQUEST, seq, new Uint8Array(b)));
     });
+  }
+
+  // _send writes frames, sealed in order when encrypted.
+  _send(b) {
+    if (!this.sec) return this.ws.send(b);
+    const ws = this.ws, sec = this.sec;
+    this.tx = this.tx.then(async () => ws.send(await sec.seal(b))).catch(() => {});
   }
 
   close() {
@@ -248,7 +370,7 @@ export class LonglinkClient {
     this.hbTimer = setInterval(() => {
       if (this.ws?.readyState !== WebSocket.OPEN) return;
       const sent = Date.now();
-      this.ws.send(frame(Cmd.HEARTBEAT, 0));
+      this._send(frame(Cmd.HEARTBEAT, 0));
       setTimeout(() => { if ((this.lastRecv ?? 0) < sent) this.ws?.close(4000, "dead link"); }, this.pongTimeoutMs);
     }, everyMs);
   }

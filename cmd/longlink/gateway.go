@@ -65,6 +65,7 @@ func runGateway(args []string) int {
 	fs.DurationVar(&cfg.PushWindow, "push-window", 20*time.Millisecond, "notifies for the same user and type within this window are merged")
 	pf := addPushFlags(fs)
 	sf := addShakeFlags(fs)
+	ef := addEncryptionFlags(fs)
 	backendSpec := fs.String("backend", "embedded", "logic backend: embedded (the reference IM logic on <data>/logic.db; with --workers it runs in the supervisor), echo (test methods only), or grpc://host:port[,host:port…] (remote `longlink logic` instances)")
 	bf := addBackendFlags(fs)
 	if !parseFlags(fs, args) {
@@ -139,6 +140,10 @@ func runGateway(args []string) int {
 	}
 	defer gb.close()
 	if *workers > 1 && *workerIdx < 0 {
+		if err := ef.apply(log, &gateway.Config{}, *dataDir, false); err != nil { // create the key file once, before the workers
+			log.Error("cannot load server keys", "err", err)
+			return 1
+		}
 		args := os.Args[1:]
 		if hub != nil {
 			args = append(args[:len(args):len(args)], "--nats", hub.NATSURL())
@@ -162,6 +167,10 @@ func runGateway(args []string) int {
 		log.Info("token keys loaded", "file", keyPath)
 	}
 	cfg.Keys = keys
+	if err := ef.apply(log, &cfg, *dataDir, *workerIdx > 0); err != nil {
+		log.Error("cannot load server keys", "err", err)
+		return 1
+	}
 	cfg.Logger = log
 	cfg.Backend = gb.be
 	if *workerIdx >= 0 {
@@ -197,6 +206,7 @@ func runGateway(args []string) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	defer ef.reloadOnHUP(log, srv, keyPath)()
 	if httpCfg.Addr != "" {
 		addr, err := srv.ServeHTTP(httpCfg, *workerIdx >= 0)
 		if err != nil {
