@@ -5,13 +5,18 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
 )
@@ -137,5 +142,92 @@ func TestJunkMethodsCannotDisableRealMethods(t *testing.T) {
 	s.fwd.methodsMu.RUnlock()
 	if n > 20 {
 		t.Fatalf("%d interned method names after junk", n)
+	}
+}
+
+// rawHTTP writes req on a fresh connection and returns what the server
+// answered within timeout (possibly nothing).
+func rawHTTP(t *testing.T, addr, req string, timeout time.Duration) string {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := nc.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(timeout))
+	b, _ := io.ReadAll(nc)
+	return string(b)
+}
+
+// Item 11: HTTP limits and rules agree with the docs and with TCP.
+func TestHTTPLimitsAndDeviceBinding(t *testing.T) {
+	s, addr := startHTTP(t, nil, HTTPConfig{})
+	_ = s
+	tok := token(t, 42, "", time.Hour)
+	// A 10 GB Content-Length with no body behind it: 413 at once.
+	start := time.Now()
+	got := rawHTTP(t, addr, "POST /v1/call/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tok+
+		"\r\nContent-Length: 10000000000\r\n\r\n", 3*time.Second)
+	if !strings.HasPrefix(got, "HTTP/1.1 413") || time.Since(start) > 2*time.Second {
+		t.Errorf("10 GB Content-Length: after %v got %.60q", time.Since(start), got)
+	}
+	// Request line and headers: at most 8 KiB (docs/protocol.md).
+	for _, tc := range []struct {
+		pad    int
+		status string
+	}{{7000, "HTTP/1.1 200"}, {8300, "HTTP/1.1 431"}, {12000, "HTTP/1.1 431"}} {
+		got := rawHTTP(t, addr, "POST /v1/call/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tok+
+			"\r\nX-Pad: "+strings.Repeat("p", tc.pad)+"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", 3*time.Second)
+		if !strings.HasPrefix(got, tc.status) {
+			t.Errorf("headers with a %d-byte header: got %.40q, want %s", tc.pad, got, tc.status)
+		}
+	}
+	base := "http://" + addr + "/v1/call/"
+	call := func(method, tok, device string) (int, httpError, string) {
+		req, _ := http.NewRequest(http.MethodPost, base+method, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		if device != "" {
+			req.Header.Set("X-Longlink-Device", device)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var e httpError
+		_ = json.Unmarshal(b, &e)
+		return resp.StatusCode, e, string(b)
+	}
+	// A device-bound token is refused for another device, as TCP AUTH does.
+	bound := token(t, 43, "phone", time.Hour)
+	if st, e, _ := call("whoami", bound, "tablet"); st != 401 || e.Code != codec.CodeBadToken {
+		t.Errorf("bound token, other device: %d %v", st, e)
+	}
+	for _, dev := range []string{"", "phone"} {
+		if st, _, body := call("whoami", bound, dev); st != 200 || body != "phone" {
+			t.Errorf("bound token, device %q: %d %q", dev, st, body)
+		}
+	}
+	// A 401 says nothing about which check failed.
+	other, err := auth.NewKeySet(9, map[uint32][]byte{9: []byte("fedcba9876543210fedcba9876543210")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownKey, _ := other.Mint(42, "", time.Now().Add(time.Hour))
+	forged := []byte(tok)
+	forged[len(forged)-3] ^= 1
+	_, _, b1 := call("echo", unknownKey, "")
+	_, _, b2 := call("echo", string(forged), "")
+	_, _, b3 := call("echo", "garbage", "")
+	if b1 != b2 || b2 != b3 {
+		t.Errorf("401 bodies differ by cause: %q / %q / %q", b1, b2, b3)
+	}
+	// An empty method is the documented 400/1002, as a JSON answer.
+	if st, e, _ := call("", tok, ""); st != 400 || e.Code != codec.CodeBadRequest {
+		t.Errorf("empty method: %d %v", st, e)
 	}
 }

@@ -29,7 +29,7 @@ type HTTPConfig struct {
 	ReadHeaderTimeout time.Duration // default 5s: slowloris bound
 	ReadTimeout       time.Duration // default 10s
 	IdleTimeout       time.Duration // default 60s
-	MaxHeaderBytes    int           // default 8 KiB
+	MaxHeaderBytes    int           // request line and headers, at most (default 8 KiB); more is 431
 }
 
 // httpError is the JSON body of every non-200 answer.
@@ -70,14 +70,16 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 		return "", fmt.Errorf("gateway: http listen %s: %w", cfg.Addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/call/{method}", s.httpCall)
+	mux.HandleFunc("POST /v1/call/{method...}", s.httpCall) // "..." so empty and odd names get the JSON 400
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      s.cfg.CallTimeout + 5*time.Second,
 		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		// net/http reads MaxHeaderBytes + 4096 ("bufio slop") before it
+		// answers 431; subtract it so the documented limit is the real one.
+		MaxHeaderBytes: max(cfg.MaxHeaderBytes-4096, 1),
 		ErrorLog:          nil,
 	}
 	s.httpSrv = srv
@@ -100,6 +102,12 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 // body. Logical failures map to 4xx, busy and system failures to 503 (or 504
 // for timeouts) with Retry-After.
 func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
+	// A declared body over the limit is refused before anything is read, so
+	// a huge Content-Length with no body behind it is answered at once.
+	if r.ContentLength > int64(s.cfg.MaxBody) {
+		s.httpFail(w, http.StatusRequestEntityTooLarge, codec.CodeBodyTooLarge, "body over the size limit", 0)
+		return
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		s.httpFail(w, http.StatusUnauthorized, codec.CodeBadToken, "missing bearer token", 0)
@@ -107,25 +115,33 @@ func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
 	}
 	claims, err := s.cfg.Keys.Verify(strings.TrimSpace(tok), time.Now())
 	if err != nil {
-		code := codec.CodeBadToken
+		// One message for every invalid token: which check failed (unknown
+		// key id, bad signature, malformed) is not the caller's business.
+		code, msg := codec.CodeBadToken, "invalid token"
 		if errors.Is(err, auth.ErrExpired) {
-			code = codec.CodeTokenExpired
+			code, msg = codec.CodeTokenExpired, "token expired"
 		}
 		s.metrics.auths.WithLabelValues("http_" + code.String()).Inc()
-		s.httpFail(w, http.StatusUnauthorized, code, err.Error(), 0)
+		s.httpFail(w, http.StatusUnauthorized, code, msg, 0)
 		return
 	}
-	device := claims.Device
+	// The device rules are AUTH's: a token bound to a device is valid only
+	// for that device (the header empty or equal).
+	device, hdr := claims.Device, r.Header.Get("X-Longlink-Device")
 	if device == "" {
-		device = r.Header.Get("X-Longlink-Device")
+		device = hdr
+	} else if hdr != "" && hdr != device {
+		s.metrics.auths.WithLabelValues("http_device_mismatch").Inc()
+		s.httpFail(w, http.StatusUnauthorized, codec.CodeBadToken, "invalid token", 0)
+		return
 	}
 	if len(device) > auth.MaxDevice {
-		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "device id too long", 0)
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "device id over 64 bytes", 0)
 		return
 	}
 	method := r.PathValue("method")
-	if method == "" || len(method) > 128 {
-		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "bad method", 0)
+	if !validMethod([]byte(method)) {
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "bad method: empty, over 128 bytes or not UTF-8", 0)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxBody)))
