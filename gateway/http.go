@@ -80,7 +80,7 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 		// net/http reads MaxHeaderBytes + 4096 ("bufio slop") before it
 		// answers 431; subtract it so the documented limit is the real one.
 		MaxHeaderBytes: max(cfg.MaxHeaderBytes-4096, 1),
-		ErrorLog:          nil,
+		ErrorLog:       nil,
 	}
 	s.httpSrv = srv
 	go func() {
