@@ -34,8 +34,14 @@ type conn struct {
 	// Owned by the event loop.
 	rateWin uint32 // flood window (in seconds of wheel time)
 	frames  uint16 // frames seen in rateWin
-	partial bool   // a frame is half-received
 	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
+	closing bool   // the closing ERROR is queued: input is ignored, close once it is flushed (linger)
+	// mark: while a frame is half-received, how many of its bytes were
+	// buffered when its current progress window began (afterTraffic); once
+	// closing, the wheel tick at which lingering ends.
+	mark uint32
+
+	partial atomic.Bool // a frame is half-received; written on the loop, read by the wheel's expire
 
 	next *conn // sessions chain; guarded by the session shard's mutex
 
@@ -44,4 +50,8 @@ type conn struct {
 	state     atomic.Uint32
 	inflight  atomic.Int32  // calls queued or running
 	closeCode atomic.Uint32 // why the server closed it (0: the client did, or I/O failed)
+
+	// orphan keeps the socket open for writing after the client half-closed
+	// (or closed) with calls in flight, so their answers still go out.
+	orphan atomic.Pointer[orphanFD]
 }

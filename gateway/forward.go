@@ -297,9 +297,11 @@ func (f *forwarder) worker() {
 		if j == nil {
 			return
 		}
-		f.run(j, req)
+		sent := f.run(j, req)
 		if j.c != nil {
-			j.c.inflight.Add(-1)
+			if !sent { // else the send's callback ends the call
+				f.s.callDone(j.c)
+			}
 			f.release(j)
 		} // HTTP jobs are released by their caller
 		f.busy.Add(-1)
@@ -351,8 +353,10 @@ func (f *forwarder) next() *job {
 	}
 }
 
-// run executes one call: plain synchronous code, off the event loop.
-func (f *forwarder) run(j *job, req *backend.Request) {
+// run executes one call: plain synchronous code, off the event loop. For a
+// connection's call it reports whether it queued the answer (whose callback
+// then ends the call, see callDone).
+func (f *forwarder) run(j *job, req *backend.Request) (sent bool) {
 	start := time.Now()
 	queued := start.Sub(j.enqueued)
 	mm := j.m.m.Load()
@@ -361,8 +365,8 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	f.stats.queueNs.Add(int64(queued))
 	f.stats.queueN.Add(1)
 	c := j.c
-	if c != nil && c.state.Load() != stateAuthed {
-		return // closed while queued: nobody to answer
+	if c != nil && (c.closeCode.Load() != 0 || c.state.Load() != stateAuthed && c.orphan.Load() == nil) {
+		return false // closing or closed while queued: nobody to answer
 	}
 	var (
 		resp []byte
@@ -416,22 +420,53 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 	}
 	if c == nil {
 		j.done <- callResult{code: code, msg: msg, body: resp, retryAfter: ra}
-		return
+		return false
 	}
-	bb := respPool.Get()
-	bb.B = appendResponse(bb.B[:0], j.seq, code, msg, resp, ra)
-	max := f.s.cfg.MaxOutbound
-	_ = f.s.sendAsync(c, bb.B, func(gc gnet.Conn, _ error) error {
-		respPool.Put(bb)
-		if gc != nil && gc.OutboundBuffered() > max {
-			cc, _ := gc.Context().(*conn)
-			if cc != nil {
-				cc.closeCode.CompareAndSwap(0, uint32(codec.CodeSlowConsumer))
-			}
-			return gc.Close()
+	if c.closeCode.Load() != 0 {
+		return false // closing: nothing may follow its ERROR
+	}
+	a := answerPool.Get().(*answer)
+	a.s, a.c, a.bb = f.s, c, respPool.Get()
+	a.bb.B = appendResponse(a.bb.B[:0], j.seq, code, msg, resp, ra)
+	if err := c.gc.EventLoop().Execute(context.Background(), a); err != nil {
+		a.deliver(false) // the loop is gone
+	}
+	return true
+}
+
+// answer writes one RESPONSE on its connection's event loop (a
+// gnet.Runnable, pooled), where it can see whether the connection is
+// closing: nothing is written after the closing ERROR. Writing it there
+// also applies the outbound bound, and reaches a client that half-closed.
+type answer struct {
+	s  *Server
+	c  *conn
+	bb *bytebufferpool.ByteBuffer
+}
+
+var answerPool = sync.Pool{New: func() any { return new(answer) }}
+
+func (a *answer) Run(context.Context) error {
+	a.deliver(true)
+	return nil
+}
+
+// deliver writes the answer (onLoop: on c's loop) and ends the call.
+func (a *answer) deliver(onLoop bool) {
+	s, c := a.s, a.c
+	switch {
+	case !onLoop || c.state.Load() == stateClosed:
+		s.orphanWrite(c, a.bb.B) // the client may have half-closed, waiting for this
+	case c.closeCode.Load() == 0:
+		s.send(c, a.bb.B)
+		if c.gc.OutboundBuffered() > s.cfg.MaxOutbound && s.closeOnLoop(c, codec.CodeSlowConsumer) == gnet.Close {
+			_ = c.gc.Close()
 		}
-		return nil
-	})
+	}
+	respPool.Put(a.bb)
+	s.callDone(c)
+	a.s, a.c, a.bb = nil, nil, nil
+	answerPool.Put(a)
 }
 
 // classify turns a backend error into the client-facing code.

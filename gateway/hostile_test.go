@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/proto/pb"
 )
 
 // rawRequest encodes a Request by hand, so the method may be any bytes
@@ -230,4 +232,157 @@ func TestHTTPLimitsAndDeviceBinding(t *testing.T) {
 	if st, e, _ := call("", tok, ""); st != 400 || e.Code != codec.CodeBadRequest {
 		t.Errorf("empty method: %d %v", st, e)
 	}
+}
+
+// Item 9: a slow but steady upload is judged by its progress, not its age;
+// a frame that trickles in below the minimum rate gets its own code.
+func TestSlowFrameJudgedByProgress(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.FrameTimeout = 400 * time.Millisecond // windows of 400ms...
+		c.MinFrameRate = 256                    // ...in which a frame must gain 102 bytes
+	})
+	body := make([]byte, 2000)
+	frame := codec.AppendFrame(nil, codec.CmdRequest, 0, 1, rawRequest([]byte("echo"), body))
+
+	steady := dialWire(t, s.Addr())
+	steady.auth(token(t, 1, "", time.Hour), "steady")
+	start := time.Now()
+	for off := 0; off < len(frame); off += 100 { // ~1 KB/s: 2 s, five windows
+		steady.send(frame[off:min(off+100, len(frame))])
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code := steady.respCode(1); code != codec.OK || time.Since(start) < 4*400*time.Millisecond {
+		t.Fatalf("steady upload: code %d after %v", code, time.Since(start))
+	}
+
+	trickle := dialWire(t, s.Addr())
+	trickle.auth(token(t, 2, "", time.Hour), "trickle")
+	errc := make(chan error, 1)
+	go func() { // 100 B/s, under the minimum
+		for off := 0; off < len(frame); off += 10 {
+			if _, err := trickle.c.Write(frame[off : off+10]); err != nil {
+				errc <- err
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		errc <- nil
+	}()
+	trickle.expectClose(codec.CodeFrameTooSlow, 3*time.Second)
+}
+
+// Item 10: a slow consumer is told why it is closed: the ERROR 3003 comes
+// after what was queued, then the close.
+func TestSlowConsumerSeesError(t *testing.T) {
+	s := startServer(t, func(c *Config) {
+		c.MaxOutbound = 64 << 10
+		c.MaxFrameRate = 1 << 20
+		c.CloseLinger = 5 * time.Second
+	})
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	w := &wire{t: t, c: nc}
+	w.auth(token(t, 1, "", time.Hour), "slow")
+	req := rawRequest([]byte("echo"), make([]byte, 32<<10))
+	seq := uint16(0)
+	for round := 0; round < 8; round++ { // ~8 MB of answers; the client reads none yet
+		var b []byte
+		for i := 0; i < 32; i++ {
+			seq++
+			b = codec.AppendFrame(b, codec.CmdRequest, 0, seq, req)
+		}
+		w.send(b)
+		time.Sleep(50 * time.Millisecond)
+	}
+	start, frames := time.Now(), 0
+	for {
+		f, err := w.next(10 * time.Second)
+		if err != nil {
+			t.Fatalf("connection ended (%v) without ERROR 3003 after %d frames, %v", err, frames, time.Since(start))
+		}
+		frames++
+		if f.Cmd != codec.CmdError {
+			continue
+		}
+		t.Logf("ERROR after %d frames, %v", frames, time.Since(start))
+		w.rd = append(codec.AppendFrame(nil, f.Cmd, f.Flags, f.Seq, f.Body), w.rd...)
+		w.expectClose(codec.CodeSlowConsumer, 10*time.Second)
+		return
+	}
+}
+
+// Item 12: AUTH corners. An over-long device id is a request to fix, not a
+// bad token (4005, not 4001); an unknown network is clamped, not echoed.
+func TestAuthCorners(t *testing.T) {
+	s := startServer(t, nil)
+	w := dialWire(t, s.Addr())
+	w.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: token(t, 1, "", time.Hour), Device: strings.Repeat("d", auth.MaxDevice+1)})
+	w.expectClose(codec.CodeBadAuth, 2*time.Second)
+
+	w = dialWire(t, s.Addr())
+	w.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: token(t, 1, "", time.Hour), Device: "d", Network: pb.Network(99)})
+	f := w.expect(codec.CmdAuthOK, 2*time.Second)
+	var ok pb.AuthOK
+	if err := proto.Unmarshal(f.Body, &ok); err != nil {
+		t.Fatal(err)
+	}
+	if ok.Heartbeat.GetNetwork() != pb.Network_NETWORK_UNKNOWN {
+		t.Fatalf("network 99 echoed as %v", ok.Heartbeat.GetNetwork())
+	}
+	hb := ok.Heartbeat
+	if hb.FirstIntervalS > hb.MinIntervalS || hb.FirstIntervalS < hb.MinIntervalS/2 {
+		t.Fatalf("first_interval_s %d outside [min/2, min] = [%d, %d] (docs/protocol.md)", hb.FirstIntervalS, hb.MinIntervalS/2, hb.MinIntervalS)
+	}
+}
+
+// Item 12: a client that half-closes right after its calls still gets
+// every answer, then the close.
+func TestHalfCloseGetsAnswers(t *testing.T) {
+	be := backend.NewEmbedded()
+	be.Handle("slow", func(ctx context.Context, r *backend.Request) ([]byte, error) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return r.Body, nil
+	})
+	s := startServer(t, func(c *Config) { c.Backend = be })
+	for trial := 0; trial < 10; trial++ {
+		w := dialWire(t, s.Addr())
+		w.auth(token(t, uint64(trial+1), "", time.Hour), "d")
+		var b []byte
+		for seq := uint16(1); seq <= 3; seq++ {
+			method := "echo"
+			if seq == 2 {
+				method = "slow"
+			}
+			b = codec.AppendFrame(b, codec.CmdRequest, 0, seq, rawRequest([]byte(method), []byte{byte(seq)}))
+		}
+		w.send(b)
+		if err := w.c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got := map[uint16]bool{}
+		for len(got) < 3 {
+			f, err := w.next(3 * time.Second)
+			if err != nil {
+				t.Fatalf("trial %d: answers %v, then %v", trial, got, err)
+			}
+			if f.Cmd == codec.CmdResponse {
+				got[f.Seq] = true
+			}
+		}
+		if _, err := w.next(3 * time.Second); err != io.EOF {
+			t.Fatalf("trial %d: want EOF after the answers, got %v", trial, err)
+		}
+	}
+	checkFor(t, 2*time.Second, func() error {
+		if n := s.ConnCount(); n != 0 {
+			return fmt.Errorf("%d connections left", n)
+		}
+		return nil
+	})
 }

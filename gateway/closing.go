@@ -1,0 +1,106 @@
+package gateway
+
+import (
+	"sync"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/longlink/longlink/heartbeat"
+)
+
+// Closing a connection so the client learns why.
+//
+// The server's closing ERROR is queued behind whatever is already queued to
+// the connection, and gnet drops its user-space outbound buffer when it
+// closes. So a close never happens while bytes are still queued: the
+// connection lingers, reading and ignoring input, until its outbound
+// buffer has gone to the kernel (then gnet's close sends it, then FIN) or
+// CloseLinger has passed. Nothing new is queued once the ERROR is: that is
+// the room the outbound bound (MaxOutbound) reserves for it.
+//
+// And a client that half-closes (shutdown(SHUT_WR)) or closes right after
+// sending calls still gets their answers: gnet closes the socket on the
+// client's FIN, so the server keeps a duplicate descriptor (orphanFD) while
+// those calls run and writes their answers to it.
+
+// linger closes c once its outbound bytes are flushed or its linger time
+// has passed; until then it polls each wheel tick. Must run on c's loop.
+func (s *Server) linger(c *conn) gnet.Action {
+	now := s.wheel.Now()
+	if !c.closing {
+		c.closing = true
+		c.mark = now + s.lingerTicks
+	}
+	if c.gc.OutboundBuffered() == 0 || int32(now-c.mark) >= 0 {
+		return gnet.Close
+	}
+	// Poll next tick (expire wakes it; OnTraffic calls linger again). Remove
+	// first: Add writes the entry's owner outside the wheel's lock, which
+	// must not race with the wheel reading a still-linked entry.
+	s.wheel.Remove(&c.hb)
+	s.wheel.Add(&c.hb, c, heartbeat.Never, now+1)
+	return gnet.None
+}
+
+// orphanFD is a duplicate of a closed connection's socket, kept while the
+// calls that were in flight answer.
+type orphanFD struct {
+	mu sync.Mutex
+	fd int
+}
+
+// keepForAnswers runs in OnClose when the client closed: with calls in
+// flight, keep the socket open for their answers. On c's loop.
+func (s *Server) keepForAnswers(c *conn) {
+	if c.inflight.Load() == 0 {
+		return
+	}
+	fd, err := c.gc.Dup()
+	if err != nil {
+		return
+	}
+	o := &orphanFD{fd: fd}
+	c.orphan.Store(o)
+	if c.inflight.Load() == 0 && c.orphan.CompareAndSwap(o, nil) {
+		o.close() // the last call finished meanwhile
+	}
+}
+
+// callDone ends one call of c (its answer written or dropped); the last
+// one releases an orphaned socket. Goroutine-safe.
+func (s *Server) callDone(c *conn) {
+	if c.inflight.Add(-1) == 0 {
+		if o := c.orphan.Swap(nil); o != nil {
+			o.close()
+		}
+	}
+}
+
+// orphanWrite writes an answer to c's orphaned socket, if it has one.
+// Best effort: the socket is non-blocking, and what does not fit its
+// send buffer is lost. Goroutine-safe.
+func (s *Server) orphanWrite(c *conn, frame []byte) {
+	o := c.orphan.Load()
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fd < 0 {
+		return
+	}
+	if c.ws {
+		_, _ = unix.Write(o.fd, wsHeader(make([]byte, 0, 10), 0x2, len(frame)))
+	}
+	_, _ = unix.Write(o.fd, frame)
+}
+
+func (o *orphanFD) close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fd >= 0 {
+		_ = unix.Close(o.fd)
+		o.fd = -1
+	}
+}
