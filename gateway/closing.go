@@ -60,20 +60,26 @@ func (s *Server) keepForAnswers(c *conn) {
 	if err != nil {
 		return
 	}
-	o := &orphanFD{fd: fd}
-	c.orphan.Store(o)
-	if c.inflight.Load() == 0 && c.orphan.CompareAndSwap(o, nil) {
-		o.close() // the last call finished meanwhile
+	s.orphans.Store(c, &orphanFD{fd: fd})
+	c.flags.Or(flagOrphan)
+	if c.inflight.Load() == 0 {
+		s.releaseOrphan(c) // the last call finished meanwhile
+	}
+}
+
+// releaseOrphan closes c's kept socket; whoever gets it from the map
+// closes it, so exactly once. Goroutine-safe.
+func (s *Server) releaseOrphan(c *conn) {
+	if v, ok := s.orphans.LoadAndDelete(c); ok {
+		v.(*orphanFD).close()
 	}
 }
 
 // callDone ends one call of c (its answer written or dropped); the last
 // one releases an orphaned socket. Goroutine-safe.
 func (s *Server) callDone(c *conn) {
-	if c.inflight.Add(-1) == 0 {
-		if o := c.orphan.Swap(nil); o != nil {
-			o.close()
-		}
+	if c.inflight.Add(-1) == 0 && c.orphaned() {
+		s.releaseOrphan(c)
 	}
 }
 
@@ -81,10 +87,14 @@ func (s *Server) callDone(c *conn) {
 // Best effort: the socket is non-blocking, and what does not fit its
 // send buffer is lost. Goroutine-safe.
 func (s *Server) orphanWrite(c *conn, frame []byte) {
-	o := c.orphan.Load()
-	if o == nil {
+	if !c.orphaned() {
 		return
 	}
+	v, ok := s.orphans.Load(c)
+	if !ok {
+		return
+	}
+	o := v.(*orphanFD)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.fd < 0 {

@@ -41,7 +41,7 @@ type conn struct {
 	// closing, the wheel tick at which lingering ends.
 	mark uint32
 
-	partial atomic.Bool // a frame is half-received; written on the loop, read by the wheel's expire
+	flags atomic.Uint32 // flagPartial (written on the loop, read by the wheel's expire), flagOrphan
 
 	next *conn // sessions chain; guarded by the session shard's mutex
 
@@ -50,8 +50,22 @@ type conn struct {
 	state     atomic.Uint32
 	inflight  atomic.Int32  // calls queued or running
 	closeCode atomic.Uint32 // why the server closed it (0: the client did, or I/O failed)
-
-	// orphan keeps the socket open for writing after the client half-closed
-	// (or closed) with calls in flight, so their answers still go out.
-	orphan atomic.Pointer[orphanFD]
 }
+
+// conn.flags bits.
+const (
+	flagPartial uint32 = 1 << iota // a frame is half-received
+	flagOrphan                     // closed by the client with calls in flight: Server.orphans has its socket
+)
+
+func (c *conn) partial() bool { return c.flags.Load()&flagPartial != 0 }
+
+func (c *conn) setPartial(on bool) {
+	if on {
+		c.flags.Or(flagPartial)
+	} else {
+		c.flags.And(^flagPartial)
+	}
+}
+
+func (c *conn) orphaned() bool { return c.flags.Load()&flagOrphan != 0 }

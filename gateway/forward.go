@@ -365,7 +365,7 @@ func (f *forwarder) run(j *job, req *backend.Request) (sent bool) {
 	f.stats.queueNs.Add(int64(queued))
 	f.stats.queueN.Add(1)
 	c := j.c
-	if c != nil && (c.closeCode.Load() != 0 || c.state.Load() != stateAuthed && c.orphan.Load() == nil) {
+	if c != nil && (c.closeCode.Load() != 0 || c.state.Load() != stateAuthed && !c.orphaned()) {
 		return false // closing or closed while queued: nobody to answer
 	}
 	var (

@@ -57,6 +57,7 @@ type Server struct {
 	lingerTicks uint32
 	pol         atomic.Pointer[policyState]
 
+	orphans  sync.Map // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
 	nextID   atomic.Uint64
 	draining atomic.Bool
 	started  time.Time
@@ -299,13 +300,13 @@ func (s *Server) afterTraffic(c *conn, rest int, consumed bool) {
 	}
 	switch {
 	case rest == 0:
-		if c.partial.Load() {
-			c.partial.Store(false)
+		if c.partial() {
+			c.setPartial(false)
 			s.wheel.Set(&c.hb, s.idleTicks(c.network), heartbeat.Never)
 		}
 		return
-	case !c.partial.Load() || consumed: // a new frame began: its first window
-		c.partial.Store(true)
+	case !c.partial() || consumed: // a new frame began: its first window
+		c.setPartial(true)
 	case rest-int(c.mark) < s.frameChunk:
 		return // not yet a window's worth of progress
 	default: // progress counts as activity
@@ -482,7 +483,7 @@ func (s *Server) expire(batch []*conn) {
 			s.metrics.evictions.WithLabelValues("auth_timeout").Inc()
 			s.closeAsync(c, codec.CodeAuthTimeout)
 		case stateAuthed:
-			if c.partial.Load() {
+			if c.partial() {
 				s.metrics.evictions.WithLabelValues("frame_too_slow").Inc()
 				s.closeAsync(c, codec.CodeFrameTooSlow)
 				continue
