@@ -15,9 +15,11 @@ import (
 // the connection, and gnet drops its user-space outbound buffer when it
 // closes. So a close never happens while bytes are still queued: the
 // connection lingers, reading and ignoring input, until its outbound
-// buffer has gone to the kernel (then gnet's close sends it, then FIN) or
-// CloseLinger has passed. Nothing new is queued once the ERROR is: that is
-// the room the outbound bound (MaxOutbound) reserves for it.
+// buffer has gone to the kernel; then the server sends FIN (shutdown) and
+// waits for the client's, still reading, so the close is never a reset
+// that could destroy the ERROR in the client's receive buffer. All of it
+// within CloseLinger. Nothing new is queued once the ERROR is: that is the
+// room the outbound bound (MaxOutbound) reserves for it.
 //
 // And a client that half-closes (shutdown(SHUT_WR)) or closes right after
 // sending calls still gets their answers: gnet closes the socket on the
@@ -32,8 +34,19 @@ func (s *Server) linger(c *conn) gnet.Action {
 		c.closing = true
 		c.mark = now + s.lingerTicks
 	}
-	if c.gc.OutboundBuffered() == 0 || int32(now-c.mark) >= 0 {
+	if int32(now-c.mark) >= 0 {
 		return gnet.Close
+	}
+	if c.gc.OutboundBuffered() == 0 && c.flags.Load()&flagFinSent == 0 {
+		c.flags.Or(flagFinSent)
+		if unix.Shutdown(c.gc.Fd(), unix.SHUT_WR) != nil {
+			return gnet.Close
+		}
+		// A client that stays after FIN gets a second at most: refusals in a
+		// reconnect storm must not pile up.
+		if end := now + s.finTicks; int32(end-c.mark) < 0 {
+			c.mark = end
+		}
 	}
 	// Poll next tick (expire wakes it; OnTraffic calls linger again). Remove
 	// first: Add writes the entry's owner outside the wheel's lock, which

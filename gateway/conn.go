@@ -56,6 +56,7 @@ type conn struct {
 const (
 	flagPartial uint32 = 1 << iota // a frame is half-received
 	flagOrphan                     // closed by the client with calls in flight: Server.orphans has its socket
+	flagFinSent                    // closing: everything is flushed and FIN sent; waiting for the client's
 )
 
 func (c *conn) partial() bool { return c.flags.Load()&flagPartial != 0 }

@@ -294,7 +294,9 @@ func TestSlowConsumerSeesError(t *testing.T) {
 			seq++
 			b = codec.AppendFrame(b, codec.CmdRequest, 0, seq, req)
 		}
-		w.send(b)
+		if _, err := nc.Write(b); err != nil {
+			break // closed (without lingering, even reset): what was read will tell
+		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	start, frames := time.Now(), 0
@@ -385,4 +387,31 @@ func TestHalfCloseGetsAnswers(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Item 12: while draining, the answer to AUTH is GOAWAY 3004 (documented:
+// it may come as the first frame, instead of AUTH_OK).
+func TestAuthWhileDrainingGetsGoAway(t *testing.T) {
+	s := startServer(t, func(c *Config) { c.DrainWindow = 2 * time.Second })
+	busy := dialWire(t, s.Addr()) // keeps the drain going
+	busy.auth(token(t, 1, "", time.Hour), "d")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() { _ = s.Shutdown(ctx) }()
+	checkFor(t, 2*time.Second, func() error {
+		if !s.draining.Load() {
+			return fmt.Errorf("not draining yet")
+		}
+		return nil
+	})
+	w := dialWire(t, s.Addr())
+	w.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: token(t, 2, "", time.Hour), Device: "d"})
+	f := w.expect(codec.CmdGoAway, 2*time.Second)
+	var g pb.GoAway
+	if err := proto.Unmarshal(f.Body, &g); err != nil || codec.Code(g.Code) != codec.CodeShutdown {
+		t.Fatalf("GOAWAY %v %v", &g, err)
+	}
+	if _, err := w.next(2 * time.Second); err != io.EOF {
+		t.Fatalf("want EOF after GOAWAY, got %v", err)
+	}
 }

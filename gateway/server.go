@@ -55,6 +55,7 @@ type Server struct {
 	frameTicks  uint32
 	frameChunk  int // bytes a half-received frame must gain per FrameTimeout window
 	lingerTicks uint32
+	finTicks    uint32 // after FIN, how long a closing connection waits for the client's
 	pol         atomic.Pointer[policyState]
 
 	orphans  sync.Map // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
@@ -95,6 +96,7 @@ func New(cfg Config) (*Server, error) {
 	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
 	s.frameChunk = max(1, int(int64(cfg.MinFrameRate)*int64(cfg.FrameTimeout)/int64(time.Second)))
 	s.lingerTicks = s.wheel.Ticks(cfg.CloseLinger)
+	s.finTicks = s.wheel.Ticks(time.Second)
 	s.pol.Store(s.newPolicyState(*cfg.Policies))
 	s.connAdm = newConnAdmission(cfg.ConnAdmission)
 	var err error
@@ -197,13 +199,15 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	if s.draining.Load() {
 		c.closeCode.Store(uint32(codec.CodeShutdown))
-		return s.goAwayFrame(), gnet.Close
+		_, _ = gc.Write(s.goAwayFrame())
+		return nil, s.linger(c) // so an AUTH already on its way is read, not answered by a reset
 	}
 	if !s.connAdm.accept(s.wheel.Len()) {
 		c.closeCode.Store(uint32(codec.CodeServerBusy))
 		s.connAdm.refused.Add(1)
 		s.metrics.connRefused.WithLabelValues("accept_limit").Inc()
-		return s.connAdm.busyFrame(0), gnet.Close
+		_, _ = gc.Write(s.connAdm.busyFrame(0))
+		return nil, s.linger(c)
 	}
 	s.wheel.Add(&c.hb, c, heartbeat.Never, s.wheel.Now()+s.authTicks)
 	return nil, gnet.None
