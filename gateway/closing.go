@@ -26,18 +26,29 @@ import (
 // client's FIN, so the server keeps a duplicate descriptor (orphanFD) while
 // those calls run and writes their answers to it.
 
-// linger closes c once its outbound bytes are flushed or its linger time
-// has passed; until then it polls each wheel tick. Must run on c's loop.
+// linger closes c once its outbound bytes are flushed (and FIN answered),
+// or when the client has read nothing of them for a second (like frames
+// coming in, a drain is judged by progress: one that stalls is cut), or
+// after CloseLinger at most; until then it polls each wheel tick. Must run
+// on c's loop. While closing, c.rateWin holds the outbound bytes at the
+// last progress and c.frames the (low bits of the) tick it was seen.
 func (s *Server) linger(c *conn) gnet.Action {
 	now := s.wheel.Now()
+	ob := c.gc.OutboundBuffered()
 	if !c.closing {
 		c.closing = true
 		c.mark = now + s.lingerTicks
+		c.rateWin, c.frames = uint32(ob), uint16(now)
 	}
 	if int32(now-c.mark) >= 0 {
 		return gnet.Close
 	}
-	if c.gc.OutboundBuffered() == 0 && c.flags.Load()&flagFinSent == 0 {
+	if uint32(ob) < c.rateWin {
+		c.rateWin, c.frames = uint32(ob), uint16(now)
+	} else if ob > 0 && uint32(uint16(now)-c.frames) >= s.finTicks {
+		return gnet.Close // the client stopped reading: it will never see the ERROR
+	}
+	if ob == 0 && c.flags.Load()&flagFinSent == 0 {
 		c.flags.Or(flagFinSent)
 		if unix.Shutdown(c.gc.Fd(), unix.SHUT_WR) != nil {
 			return gnet.Close

@@ -32,8 +32,8 @@ type conn struct {
 	network pb.Network
 
 	// Owned by the event loop.
-	rateWin uint32 // flood window (in seconds of wheel time)
-	frames  uint16 // frames seen in rateWin
+	rateWin uint32 // flood window (in seconds of wheel time); closing: see linger
+	frames  uint16 // frames seen in rateWin; closing: see linger
 	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
 	closing bool   // the closing ERROR is queued: input is ignored, close once it is flushed (linger)
 	// mark: while a frame is half-received, how many of its bytes were

@@ -96,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
 	s.frameChunk = max(1, int(int64(cfg.MinFrameRate)*int64(cfg.FrameTimeout)/int64(time.Second)))
 	s.lingerTicks = s.wheel.Ticks(cfg.CloseLinger)
-	s.finTicks = s.wheel.Ticks(time.Second)
+	s.finTicks = min(s.wheel.Ticks(time.Second), 1<<15)
 	s.pol.Store(s.newPolicyState(*cfg.Policies))
 	s.connAdm = newConnAdmission(cfg.ConnAdmission)
 	var err error
