@@ -415,3 +415,19 @@ func TestAuthWhileDrainingGetsGoAway(t *testing.T) {
 		t.Fatalf("want EOF after GOAWAY, got %v", err)
 	}
 }
+
+// Item 8 as reproduced: junk names over one HTTP keep-alive connection.
+func TestJunkMethodsOverHTTP(t *testing.T) {
+	_, addr := startHTTP(t, nil, HTTPConfig{})
+	tok := token(t, 42, "", time.Hour)
+	c := &http.Client{Timeout: 5 * time.Second}
+	for i := 0; i < maxMethodLabels+10; i++ {
+		resp, _ := post(t, c, fmt.Sprintf("http://%s/v1/call/junk-%d", addr, i), tok, nil)
+		if resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("junk %d: %v", i, resp.Status)
+		}
+	}
+	if resp, body := post(t, c, "http://"+addr+"/v1/call/whoami", tok, nil); resp.StatusCode != 200 || string(body) != "curl" {
+		t.Fatalf("real method after junk: %v %q", resp.Status, body)
+	}
+}
