@@ -435,8 +435,9 @@ func (s *Server) authenticate(c *conn, body []byte) codec.Code {
 // codeSent is an internal close code: close, the ERROR frame is already sent.
 const codeSent codec.Code = 1
 
-// closeOnLoop writes the ERROR frame for code and returns gnet.Close; gnet
-// flushes the frame before closing. Must run on c's event loop.
+// closeOnLoop writes the ERROR frame for code and starts closing c: it
+// returns gnet.Close only once everything queued has gone out, else
+// gnet.None and c lingers (closing.go). Must run on c's event loop.
 func (s *Server) closeOnLoop(c *conn, code codec.Code) gnet.Action {
 	if c.closing { // one ERROR per connection
 		return s.linger(c)
