@@ -5,11 +5,14 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -429,5 +432,32 @@ func TestJunkMethodsOverHTTP(t *testing.T) {
 	}
 	if resp, body := post(t, c, "http://"+addr+"/v1/call/whoami", tok, nil); resp.StatusCode != 200 || string(body) != "curl" {
 		t.Fatalf("real method after junk: %v %q", resp.Status, body)
+	}
+}
+
+// Item 11: the 8 KiB header limit is the same over HTTP/2.
+func TestHTTP2HeaderLimit(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := selfSigned(t, dir)
+	_, addr := startHTTP(t, nil, HTTPConfig{TLSCert: cert, TLSKey: key})
+	pool := x509.NewCertPool()
+	pemBytes, _ := os.ReadFile(cert)
+	pool.AppendCertsFromPEM(pemBytes)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+	for _, tc := range []struct{ pad, status int }{{6000, 200}, {8300, 431}} {
+		req, _ := http.NewRequest(http.MethodPost, "https://"+addr+"/v1/call/echo", strings.NewReader("h2"))
+		req.Header.Set("Authorization", "Bearer "+token(t, 1, "", time.Hour))
+		req.Header.Set("X-Pad", strings.Repeat("p", tc.pad))
+		resp, err := c.Do(req)
+		if err != nil {
+			if tc.status == 431 && strings.Contains(err.Error(), "header list larger than peer's advertised limit") {
+				continue // the server's SETTINGS already told the client: refused before sending
+			}
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || resp.ProtoMajor != 2 {
+			t.Errorf("h2 with a %d-byte header: %s %s, want %d", tc.pad, resp.Proto, resp.Status, tc.status)
+		}
 	}
 }

@@ -77,12 +77,14 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      s.cfg.CallTimeout + 5*time.Second,
 		IdleTimeout:       cfg.IdleTimeout,
-		// net/http reads MaxHeaderBytes + 4096 ("bufio slop") before it
-		// answers 431; subtract it so the documented limit is the real one.
-		MaxHeaderBytes: max(cfg.MaxHeaderBytes-4096, 1),
+		// net/http answers 431 itself only past MaxHeaderBytes + 4096
+		// ("bufio slop"), and HTTP/2 counts differently: httpCall applies
+		// the documented limit exactly, to both.
+		MaxHeaderBytes: cfg.MaxHeaderBytes,
 		ErrorLog:       nil,
 	}
 	s.httpSrv = srv
+	s.httpMaxHeader = cfg.MaxHeaderBytes
 	go func() {
 		var err error
 		if cfg.TLSCert != "" && cfg.TLSKey != "" {
@@ -102,6 +104,10 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 // body. Logical failures map to 4xx, busy and system failures to 503 (or 504
 // for timeouts) with Retry-After.
 func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
+	if headerBytes(r) > s.httpMaxHeader {
+		s.httpFail(w, http.StatusRequestHeaderFieldsTooLarge, codec.CodeBadRequest, "request line and headers over 8 KiB", 0)
+		return
+	}
 	// A declared body over the limit is refused before anything is read, so
 	// a huge Content-Length with no body behind it is answered at once.
 	if r.ContentLength > int64(s.cfg.MaxBody) {
@@ -163,6 +169,18 @@ func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.httpFail(w, httpStatus(res.code), res.code, res.msg, res.retryAfter)
+}
+
+// headerBytes is the size of r's request line and headers as HTTP/1.1
+// writes them.
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len("HTTP/1.1\r\n") + len("Host: \r\n") + len(r.Host) + 2
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n
 }
 
 // httpStatus maps a longlink code to an HTTP status.

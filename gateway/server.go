@@ -70,10 +70,11 @@ type Server struct {
 	done   chan struct{}
 	runErr error
 
-	admin     *http.Server
-	httpSrv   *http.Server
-	adminAddr string
-	stopOnce  sync.Once
+	admin         *http.Server
+	httpSrv       *http.Server
+	httpMaxHeader int // HTTPConfig.MaxHeaderBytes
+	adminAddr     string
+	stopOnce      sync.Once
 }
 
 // New validates cfg, fills defaults and returns a server ready to Start.
