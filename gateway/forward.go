@@ -425,12 +425,9 @@ func (f *forwarder) run(j *job, req *backend.Request) (sent bool) {
 	if c.closeCode.Load() != 0 {
 		return false // closing: nothing may follow its ERROR
 	}
-	a := answerPool.Get().(*answer)
-	a.s, a.c, a.bb = f.s, c, respPool.Get()
-	a.bb.B = appendResponse(a.bb.B[:0], j.seq, code, msg, resp, ra)
-	if err := c.gc.EventLoop().Execute(context.Background(), a); err != nil {
-		a.deliver(false) // the loop is gone
-	}
+	a := f.s.newAnswer(c)
+	a.bb.B = appendResponse(a.bb.B, j.seq, code, msg, resp, ra)
+	a.queue()
 	return true
 }
 
@@ -445,6 +442,22 @@ type answer struct {
 }
 
 var answerPool = sync.Pool{New: func() any { return new(answer) }}
+
+// newAnswer returns an answer for c with an empty buffer: append the frame
+// to a.bb.B, then queue it. The call ends (callDone) when it is delivered.
+func (s *Server) newAnswer(c *conn) *answer {
+	a := answerPool.Get().(*answer)
+	a.s, a.c, a.bb = s, c, respPool.Get()
+	a.bb.B = a.bb.B[:0]
+	return a
+}
+
+// queue hands the answer to c's event loop.
+func (a *answer) queue() {
+	if err := a.c.gc.EventLoop().Execute(context.Background(), a); err != nil {
+		a.deliver(false) // the loop is gone
+	}
+}
 
 func (a *answer) Run(context.Context) error {
 	a.deliver(true)

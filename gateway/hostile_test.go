@@ -388,6 +388,9 @@ func TestHalfCloseGetsAnswers(t *testing.T) {
 		if n := s.ConnCount(); n != 0 {
 			return fmt.Errorf("%d connections left", n)
 		}
+		if n := orphanCount(s); n != 0 {
+			return fmt.Errorf("%d kept sockets not released", n)
+		}
 		return nil
 	})
 }
@@ -460,4 +463,43 @@ func TestHTTP2HeaderLimit(t *testing.T) {
 			t.Errorf("h2 with a %d-byte header: %s %s, want %d", tc.pad, resp.Proto, resp.Status, tc.status)
 		}
 	}
+}
+
+// orphanCount is how many sockets are kept for answers after a half-close.
+func orphanCount(s *Server) int {
+	n := 0
+	s.orphans.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// Item 12: OPEN answers reach a half-closed client too, and the kept socket
+// is released once the last call (OPEN or REQUEST) is answered.
+func TestHalfCloseAnswersOpen(t *testing.T) {
+	env := newShakeEnv(t, 1000)
+	s := startServer(t, func(c *Config) { c.Shake = env.cfg; c.MaxFrameRate = 10000 })
+	w := dialWire(t, s.Addr())
+	w.auth(token(t, 7, "", time.Hour), "d")
+	ticket := w.shakeTicket()
+	w.sendFrame(codec.CmdOpen, 900, &pb.Open{Ticket: ticket})
+	w.send(codec.AppendFrame(nil, codec.CmdRequest, 0, 901, rawRequest([]byte("echo"), []byte("x"))))
+	if err := w.c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[codec.Cmd]bool{}
+	for len(got) < 2 {
+		f, err := w.next(5 * time.Second)
+		if err != nil {
+			t.Fatalf("got %v, then %v", got, err)
+		}
+		got[f.Cmd] = true
+	}
+	if !got[codec.CmdOpenRsp] || !got[codec.CmdResponse] {
+		t.Fatalf("answers %v", got)
+	}
+	checkFor(t, 2*time.Second, func() error {
+		if n := orphanCount(s); n != 0 {
+			return fmt.Errorf("%d kept sockets not released", n)
+		}
+		return nil
+	})
 }
