@@ -48,7 +48,7 @@ type conn struct {
 	push *pushSeen // highest PUSH version written per type (push.go); owned by the event loop, nil until the first push
 
 	state     atomic.Uint32
-	inflight  atomic.Int32  // calls queued or running
+	inflight  atomic.Int32  // calls (REQUEST, OPEN) queued, running or with their answer not yet written
 	closeCode atomic.Uint32 // why the server closed it (0: the client did, or I/O failed)
 }
 
