@@ -166,12 +166,19 @@ type result struct {
 	err error
 }
 
+// maxDevice is the protocol's limit on a device id (docs/protocol.md).
+const maxDevice = 64
+
 // Dial connects and authenticates, returning once the first AUTH_OK arrives
 // (or the first attempt fails with an error that forbids reconnecting, or
 // ctx ends). Afterwards the Client reconnects by itself until Close.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if opts.Addr == "" || (opts.Token == "" && opts.TokenFunc == nil) {
 		return nil, errors.New("longlink: Options.Addr and Token are required")
+	}
+	if len(opts.Device) > maxDevice {
+		// The server would refuse it with 4005 bad_auth on every attempt.
+		return nil, fmt.Errorf("longlink: Options.Device is %d bytes, at most %d", len(opts.Device), maxDevice)
 	}
 	if opts.PongTimeout <= 0 {
 		opts.PongTimeout = 10 * time.Second

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,6 +87,33 @@ func TestDialCallClose(t *testing.T) {
 	}
 	if _, err := c.Call(ctx, "echo", nil); err != ErrNotReady {
 		t.Fatalf("call after close: %v", err)
+	}
+}
+
+// An over-long device id is refused before dialing (the server's answer
+// would be 4005 bad_auth, every time), and the server says 4005, not 4001
+// (which would make a client throw its good token away).
+func TestOverlongDevice(t *testing.T) {
+	s := startGateway(t, "127.0.0.1:0", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	long := strings.Repeat("d", maxDevice+1)
+	if _, err := Dial(ctx, Options{Addr: s.Addr(), Token: tok(1, time.Hour), Device: long}); err == nil || !strings.Contains(err.Error(), "Device") {
+		t.Fatalf("want a clear error, got %v", err)
+	}
+	nc, err := net.DialTimeout("tcp", s.Addr(), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	body, _ := proto.Marshal(&pb.Auth{Token: tok(1, time.Hour), Device: long})
+	_, _ = nc.Write(codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body))
+	_ = nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	b, _ := io.ReadAll(nc)
+	f, _, err := codec.Split(b, codec.MaxBodyLimit)
+	var e pb.Error
+	if err != nil || f.Cmd != codec.CmdError || proto.Unmarshal(f.Body, &e) != nil || codec.Code(e.Code) != codec.CodeBadAuth {
+		t.Fatalf("server answered %v %x (%v), want ERROR 4005", f.Cmd, f.Body, err)
 	}
 }
 

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"github.com/nats-io/nats.go"
 	"io"
 	"log/slog"
 	"net"
@@ -37,7 +38,7 @@ func testRing(t *testing.T) (*secure.KeyRing, secure.ServerKey) {
 // heartbeats, GOAWAY.
 func TestEncryptedAndPlaintextClients(t *testing.T) {
 	hub, err := push.StartHub(push.HubConfig{NATSListen: "127.0.0.1:0", GRPCListen: "127.0.0.1:0",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		PushTokens: []string{"test-push-token"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +47,10 @@ func TestEncryptedAndPlaintextClients(t *testing.T) {
 	s := startGateway(t, "127.0.0.1:0", func(c *gateway.Config) {
 		c.ServerKeys, c.Encryption = ring, gateway.EncryptionOptional
 		c.NATS, c.Node, c.DrainWindow = hub.NATSURL(), "n1", 50*time.Millisecond
+		c.NATSOptions = []nats.Option{hub.Auth(push.RoleGateway)}
 	})
-	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(hub.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(push.BearerToken("test-push-token")))
 	if err != nil {
 		t.Fatal(err)
 	}

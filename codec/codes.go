@@ -38,12 +38,14 @@ const (
 	CodeServerBusy   Code = 3007 // connection admission refused: reconnect after retry_after_ms
 	CodeNotAuthed    Code = 3008 // a frame other than AUTH before AUTH_OK
 	CodeAuthTwice    Code = 3009 // a second AUTH on an authenticated connection
+	CodeFrameTooSlow Code = 3013 // a started frame progressed slower than the minimum rate (Config.MinFrameRate)
 
 	// Close, do not reconnect (4000-4999).
 	CodeBadToken     Code = 4001 // token forged, malformed or signed by an unknown key
 	CodeTokenExpired Code = 4002 // get a fresh token, then reconnect
 	CodeBadVersion   Code = 4003 // protocol version unsupported: upgrade the client
 	CodeReplaced     Code = 4004 // the same device authenticated on another connection
+	CodeBadAuth      Code = 4005 // the AUTH body is malformed or a field is out of range: fix the request, the token may be fine
 )
 
 var codeNames = map[Code]string{
@@ -53,6 +55,7 @@ var codeNames = map[Code]string{
 	CodeAuthTimeout: "auth_timeout", CodeStale: "stale", CodeSlowConsumer: "slow_consumer",
 	CodeShutdown: "shutdown", CodeFrameTooBig: "frame_too_large", CodeFlood: "flood",
 	CodeServerBusy: "server_busy", CodeNotAuthed: "not_authenticated", CodeAuthTwice: "auth_twice",
+	CodeFrameTooSlow: "frame_too_slow", CodeBadAuth: "bad_auth",
 	CodeBadToken: "bad_token", CodeTokenExpired: "token_expired", CodeBadVersion: "bad_version",
 	CodeReplaced: "replaced",
 }

@@ -62,3 +62,28 @@ func TestHeartbeatOnLoopZeroAlloc(t *testing.T) {
 		t.Fatalf("heartbeat on the loop allocates %v times", n)
 	}
 }
+
+// BenchmarkEchoCall: one REQUEST/RESPONSE round trip over loopback TCP
+// (submit on the loop, a forwarding goroutine, the answer written back on
+// the loop). allocs/op counts the whole process: server, the embedded echo
+// (one copy of the body) and the test client.
+func BenchmarkEchoCall(b *testing.B) {
+	s := startServer(b, func(c *Config) { c.MaxFrameRate = 1 << 30 })
+	w := dialWire(b, s.Addr())
+	w.auth(token(b, 1, "", time.Hour), "bench")
+	req := rawRequest([]byte("echo"), make([]byte, 64))
+	frame := codec.AppendFrame(nil, codec.CmdRequest, 0, 1, req)
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		w.send(frame)
+		got := 0
+		for got < codec.HeaderSize+2+64 {
+			n, err := w.c.Read(buf)
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += n
+		}
+	}
+}

@@ -28,10 +28,19 @@ type Config struct {
 	Loops     int  // event loops (default half the CPUs, at least 1)
 	ReusePort bool // SO_REUSEPORT, for several worker processes on one port
 
-	MaxBody      int           // largest accepted body (default 64 KiB)
-	AuthTimeout  time.Duration // AUTH must arrive within this (default 10s)
-	FrameTimeout time.Duration // a started frame must complete within this (default 30s)
-	WheelTick    time.Duration // deadline resolution (default 1s)
+	MaxBody     int           // largest accepted body (default 64 KiB)
+	AuthTimeout time.Duration // AUTH must arrive within this (default 10s)
+	// A started frame must make progress: within each FrameTimeout window
+	// (default 30s) it must complete or receive MinFrameRate bytes per second
+	// of the window (default 256, so 7,680 bytes per 30s), or the
+	// connection is closed with 3013 frame_too_slow.
+	FrameTimeout time.Duration
+	MinFrameRate int
+	// CloseLinger: how long a connection the server closes may take to
+	// flush what is queued to it (the closing ERROR last) before it is cut
+	// (default 10s).
+	CloseLinger time.Duration
+	WheelTick   time.Duration // deadline resolution (default 1s)
 
 	// Heartbeat policy per network, advised to clients in AUTH_OK and
 	// enforced as idle timeouts; changeable at runtime (SetHeartbeatPolicies).
@@ -129,6 +138,8 @@ func (c *Config) fill() error {
 	}
 	def(&c.AuthTimeout, 10*time.Second)
 	def(&c.FrameTimeout, 30*time.Second)
+	defi(&c.MinFrameRate, 256)
+	def(&c.CloseLinger, 10*time.Second)
 	def(&c.WheelTick, time.Second)
 	if c.Policies == nil {
 		ps := heartbeat.DefaultPolicies()

@@ -28,16 +28,8 @@ type conn struct {
 
 	// Written on the event loop before state becomes stateAuthed, then static;
 	// read by workers only after they see stateAuthed.
-	uid     uint64
-	device  string
-	network pb.Network
-
-	// Owned by the event loop.
-	rateWin uint32 // flood window (in seconds of wheel time)
-	frames  uint16 // frames seen in rateWin
-	partial bool   // a frame is half-received
-	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
-	inHello bool   // HELLO is on the handshake pool (secure.go)
+	uid    uint64
+	device string // network is below, with the other 4-byte fields
 
 	next *conn // sessions chain; guarded by the session shard's mutex
 
@@ -48,7 +40,45 @@ type conn struct {
 	// close a connection still in its handshake.
 	sec atomic.Pointer[secure.State]
 
+	// The 4-byte fields and the bytes together, so the struct stays in the
+	// 144-byte size class (TestEncryptedConnBytes).
+	network pb.Network
+
+	// Owned by the event loop.
+	rateWin uint32 // flood window (in seconds of wheel time); closing: see linger
+	frames  uint16 // frames seen in rateWin; closing: see linger
+	ws      bool   // upgraded to WebSocket (set on the loop before AUTH, then static)
+	inHello bool   // HELLO is on the handshake pool (secure.go)
+	// mark: while a frame is half-received, how many of its bytes were
+	// buffered when its current progress window began (afterTraffic); once
+	// closing, the wheel tick at which lingering ends.
+	mark uint32
+
+	flags atomic.Uint32 // flagPartial (written on the loop, read by the wheel's expire), flagOrphan, flagClosing, flagFinSent
+
 	state     atomic.Uint32
-	inflight  atomic.Int32  // calls queued or running
+	inflight  atomic.Int32  // calls (REQUEST, OPEN) queued, running or with their answer not yet written
 	closeCode atomic.Uint32 // why the server closed it (0: the client did, or I/O failed)
 }
+
+// conn.flags bits.
+const (
+	flagPartial uint32 = 1 << iota // a frame is half-received
+	flagOrphan                     // closed by the client with calls in flight: Server.orphans has its socket
+	flagFinSent                    // closing: everything is flushed and FIN sent; waiting for the client's
+	flagClosing                    // the closing ERROR is queued: input is ignored, close once it is flushed (linger); set on the loop
+)
+
+func (c *conn) closing() bool { return c.flags.Load()&flagClosing != 0 }
+
+func (c *conn) partial() bool { return c.flags.Load()&flagPartial != 0 }
+
+func (c *conn) setPartial(on bool) {
+	if on {
+		c.flags.Or(flagPartial)
+	} else {
+		c.flags.And(^flagPartial)
+	}
+}
+
+func (c *conn) orphaned() bool { return c.flags.Load()&flagOrphan != 0 }

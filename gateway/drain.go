@@ -48,8 +48,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		upto := len(all) * i / steps
 		for ; sent < upto; sent++ {
 			c := all[sent]
-			if c.state.Load() == stateClosed {
-				continue
+			if c.state.Load() == stateClosed || c.closeCode.Load() != 0 {
+				continue // closed, or closing: nothing may follow its ERROR
 			}
 			_ = s.sendAsync(c, s.goAwayFrame(), nil)
 		}
@@ -60,7 +60,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	for ; sent < len(all); sent++ {
-		_ = s.sendAsync(all[sent], s.goAwayFrame(), nil)
+		if all[sent].closeCode.Load() == 0 {
+			_ = s.sendAsync(all[sent], s.goAwayFrame(), nil)
+		}
 	}
 	if s.httpSrv != nil {
 		_ = s.httpSrv.Shutdown(ctx) // stop taking short connections, finish the ones in flight

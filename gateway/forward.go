@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/panjf2000/gnet/v2"
 	"github.com/valyala/bytebufferpool"
@@ -43,7 +44,36 @@ type forwarder struct {
 	closed  bool
 
 	methodsMu sync.RWMutex
-	methods   map[string]*methodMetrics
+	methods   map[string]*method // interned names, at most maxInterned
+}
+
+// method is a method name interned for the hot path. name is always the
+// caller's real method: it is what admission and the backend see. The
+// metrics label is separate and bounded: a name gets a label of its own
+// only if it is in the priority table or once the backend has answered it
+// with something other than unknown_method, while labels last; until then,
+// and after, it counts under "other". So junk names cannot take labels from
+// real methods, and no name ever changes what a call does.
+type method struct {
+	name    string
+	prio    uint8 // business priority, from the real name
+	known   bool  // in the priority table
+	settled atomic.Bool
+	m       atomic.Pointer[methodMetrics]
+}
+
+// maxInterned bounds the interned names (names the backend refuses as
+// unknown are dropped again, so junk does not stay). Names beyond it still
+// work; they just allocate per call.
+const maxInterned = 4096
+
+// MaxMethodLen is the longest method name accepted (TCP and HTTP); longer,
+// empty or non-UTF-8 names are answered 1002 bad_request.
+const MaxMethodLen = 128
+
+// validMethod reports whether name is acceptable as a method name.
+func validMethod(name []byte) bool {
+	return len(name) > 0 && len(name) <= MaxMethodLen && utf8.Valid(name)
 }
 
 // job is one queued call. Pooled; body is reused across calls.
@@ -52,7 +82,7 @@ type job struct {
 	seq      uint16
 	uid      uint64
 	device   string
-	m        *methodMetrics
+	m        *method
 	body     []byte
 	enqueued time.Time
 	deadline time.Time
@@ -73,7 +103,7 @@ var respPool bytebufferpool.Pool
 
 func newForwarder(s *Server) *forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forwarder{s: s, quit: make(chan struct{}), ctx: ctx, stopCtx: cancel, methods: map[string]*methodMetrics{}}
+	f := &forwarder{s: s, quit: make(chan struct{}), ctx: ctx, stopCtx: cancel, methods: map[string]*method{}}
 	for i := range f.lanes {
 		f.lanes[i] = make(chan *job, s.cfg.QueueSize)
 	}
@@ -118,13 +148,13 @@ func (f *forwarder) shedRetryAfter() uint32 {
 }
 
 // admit runs admission control for a call; false means shed it.
-func (f *forwarder) admit(m *methodMetrics, uid uint64) bool {
+func (f *forwarder) admit(m *method, uid uint64) bool {
 	if f.adm.admit(f.adm.level(m.prio, uid)) {
 		return true
 	}
 	f.s.metrics.admShed.WithLabelValues(strconv.Itoa(int(m.prio))).Inc()
 	f.stats.shed.Add(1)
-	f.s.metrics.calls.WithLabelValues(m.name, codec.CodeBusy.String()).Inc()
+	f.s.metrics.calls.WithLabelValues(m.m.Load().label, codec.CodeBusy.String()).Inc()
 	return false
 }
 
@@ -153,22 +183,50 @@ func (f *forwarder) wait(ctx context.Context) error {
 	return nil
 }
 
-// method interns a method name and returns its metrics: no allocation once
-// the method has been seen.
-func (f *forwarder) method(name []byte) *methodMetrics {
+// method interns a method name: no allocation once the name has been seen.
+func (f *forwarder) method(name []byte) *method {
 	f.methodsMu.RLock()
 	m := f.methods[string(name)]
 	f.methodsMu.RUnlock()
 	if m != nil {
 		return m
 	}
-	m = f.s.metrics.method(string(name), f.adm.bizPriority)
+	n := string(name)
+	_, known := f.adm.cfg.Priorities[n]
+	m = &method{name: n, prio: f.adm.bizPriority(n), known: known}
+	// Only a known method takes a new label now; others find theirs if they
+	// had one before, or share "other" until the backend vouches for them.
+	m.m.Store(f.s.metrics.methodSeries(n, known))
 	f.methodsMu.Lock()
-	if len(f.methods) < maxMethods*4 { // names beyond this are garbage; don't grow forever
-		f.methods[string(name)] = m
+	if old := f.methods[n]; old != nil {
+		m = old
+	} else if len(f.methods) < maxInterned {
+		f.methods[n] = m
 	}
 	f.methodsMu.Unlock()
 	return m
+}
+
+// settle records the backend's verdict on a method: an unknown method is
+// forgotten (so junk names do not fill the table); any other answer earns
+// the name a metrics label of its own, while labels last.
+func (f *forwarder) settle(m *method, code codec.Code) {
+	if code == codec.CodeUnknownMethod {
+		if !m.known {
+			f.methodsMu.Lock()
+			if f.methods[m.name] == m {
+				delete(f.methods, m.name)
+			}
+			f.methodsMu.Unlock()
+		}
+		return
+	}
+	if code.Retryable() || m.settled.Load() || !m.settled.CompareAndSwap(false, true) {
+		return // transient answers prove nothing; settle once
+	}
+	if m.m.Load() == f.s.metrics.other {
+		m.m.Store(f.s.metrics.methodSeries(m.name, true))
+	}
 }
 
 // submit queues a REQUEST. Runs on the event loop; never blocks.
@@ -176,6 +234,10 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 	method, payload, timeoutMS, ok := parseRequest(body)
 	if !ok {
 		f.replyNow(c, seq, codec.CodeBadRequest, "malformed Request", 0)
+		return
+	}
+	if !validMethod(method) {
+		f.replyNow(c, seq, codec.CodeBadRequest, "bad method: empty, over 128 bytes or not UTF-8", 0)
 		return
 	}
 	if int(c.inflight.Load()) >= f.s.cfg.MaxInflight {
@@ -206,7 +268,7 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 		f.busy.Add(-1)
 		f.release(j)
 		f.s.metrics.shed.WithLabelValues("queue_full").Inc()
-		f.s.metrics.calls.WithLabelValues(m.name, codec.CodeBusy.String()).Inc()
+		f.s.metrics.calls.WithLabelValues(m.m.Load().label, codec.CodeBusy.String()).Inc()
 		f.replyNow(c, seq, codec.CodeBusy, "server busy", 200)
 	}
 }
@@ -235,9 +297,11 @@ func (f *forwarder) worker() {
 		if j == nil {
 			return
 		}
-		f.run(j, req)
+		sent := f.run(j, req)
 		if j.c != nil {
-			j.c.inflight.Add(-1)
+			if !sent { // else the send's callback ends the call
+				f.s.callDone(j.c)
+			}
 			f.release(j)
 		} // HTTP jobs are released by their caller
 		f.busy.Add(-1)
@@ -289,17 +353,20 @@ func (f *forwarder) next() *job {
 	}
 }
 
-// run executes one call: plain synchronous code, off the event loop.
-func (f *forwarder) run(j *job, req *backend.Request) {
+// run executes one call: plain synchronous code, off the event loop. For a
+// connection's call it reports whether it queued the answer (whose callback
+// then ends the call, see callDone).
+func (f *forwarder) run(j *job, req *backend.Request) (sent bool) {
 	start := time.Now()
 	queued := start.Sub(j.enqueued)
-	j.m.queue.Observe(queued.Seconds())
+	mm := j.m.m.Load()
+	mm.queue.Observe(queued.Seconds())
 	f.adm.observe(queued)
 	f.stats.queueNs.Add(int64(queued))
 	f.stats.queueN.Add(1)
 	c := j.c
-	if c != nil && c.state.Load() != stateAuthed {
-		return // closed while queued: nobody to answer
+	if c != nil && (c.closeCode.Load() != 0 || c.state.Load() != stateAuthed && !c.orphaned()) {
+		return false // closing or closed while queued: nobody to answer
 	}
 	var (
 		resp []byte
@@ -340,38 +407,83 @@ func (f *forwarder) run(j *job, req *backend.Request) {
 			}
 		}
 		cancel()
-		j.m.backend.Observe(time.Since(start).Seconds())
+		mm.backend.Observe(time.Since(start).Seconds())
 		if err != nil {
-			code, msg, ra = f.classify(j, err, ctx)
+			code, msg, ra = f.classify(j, mm, err, ctx)
 		}
+		f.settle(j.m, code)
 	}
-	f.s.metrics.calls.WithLabelValues(j.m.name, code.String()).Inc()
+	f.s.metrics.calls.WithLabelValues(mm.label, code.String()).Inc()
 	f.stats.calls.Add(1)
 	if code != codec.OK {
 		f.stats.errors.Add(1)
 	}
 	if c == nil {
 		j.done <- callResult{code: code, msg: msg, body: resp, retryAfter: ra}
-		return
+		return false
 	}
-	bb := respPool.Get()
-	bb.B = appendResponse(bb.B[:0], j.seq, code, msg, resp, ra)
-	max := f.s.cfg.MaxOutbound
-	_ = f.s.sendAsync(c, bb.B, func(gc gnet.Conn, _ error) error {
-		respPool.Put(bb)
-		if gc != nil && gc.OutboundBuffered() > max {
-			cc, _ := gc.Context().(*conn)
-			if cc != nil {
-				cc.closeCode.CompareAndSwap(0, uint32(codec.CodeSlowConsumer))
-			}
-			return gc.Close()
+	if c.closeCode.Load() != 0 {
+		return false // closing: nothing may follow its ERROR
+	}
+	a := f.s.newAnswer(c)
+	a.bb.B = appendResponse(a.bb.B, j.seq, code, msg, resp, ra)
+	a.queue()
+	return true
+}
+
+// answer writes one RESPONSE on its connection's event loop (a
+// gnet.Runnable, pooled), where it can see whether the connection is
+// closing: nothing is written after the closing ERROR. Writing it there
+// also applies the outbound bound, and reaches a client that half-closed.
+type answer struct {
+	s  *Server
+	c  *conn
+	bb *bytebufferpool.ByteBuffer
+}
+
+var answerPool = sync.Pool{New: func() any { return new(answer) }}
+
+// newAnswer returns an answer for c with an empty buffer: append the frame
+// to a.bb.B, then queue it. The call ends (callDone) when it is delivered.
+func (s *Server) newAnswer(c *conn) *answer {
+	a := answerPool.Get().(*answer)
+	a.s, a.c, a.bb = s, c, respPool.Get()
+	a.bb.B = a.bb.B[:0]
+	return a
+}
+
+// queue hands the answer to c's event loop.
+func (a *answer) queue() {
+	if err := a.c.gc.EventLoop().Execute(context.Background(), a); err != nil {
+		a.deliver(false) // the loop is gone
+	}
+}
+
+func (a *answer) Run(context.Context) error {
+	a.deliver(true)
+	return nil
+}
+
+// deliver writes the answer (onLoop: on c's loop) and ends the call.
+func (a *answer) deliver(onLoop bool) {
+	s, c := a.s, a.c
+	switch {
+	case !onLoop || c.state.Load() == stateClosed:
+		s.orphanWrite(c, a.bb.B) // the client may have half-closed, waiting for this
+	case c.closeCode.Load() == 0:
+		s.send(c, a.bb.B)
+		if c.gc.OutboundBuffered() > s.cfg.MaxOutbound && s.closeOnLoop(c, codec.CodeSlowConsumer) == gnet.Close {
+			_ = c.gc.Close()
 		}
-		return nil
-	})
+	}
+	respPool.Put(a.bb)
+	s.callDone(c)
+	a.s, a.c, a.bb = nil, nil, nil
+	answerPool.Put(a)
 }
 
 // classify turns a backend error into the client-facing code.
-func (f *forwarder) classify(j *job, err error, ctx context.Context) (codec.Code, string, uint32) {
+func (f *forwarder) classify(j *job, mm *methodMetrics, err error, ctx context.Context) (codec.Code, string, uint32) {
 	kind, be := backend.Classify(err)
 	switch {
 	case kind == backend.KindLogical:
@@ -383,13 +495,13 @@ func (f *forwarder) classify(j *job, err error, ctx context.Context) (codec.Code
 	case kind == backend.KindBusy:
 		return codec.CodeBusy, be.Msg, max(be.RetryAfter, 100)
 	case kind == backend.KindUnavailable:
-		j.m.finalSysFail.Inc()
+		mm.finalSysFail.Inc()
 		return codec.CodeUnavailable, be.Msg, max(be.RetryAfter, 500)
 	case ctx.Err() == context.DeadlineExceeded:
-		j.m.finalSysFail.Inc()
+		mm.finalSysFail.Inc()
 		return codec.CodeTimeout, "backend deadline exceeded", 500
 	default:
-		j.m.finalSysFail.Inc()
+		mm.finalSysFail.Inc()
 		f.s.connLog.Warn("backend call failed", "method", j.m.name, "uid", j.uid, "err", err)
 		return codec.CodeSystem, "backend failure", 1000
 	}
@@ -422,7 +534,7 @@ func (f *forwarder) call(ctx context.Context, uid uint64, device, method string,
 		f.closeMu.RUnlock()
 		f.busy.Add(-1)
 		f.s.metrics.shed.WithLabelValues("queue_full").Inc()
-		f.s.metrics.calls.WithLabelValues(j.m.name, codec.CodeBusy.String()).Inc()
+		f.s.metrics.calls.WithLabelValues(m.m.Load().label, codec.CodeBusy.String()).Inc()
 		return callResult{code: codec.CodeBusy, msg: "server busy", retryAfter: 200}
 	}
 	return <-j.done // the worker always answers, by the job's deadline at the latest

@@ -47,6 +47,8 @@ var closeInfos = map[codec.Code]closeInfo{
 	codec.CodeTokenExpired: {"token expired: get a new one", 0},
 	codec.CodeBadVersion:   {"unsupported protocol version: upgrade the client", 0},
 	codec.CodeReplaced:     {"the same device connected again elsewhere", 0},
+	codec.CodeFrameTooSlow: {"frame arriving slower than the minimum rate", 5000},
+	codec.CodeBadAuth:      {"malformed AUTH (device id over 64 bytes?): fix the request; the token may be fine", 0},
 }
 
 // errorFrames are pre-encoded ERROR frames for each close code.
@@ -155,7 +157,13 @@ func parseAuth(b []byte) (a authBody, ok bool) {
 		case num == 3 && typ == protowire.VarintType:
 			var v uint64
 			v, n = protowire.ConsumeVarint(b)
-			a.network = pb.Network(int32(v))
+			// Unknown networks (a newer client's, or junk) count as
+			// NETWORK_UNKNOWN: the policy and the echo in AUTH_OK use that.
+			if v <= uint64(pb.Network_NETWORK_CELLULAR) {
+				a.network = pb.Network(v)
+			} else {
+				a.network = pb.Network_NETWORK_UNKNOWN
+			}
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}

@@ -29,7 +29,7 @@ type HTTPConfig struct {
 	ReadHeaderTimeout time.Duration // default 5s: slowloris bound
 	ReadTimeout       time.Duration // default 10s
 	IdleTimeout       time.Duration // default 60s
-	MaxHeaderBytes    int           // default 8 KiB
+	MaxHeaderBytes    int           // request line and headers, at most (default 8 KiB); more is 431
 }
 
 // httpError is the JSON body of every non-200 answer.
@@ -70,17 +70,21 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 		return "", fmt.Errorf("gateway: http listen %s: %w", cfg.Addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/call/{method}", s.httpCall)
+	mux.HandleFunc("POST /v1/call/{method...}", s.httpCall) // "..." so empty and odd names get the JSON 400
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      s.cfg.CallTimeout + 5*time.Second,
 		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          nil,
+		// net/http answers 431 itself only past MaxHeaderBytes + 4096
+		// ("bufio slop"), and HTTP/2 counts differently: httpCall applies
+		// the documented limit exactly, to both.
+		MaxHeaderBytes: cfg.MaxHeaderBytes,
+		ErrorLog:       nil,
 	}
 	s.httpSrv = srv
+	s.httpMaxHeader = cfg.MaxHeaderBytes
 	go func() {
 		var err error
 		if cfg.TLSCert != "" && cfg.TLSKey != "" {
@@ -100,6 +104,16 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 // body. Logical failures map to 4xx, busy and system failures to 503 (or 504
 // for timeouts) with Retry-After.
 func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
+	if headerBytes(r) > s.httpMaxHeader {
+		s.httpFail(w, http.StatusRequestHeaderFieldsTooLarge, codec.CodeBadRequest, "request line and headers over 8 KiB", 0)
+		return
+	}
+	// A declared body over the limit is refused before anything is read, so
+	// a huge Content-Length with no body behind it is answered at once.
+	if r.ContentLength > int64(s.cfg.MaxBody) {
+		s.httpFail(w, http.StatusRequestEntityTooLarge, codec.CodeBodyTooLarge, "body over the size limit", 0)
+		return
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		s.httpFail(w, http.StatusUnauthorized, codec.CodeBadToken, "missing bearer token", 0)
@@ -107,25 +121,33 @@ func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
 	}
 	claims, err := s.tokenKeys().Verify(strings.TrimSpace(tok), time.Now())
 	if err != nil {
-		code := codec.CodeBadToken
+		// One message for every invalid token: which check failed (unknown
+		// key id, bad signature, malformed) is not the caller's business.
+		code, msg := codec.CodeBadToken, "invalid token"
 		if errors.Is(err, auth.ErrExpired) {
-			code = codec.CodeTokenExpired
+			code, msg = codec.CodeTokenExpired, "token expired"
 		}
 		s.metrics.auths.WithLabelValues("http_" + code.String()).Inc()
-		s.httpFail(w, http.StatusUnauthorized, code, err.Error(), 0)
+		s.httpFail(w, http.StatusUnauthorized, code, msg, 0)
 		return
 	}
-	device := claims.Device
+	// The device rules are AUTH's: a token bound to a device is valid only
+	// for that device (the header empty or equal).
+	device, hdr := claims.Device, r.Header.Get("X-Longlink-Device")
 	if device == "" {
-		device = r.Header.Get("X-Longlink-Device")
+		device = hdr
+	} else if hdr != "" && hdr != device {
+		s.metrics.auths.WithLabelValues("http_device_mismatch").Inc()
+		s.httpFail(w, http.StatusUnauthorized, codec.CodeBadToken, "invalid token", 0)
+		return
 	}
 	if len(device) > auth.MaxDevice {
-		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "device id too long", 0)
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "device id over 64 bytes", 0)
 		return
 	}
 	method := r.PathValue("method")
-	if method == "" || len(method) > 128 {
-		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "bad method", 0)
+	if !validMethod([]byte(method)) {
+		s.httpFail(w, http.StatusBadRequest, codec.CodeBadRequest, "bad method: empty, over 128 bytes or not UTF-8", 0)
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxBody)))
@@ -147,6 +169,18 @@ func (s *Server) httpCall(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.httpFail(w, httpStatus(res.code), res.code, res.msg, res.retryAfter)
+}
+
+// headerBytes is the size of r's request line and headers as HTTP/1.1
+// writes them.
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len("HTTP/1.1\r\n") + len("Host: \r\n") + len(r.Host) + 2
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n
 }
 
 // httpStatus maps a longlink code to an HTTP status.

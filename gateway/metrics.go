@@ -40,22 +40,29 @@ type metrics struct {
 	policy       *prometheus.GaugeVec // network, field
 
 	mu      sync.Mutex
-	methods map[string]*methodMetrics
+	methods map[string]*methodMetrics // by label, "other" included
+	other   *methodMetrics
 
 	all []prometheus.Collector // everything registered above (tests list their names)
 }
 
-// methodMetrics are one method's pre-resolved series.
+// methodMetrics are the pre-resolved series of one metrics label: a method
+// name, or "other" shared by every method without a label of its own. The
+// label is for the metrics only: what a call does never depends on it.
 type methodMetrics struct {
-	name         string
-	prio         uint8 // business priority for admission control
+	label        string
 	queue        prometheus.Observer
 	backend      prometheus.Observer
 	finalSysFail prometheus.Counter
 }
 
-// maxMethods bounds metric cardinality: methods beyond it share "other".
-const maxMethods = 256
+// Metric cardinality bounds: at most maxMethodLabels method labels per
+// process (the rest share "other"), and only methods that pass validMethod
+// (at most MaxMethodLen bytes of UTF-8) are ever candidates.
+const (
+	maxMethodLabels = 256
+	otherLabel      = "other"
+)
 
 func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry(), methods: map[string]*methodMetrics{}}
@@ -96,33 +103,36 @@ func newMetrics() *metrics {
 	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
+	m.other = m.newSeries(otherLabel)
+	m.methods[otherLabel] = m.other
 	return m
 }
 
-// method returns the pre-resolved series for a method name, creating them on
-// first use. Goroutine-safe.
-func (m *metrics) method(name string, prio func(string) uint8) *methodMetrics {
+// methodSeries returns the series for label, creating them if fewer than
+// maxMethodLabels labels exist; otherwise the shared "other" series. With
+// create false it only finds existing series ("other" when there are none).
+// Goroutine-safe.
+func (m *metrics) methodSeries(label string, create bool) *methodMetrics {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if mm, ok := m.methods[name]; ok {
+	if mm, ok := m.methods[label]; ok {
 		return mm
 	}
-	label := name
-	if len(m.methods) >= maxMethods {
-		label = "other"
-		if mm, ok := m.methods[label]; ok {
-			return mm
-		}
+	if !create || len(m.methods) >= maxMethodLabels+1 { // +1: "other" itself
+		return m.other
 	}
-	mm := &methodMetrics{
-		name:         label,
-		prio:         prio(label),
+	mm := m.newSeries(label)
+	m.methods[label] = mm
+	return mm
+}
+
+func (m *metrics) newSeries(label string) *methodMetrics {
+	return &methodMetrics{
+		label:        label,
 		queue:        m.queueTime.WithLabelValues(label),
 		backend:      m.backendTime.WithLabelValues(label),
 		finalSysFail: m.finalSysFail.WithLabelValues(label),
 	}
-	m.methods[label] = mm
-	return mm
 }
 
 // sessionsValue reads the sessions gauge (tests and benchmarks).

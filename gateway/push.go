@@ -355,8 +355,9 @@ func (lb *loopBatch) Run(context.Context) error {
 		}
 		if c.gc.OutboundBuffered() > s.cfg.MaxOutbound {
 			p.slow.Inc()
-			s.closeOnLoop(c, codec.CodeSlowConsumer)
-			_ = c.gc.Close()
+			if s.closeOnLoop(c, codec.CodeSlowConsumer) == gnet.Close {
+				_ = c.gc.Close()
+			}
 		}
 	}
 	if delivered > 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -595,4 +596,39 @@ func TestTokenKeysReload(t *testing.T) {
 	w = dialWire(t, s.Addr())
 	w.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: token(t, 6, "", time.Hour)}) // signed by the old key
 	w.expectClose(codec.CodeBadToken, 2*time.Second)
+}
+
+// An encrypted client that half-closes with calls in flight still gets
+// their answers, sealed in order like every other record (closing.go's
+// orphaned socket seals too).
+func TestSecureHalfCloseGetsSealedAnswers(t *testing.T) {
+	be := backend.NewEmbedded()
+	be.Handle("slow", func(ctx context.Context, r *backend.Request) ([]byte, error) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+		}
+		return r.Body, nil
+	})
+	s := startServer(t, func(c *Config) { c.Backend, c.ServerKeys, c.Encryption = be, testServerRing, "required" })
+	w, _ := dialSecure(t, s.Addr(), token(t, 9, "", time.Hour), "d", true)
+	var b []byte
+	for seq := uint16(2); seq <= 4; seq++ {
+		method := "slow"
+		b = append(b, w.st.Seal(nil, codec.AppendFrame(nil, codec.CmdRequest, 0, seq, rawRequest([]byte(method), []byte{byte(seq)})))...)
+	}
+	w.send(b)
+	if err := w.c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint16]bool{}
+	for len(got) < 3 {
+		f, err := w.nextSealed(3 * time.Second)
+		if err != nil {
+			t.Fatalf("answers %v, then %v", got, err)
+		}
+		if f.Cmd == codec.CmdResponse {
+			got[f.Seq] = true
+		}
+	}
 }

@@ -53,11 +53,15 @@ type Server struct {
 	sec      secureState
 	secKeys  atomic.Pointer[secure.KeyRing] // nil: encryption off (secure.go)
 
-	secTicks   uint32 // wheel ticks per second (flood window)
-	authTicks  uint32
-	frameTicks uint32
-	pol        atomic.Pointer[policyState]
+	secTicks    uint32 // wheel ticks per second (flood window)
+	authTicks   uint32
+	frameTicks  uint32
+	frameChunk  int // bytes a half-received frame must gain per FrameTimeout window
+	lingerTicks uint32
+	finTicks    uint32 // after FIN, how long a closing connection waits for the client's
+	pol         atomic.Pointer[policyState]
 
+	orphans  sync.Map // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
 	nextID   atomic.Uint64
 	draining atomic.Bool
 	started  time.Time
@@ -69,10 +73,11 @@ type Server struct {
 	done   chan struct{}
 	runErr error
 
-	admin     *http.Server
-	httpSrv   *http.Server
-	adminAddr string
-	stopOnce  sync.Once
+	admin         *http.Server
+	httpSrv       *http.Server
+	httpMaxHeader int // HTTPConfig.MaxHeaderBytes
+	adminAddr     string
+	stopOnce      sync.Once
 }
 
 // New validates cfg, fills defaults and returns a server ready to Start.
@@ -93,6 +98,9 @@ func New(cfg Config) (*Server, error) {
 	s.secTicks = max(1, s.wheel.Ticks(time.Second))
 	s.authTicks = s.wheel.Ticks(cfg.AuthTimeout)
 	s.frameTicks = s.wheel.Ticks(cfg.FrameTimeout)
+	s.frameChunk = max(1, int(int64(cfg.MinFrameRate)*int64(cfg.FrameTimeout)/int64(time.Second)))
+	s.lingerTicks = s.wheel.Ticks(cfg.CloseLinger)
+	s.finTicks = min(s.wheel.Ticks(time.Second), 1<<15)
 	s.pol.Store(s.newPolicyState(*cfg.Policies))
 	s.connAdm = newConnAdmission(cfg.ConnAdmission)
 	var err error
@@ -196,13 +204,15 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	if s.draining.Load() {
 		c.closeCode.Store(uint32(codec.CodeShutdown))
-		return s.goAwayFrame(), gnet.Close
+		_, _ = gc.Write(s.goAwayFrame())
+		return nil, s.linger(c) // so an AUTH already on its way is read, not answered by a reset
 	}
 	if !s.connAdm.accept(s.wheel.Len()) {
 		c.closeCode.Store(uint32(codec.CodeServerBusy))
 		s.connAdm.refused.Add(1)
 		s.metrics.connRefused.WithLabelValues("accept_limit").Inc()
-		return s.connAdm.busyFrame(0), gnet.Close
+		_, _ = gc.Write(s.connAdm.busyFrame(0))
+		return nil, s.linger(c)
 	}
 	s.wheel.Add(&c.hb, c, heartbeat.Never, s.wheel.Now()+s.authTicks)
 	return nil, gnet.None
@@ -213,6 +223,11 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c, _ := gc.Context().(*conn)
 	if c == nil {
 		return gnet.None
+	}
+	if c.state.Load() == stateAuthed && c.closeCode.Load() == 0 {
+		// The client (half-)closed: answer the calls in flight anyway. Before
+		// the state changes, so a worker that sees it closed sees the orphan.
+		s.keepForAnswers(c)
 	}
 	prev := c.state.Swap(stateClosed)
 	s.wheel.Remove(&c.hb)
@@ -236,6 +251,10 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 // Frames complete in gnet's buffer are handled in place, without a copy.
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c := gc.Context().(*conn)
+	if c.closing() { // the closing ERROR is queued: nothing more is read
+		_, _ = gc.Discard(-1)
+		return s.linger(c)
+	}
 	buf, _ := gc.Peek(-1)
 	if c.ws {
 		return s.onWSTraffic(c, buf, 0)
@@ -250,7 +269,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	if off > 0 { // Discard(0) would drop everything
 		_, _ = gc.Discard(off)
 	}
-	s.afterTraffic(c, len(buf)-off)
+	s.afterTraffic(c, len(buf)-off, off > 0)
 	if gc.OutboundBuffered() > s.cfg.MaxOutbound {
 		return s.closeOnLoop(c, codec.CodeSlowConsumer)
 	}
@@ -288,18 +307,32 @@ func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
 	return off, codec.OK
 }
 
-// afterTraffic applies the slowloris rule: a frame left half-received must
-// complete within FrameTimeout, whatever the idle timeout. Only
+// afterTraffic applies the slow-frame rule, which judges progress, not
+// age: a frame left half-received must, within each FrameTimeout window,
+// complete or gain frameChunk bytes (MinFrameRate per second); each window
+// it passes starts the next. rest is the half-received frame's buffered
+// bytes, consumed whether whole frames went before it in this read. Only
 // authenticated connections need this: before AUTH the auth deadline is hard.
-func (s *Server) afterTraffic(c *conn, rest int) {
-	if rest > 0 != c.partial && c.state.Load() == stateAuthed {
-		c.partial = rest > 0
-		hard := heartbeat.Never
-		if c.partial {
-			hard = s.wheel.Now() + s.frameTicks
-		}
-		s.wheel.Set(&c.hb, s.idleTicks(c.network), hard)
+func (s *Server) afterTraffic(c *conn, rest int, consumed bool) {
+	if c.state.Load() != stateAuthed {
+		return
 	}
+	switch {
+	case rest == 0:
+		if c.partial() {
+			c.setPartial(false)
+			s.wheel.Set(&c.hb, s.idleTicks(c.network), heartbeat.Never)
+		}
+		return
+	case !c.partial() || consumed: // a new frame began: its first window
+		c.setPartial(true)
+	case rest-int(c.mark) < s.frameChunk:
+		return // not yet a window's worth of progress
+	default: // progress counts as activity
+		s.wheel.Touch(&c.hb)
+	}
+	c.mark = uint32(rest)
+	s.wheel.Set(&c.hb, s.idleTicks(c.network), s.wheel.Now()+s.frameTicks)
 }
 
 // send writes a protocol frame to c. Must run on c's event loop.
@@ -389,7 +422,7 @@ func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 	a, ok := parseAuth(body)
 	if !ok {
 		s.metrics.authMalformed.Inc()
-		return codec.CodeBadToken
+		return codec.CodeBadAuth // the request is broken, not (necessarily) the token
 	}
 	claims, err := s.tokenKeys().VerifyBytes(a.token, time.Now())
 	if err != nil {
@@ -410,7 +443,7 @@ func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 	}
 	if len(device) > auth.MaxDevice {
 		s.metrics.authMalformed.Inc()
-		return codec.CodeBadToken
+		return codec.CodeBadAuth // fix the device id; the token stays good
 	}
 	c.uid, c.device, c.network = claims.UID, device, a.network
 	return codec.OK
@@ -448,43 +481,64 @@ func (s *Server) admit(c *conn, sendOK bool) codec.Code {
 // codeSent is an internal close code: close, the ERROR frame is already sent.
 const codeSent codec.Code = 1
 
-// closeOnLoop writes the ERROR frame for code and returns gnet.Close; gnet
-// flushes the frame before closing. Must run on c's event loop.
+// closeOnLoop writes the ERROR frame for code and starts closing c: it
+// returns gnet.Close only once everything queued has gone out, else
+// gnet.None and c lingers (closing.go). Must run on c's event loop.
 func (s *Server) closeOnLoop(c *conn, code codec.Code) gnet.Action {
+	if c.closing() { // one ERROR per connection
+		return s.linger(c)
+	}
 	if code == codeSent { // the caller already sent its own ERROR
 		code = codec.Code(c.closeCode.Load())
 		if c.ws {
 			_, _ = c.gc.Write(wsClose(wsCloseForCode(code), code.String()))
 		}
-		return gnet.Close
+		return s.linger(c)
 	}
 	c.closeCode.Store(uint32(code))
 	s.send(c, errorFrame(code))
 	if c.ws {
 		_, _ = c.gc.Write(wsClose(wsCloseForCode(code), code.String()))
 	}
-	return gnet.Close
+	return s.linger(c)
 }
 
 // closeAsync closes c from any goroutine after sending the ERROR for code.
 func (s *Server) closeAsync(c *conn, code codec.Code) {
-	c.closeCode.CompareAndSwap(0, uint32(code))
-	_ = s.sendAsync(c, errorFrame(code), func(gc gnet.Conn, _ error) error {
+	if !c.closeCode.CompareAndSwap(0, uint32(code)) {
+		return // already closing, with its own ERROR
+	}
+	_ = s.sendAsync(c, errorFrame(code), func(gc gnet.Conn, err error) error {
+		if err != nil {
+			return nil // already closed
+		}
 		if c.ws {
 			_, _ = gc.Write(wsClose(wsCloseForCode(code), code.String()))
 		}
-		return gc.Close()
+		if s.linger(c) == gnet.Close {
+			return gc.Close()
+		}
+		return nil
 	})
 }
 
 // expire is the wheel's callback: the connections whose deadline passed.
 func (s *Server) expire(batch []*conn) {
 	for _, c := range batch {
+		if c.closeCode.Load() != 0 { // lingering: see on its loop whether it has flushed
+			_ = c.gc.Wake(nil)
+			continue
+		}
 		switch c.state.Load() {
 		case stateNew:
 			s.metrics.evictions.WithLabelValues("auth_timeout").Inc()
 			s.closeAsync(c, codec.CodeAuthTimeout)
 		case stateAuthed:
+			if c.partial() {
+				s.metrics.evictions.WithLabelValues("frame_too_slow").Inc()
+				s.closeAsync(c, codec.CodeFrameTooSlow)
+				continue
+			}
 			s.metrics.evictions.WithLabelValues("stale").Inc()
 			s.closeAsync(c, codec.CodeStale)
 		}

@@ -134,7 +134,7 @@ func TestBadInputIsClosedWithCode(t *testing.T) {
 		{"slowloris after auth", func(w *wire) {
 			w.auth(token(t, 7, "", time.Hour), "x")
 			w.send(codec.AppendHeader(nil, codec.CmdRequest, 0, 1, 100)[:5])
-		}, codec.CodeStale},
+		}, codec.CodeFrameTooSlow},
 		{"flood", func(w *wire) {
 			w.auth(token(t, 8, "", time.Hour), "x")
 			var b []byte

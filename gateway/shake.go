@@ -21,7 +21,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/panjf2000/gnet/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -222,21 +221,28 @@ func (sh *shaker) replyNow(c *conn, seq uint16, r opening.Result) {
 func (sh *shaker) worker() {
 	defer sh.wg.Done()
 	for j := range sh.jobs {
-		sh.run(j)
-		j.c.inflight.Add(-1)
+		if !sh.run(j) { // else the answer's delivery ends the call
+			sh.s.callDone(j.c)
+		}
 	}
 }
 
-func (sh *shaker) run(j *openJob) {
-	if j.c.state.Load() != stateAuthed {
-		return // closed while queued; the client retries on its next connection
+// run opens one ticket and queues the answer (reporting whether it did),
+// like a call's: on the loop, never after a closing ERROR, and to a client
+// that half-closed.
+func (sh *shaker) run(j *openJob) (sent bool) {
+	if c := j.c; c.closeCode.Load() != 0 || c.state.Load() != stateAuthed && !c.orphaned() {
+		return false // closed while queued; the client retries on its next connection
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), sh.cfg.OpenTimeout)
 	r := sh.cfg.Opener.Open(ctx, j.uid, j.ticket)
 	cancel()
 	sh.opens.WithLabelValues(r.Code.String()).Inc()
 	sh.openDur.Observe(time.Since(j.at).Seconds())
-	_ = sh.s.sendAsync(j.c, openRspFrame(j.seq, r), func(gc gnet.Conn, _ error) error { return nil })
+	a := sh.s.newAnswer(j.c)
+	a.bb.B = append(a.bb.B, openRspFrame(j.seq, r)...)
+	a.queue()
+	return true
 }
 
 // shakeRoutes adds the shake switches to the admin mux:

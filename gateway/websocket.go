@@ -263,7 +263,7 @@ func (s *Server) onWSTraffic(c *conn, buf []byte, off int) gnet.Action {
 	if off > 0 {
 		_, _ = c.gc.Discard(off)
 	}
-	s.afterTraffic(c, len(buf)-off)
+	s.afterTraffic(c, len(buf)-off, off > 0)
 	if c.gc.OutboundBuffered() > s.cfg.MaxOutbound {
 		return s.closeOnLoop(c, codec.CodeSlowConsumer)
 	}

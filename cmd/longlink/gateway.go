@@ -54,6 +54,8 @@ func runGateway(args []string) int {
 	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (0: half the CPUs, at least 1)")
 	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 10*time.Second, "AUTH must arrive within this")
+	fs.DurationVar(&cfg.FrameTimeout, "frame-timeout", 30*time.Second, "a started frame must complete or gain --min-frame-rate bytes/s within each window this long (else 3013 frame_too_slow)")
+	fs.IntVar(&cfg.MinFrameRate, "min-frame-rate", 256, "bytes per second a started frame must keep arriving at, judged per --frame-timeout window")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 0, "a fixed heartbeat interval for every network (default: adaptive per-network policies, 210s-580s on cellular; change at runtime with PUT /heartbeat/policy on the admin port)")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "with --heartbeat: close connections silent this long (default 2*heartbeat+60s)")
 	fs.IntVar(&cfg.MaxFrameRate, "max-frame-rate", 200, "frames per second per connection before it is closed as a flood")
