@@ -14,8 +14,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/shake"
 	"github.com/longlink/longlink/shake/opening"
