@@ -47,9 +47,10 @@ make test
 echo "newcomer: the example page, served by the gateway, shows a push"
 if command -v chromium >/dev/null; then
   token=$(bin/longlink token --uid 42)
+  pin=$(bin/longlink keys | head -1)   # make run requires encryption: the page pins the server key
   dom=$(timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
     --user-data-dir="$fresh/chromium" --virtual-time-budget=15000 --timeout=15000 --dump-dom \
-    "http://127.0.0.1:7180/example/?token=$token&auto=1" 2>/dev/null || true)
+    "http://127.0.0.1:7180/example/?token=$token&key=$pin&auto=1" 2>/dev/null || true)
   if ! grep -q "push: type" <<<"$dom"; then
     echo "newcomer: the example page showed no push:"; grep -A20 '<pre id="log">' <<<"$dom" | head -30 || true
     tail -20 "$runlog"; exit 1

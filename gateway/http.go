@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"strconv"
@@ -30,6 +31,9 @@ type HTTPConfig struct {
 	ReadTimeout       time.Duration // default 10s
 	IdleTimeout       time.Duration // default 60s
 	MaxHeaderBytes    int           // request line and headers, at most (default 8 KiB); more is 431
+	// Example, when set, is served read-only under GET /example/ (the
+	// browser client and its demo page, web.Files), and / redirects there.
+	Example fs.FS
 }
 
 // httpError is the JSON body of every non-200 answer.
@@ -71,6 +75,18 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/call/{method...}", s.httpCall) // "..." so empty and odd names get the JSON 400
+	if cfg.Example != nil {
+		files := http.StripPrefix("/example/", http.FileServerFS(cfg.Example))
+		mux.HandleFunc("GET /example/{file...}", func(w http.ResponseWriter, r *http.Request) {
+			if r.PathValue("file") == "" {
+				r.URL.Path = "/example/example.html" // no directory listing
+			}
+			w.Header().Set("Cache-Control", "no-cache")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			files.ServeHTTP(w, r)
+		})
+		mux.Handle("GET /{$}", http.RedirectHandler("/example/", http.StatusFound))
+	}
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,

@@ -18,7 +18,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/longlink/longlink/backend"
@@ -196,4 +198,36 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
 	_ = os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	_ = os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
+}
+
+// The HTTP port serves the browser example (web.Files in the binary): the
+// page at /example/, its module beside it, / redirecting there, nothing else.
+func TestHTTPServesExample(t *testing.T) {
+	files := fstest.MapFS{"example.html": {Data: []byte("<h1>example</h1>")}, "longlink.js": {Data: []byte("export {}")}}
+	_, base := startHTTP(t, nil, HTTPConfig{Addr: "127.0.0.1:0", Example: files})
+	cl := &http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(path string) (*http.Response, string) {
+		resp, err := cl.Get("http://" + base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	if r, body := get("/example/"); r.StatusCode != 200 || body != "<h1>example</h1>" {
+		t.Errorf("/example/: %d %q", r.StatusCode, body)
+	}
+	if r, body := get("/example/longlink.js"); r.StatusCode != 200 || body != "export {}" || !strings.Contains(r.Header.Get("Content-Type"), "javascript") {
+		t.Errorf("/example/longlink.js: %d %q %q", r.StatusCode, r.Header.Get("Content-Type"), body)
+	}
+	if r, _ := get("/"); r.StatusCode != http.StatusFound || r.Header.Get("Location") != "/example/" {
+		t.Errorf("/: %d to %q", r.StatusCode, r.Header.Get("Location"))
+	}
+	if r, _ := get("/example/../keys.json"); r.StatusCode == 200 {
+		t.Error("path escape served something")
+	}
+	if r, _ := get("/other"); r.StatusCode != http.StatusNotFound {
+		t.Errorf("/other: %d", r.StatusCode)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
+	"github.com/longlink/longlink/web"
 )
 
 const gatewaySummary = "run the access gateway (one process, or a supervisor of --workers processes)"
@@ -210,6 +211,7 @@ func runGateway(args []string) int {
 	}
 	defer ef.reloadOnHUP(log, srv, keyPath)()
 	if httpCfg.Addr != "" {
+		httpCfg.Example = web.Files // the browser client's demo page on GET /example/
 		addr, err := srv.ServeHTTP(httpCfg, *workerIdx >= 0)
 		if err != nil {
 			log.Error("cannot start http listener", "err", err)
