@@ -3,13 +3,13 @@ package client
 import (
 	"context"
 	"errors"
-	"github.com/nats-io/nats.go"
 	"io"
 	"log/slog"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 

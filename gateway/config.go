@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/longlink/longlink/admission"
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
@@ -66,7 +67,7 @@ type Config struct {
 	// SwitchesFile persists the operator's switches ("" = not persisted).
 	SwitchesFile string
 
-	Admission     AdmissionConfig     // overload control on the forwarding pools
+	Admission     AdmissionConfig     // overload control on the forwarding pools (package admission)
 	ConnAdmission ConnAdmissionConfig // accept rate, connection cap, flapping
 
 	// Push (push/, gateway/push.go): NATS URLs (comma-separated) this worker
@@ -168,3 +169,11 @@ func (c *Config) fill() error {
 	def(&c.PushWindow, 20*time.Millisecond)
 	return c.fillEncryption()
 }
+
+// AdmissionConfig tunes overload control on the forwarding pools; it lives
+// in package admission, which owns the controller.
+type AdmissionConfig = admission.Config
+
+// DefaultPriorities: login, sync and send above shake and open, above
+// everything else (admission.DefaultPriorities).
+func DefaultPriorities() map[string]int { return admission.DefaultPriorities() }

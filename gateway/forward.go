@@ -12,6 +12,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"github.com/valyala/bytebufferpool"
 
+	"github.com/longlink/longlink/admission"
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
 )
@@ -37,7 +38,7 @@ type forwarder struct {
 
 	stats statusCounters
 
-	adm         *admission
+	adm         *admission.Controller
 	retryTokens atomic.Int64 // retry budget, in tenths of a retry
 
 	closeMu sync.RWMutex // call (HTTP) sends under the read lock; stop closes jobs under the write lock
@@ -108,8 +109,8 @@ func newForwarder(s *Server) *forwarder {
 		f.lanes[i] = make(chan *job, s.cfg.QueueSize)
 	}
 	f.retryTokens.Store(100) // start with 10 retries banked
-	f.adm = newAdmission(s.cfg.Admission, time.Now)
-	f.adm.onLevel = func(th uint32, over bool) {
+	f.adm = admission.New(s.cfg.Admission, time.Now)
+	f.adm.OnLevel = func(th uint32, over bool) {
 		s.metrics.admLevel.Set(float64(th))
 		if over {
 			s.metrics.admOverload.Set(1)
@@ -128,12 +129,12 @@ func (f *forwarder) start() {
 	f.wg.Add(1)
 	go func() { // admission windows also close on time when calls are few
 		defer f.wg.Done()
-		t := time.NewTicker(f.adm.cfg.Window / 4)
+		t := time.NewTicker(f.adm.Window() / 4)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
-				f.adm.tick()
+				f.adm.Tick()
 			case <-f.ctx.Done():
 				return
 			}
@@ -143,13 +144,13 @@ func (f *forwarder) start() {
 
 // shed answers a call refused by admission control.
 func (f *forwarder) shedRetryAfter() uint32 {
-	ra := f.adm.cfg.RetryAfter
+	ra := f.adm.RetryAfter()
 	return uint32((ra + time.Duration(rand.Int64N(int64(ra)))) / time.Millisecond)
 }
 
 // admit runs admission control for a call; false means shed it.
 func (f *forwarder) admit(m *method, uid uint64) bool {
-	if f.adm.admit(f.adm.level(m.prio, uid)) {
+	if f.adm.Admit(f.adm.CallLevel(m.prio, uid)) {
 		return true
 	}
 	f.s.metrics.admShed.WithLabelValues(strconv.Itoa(int(m.prio))).Inc()
@@ -192,8 +193,8 @@ func (f *forwarder) method(name []byte) *method {
 		return m
 	}
 	n := string(name)
-	_, known := f.adm.cfg.Priorities[n]
-	m = &method{name: n, prio: f.adm.bizPriority(n), known: known}
+	known := f.adm.Known(n)
+	m = &method{name: n, prio: f.adm.BizPriority(n), known: known}
 	// Only a known method takes a new label now; others find theirs if they
 	// had one before, or share "other" until the backend vouches for them.
 	m.m.Store(f.s.metrics.methodSeries(n, known))
@@ -361,7 +362,7 @@ func (f *forwarder) run(j *job, req *backend.Request) (sent bool) {
 	queued := start.Sub(j.enqueued)
 	mm := j.m.m.Load()
 	mm.queue.Observe(queued.Seconds())
-	f.adm.observe(queued)
+	f.adm.Observe(queued)
 	f.stats.queueNs.Add(int64(queued))
 	f.stats.queueN.Add(1)
 	c := j.c
@@ -378,7 +379,7 @@ func (f *forwarder) run(j *job, req *backend.Request) (sent bool) {
 	if !start.Before(j.deadline) {
 		code, msg = codec.CodeTimeout, "deadline passed while queued"
 		f.s.metrics.shed.WithLabelValues("expired_in_queue").Inc()
-	} else if queued > f.adm.cfg.MaxQueueWait {
+	} else if queued > f.adm.MaxQueueWait() {
 		// Late is as bad as never under overload: answer busy now rather
 		// than run a call whose client has probably given up.
 		code, msg, ra = codec.CodeBusy, "overloaded: waited too long in the queue", f.shedRetryAfter()

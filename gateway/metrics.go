@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/longlink/longlink/admission"
 	"github.com/longlink/longlink/codec"
 )
 
@@ -97,7 +98,7 @@ func newMetrics() *metrics {
 	m.admLevel = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_admission_level", Help: "Admission threshold: calls with compound priority level (business<<7 | user) above it are shed; 8191 admits everything."})
 	m.admOverload = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_admission_overloaded", Help: "1 if the last window's average queueing time was over the target."})
 	m.admShed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_admission_shed_total", Help: "Calls shed by admission control, by business priority (0 = most important)."}, []string{"priority"})
-	m.admLevel.Set(maxLevel)
+	m.admLevel.Set(admission.MaxLevel)
 	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_connections_refused_total", Help: "Connections refused by connection admission, by reason (accept_limit, flapping)."}, []string{"reason"})
 	m.degrade = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_degrade_level", Help: "Degrade level in force (0 normal .. 3)."})
 	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {

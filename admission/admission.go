@@ -1,4 +1,10 @@
-package gateway
+// Package admission owns overload control for the gateway's forwarding
+// pools, after WeChat's DAGOR (SoCC 2018): the Controller detects overload
+// by queueing time and sheds calls by business priority, then by a user
+// priority that rotates hourly. It needs nothing but the standard library
+// and is safe for the event loops, HTTP goroutines and forwarding
+// goroutines at once.
+package admission
 
 import (
 	"math"
@@ -34,12 +40,12 @@ const (
 	userLevels  = 128
 	bizLevels   = 64
 	levelCount  = bizLevels * userLevels
-	maxLevel    = levelCount - 1
+	MaxLevel    = levelCount - 1 // the threshold that admits everything
 	defaultBizP = 4
 )
 
-// AdmissionConfig tunes admission control. Zero fields take the defaults.
-type AdmissionConfig struct {
+// Config tunes admission control. Zero fields take the defaults.
+type Config struct {
 	Disabled    bool
 	QueueTarget time.Duration  // average queueing time above which the pool counts as overloaded (20ms)
 	Window      time.Duration  // how often the threshold moves (1s)
@@ -64,7 +70,7 @@ func DefaultPriorities() map[string]int {
 	}
 }
 
-func (c *AdmissionConfig) fill() {
+func (c *Config) fill() {
 	if c.QueueTarget <= 0 {
 		c.QueueTarget = 20 * time.Millisecond
 	}
@@ -94,8 +100,8 @@ func (c *AdmissionConfig) fill() {
 	}
 }
 
-type admission struct {
-	cfg AdmissionConfig // static
+type Controller struct {
+	cfg Config // static
 	now func() time.Time
 
 	threshold atomic.Uint32 // admit levels <= threshold
@@ -109,17 +115,22 @@ type admission struct {
 	overloaded  bool // the last window's verdict
 	calm        int  // consecutive windows with a nearly empty queue
 
-	onLevel func(threshold uint32, overloaded bool) // metrics hook; may be nil
+	// OnLevel, if set before the first call, hears every window's
+	// threshold and verdict (the metrics hook).
+	OnLevel func(threshold uint32, overloaded bool)
 }
 
-func newAdmission(cfg AdmissionConfig, now func() time.Time) *admission {
+// New returns a controller admitting everything until the first
+// overloaded window. now is the clock (time.Now outside tests).
+func New(cfg Config, now func() time.Time) *Controller {
 	cfg.fill()
-	a := &admission{cfg: cfg, now: now, windowStart: now()}
-	a.threshold.Store(maxLevel)
+	a := &Controller{cfg: cfg, now: now, windowStart: now()}
+	a.threshold.Store(MaxLevel)
 	return a
 }
 
-func (a *admission) bizPriority(method string) uint8 {
+// BizPriority is a method's business priority (0 most important).
+func (a *Controller) BizPriority(method string) uint8 {
 	p, ok := a.cfg.Priorities[method]
 	if !ok {
 		p = a.cfg.DefaultPriority
@@ -137,14 +148,14 @@ func userPriority(uid uint64, at time.Time) uint32 {
 	return uint32(x % userLevels)
 }
 
-// level is a call's compound priority level.
-func (a *admission) level(biz uint8, uid uint64) uint32 {
+// CallLevel is a call's compound priority level.
+func (a *Controller) CallLevel(biz uint8, uid uint64) uint32 {
 	return uint32(biz)<<7 | userPriority(uid, a.now())
 }
 
-// admit records the arrival and reports whether the call may enter the
+// Admit records the arrival and reports whether the call may enter the
 // queue. Lock-free; no allocation.
-func (a *admission) admit(level uint32) bool {
+func (a *Controller) Admit(level uint32) bool {
 	if a.cfg.Disabled {
 		return true
 	}
@@ -156,8 +167,8 @@ func (a *admission) admit(level uint32) bool {
 	return true
 }
 
-// observe records one call's queueing time and rolls the window when due.
-func (a *admission) observe(queued time.Duration) {
+// Observe records one call's queueing time and rolls the window when due.
+func (a *Controller) Observe(queued time.Duration) {
 	if a.cfg.Disabled {
 		return
 	}
@@ -168,8 +179,8 @@ func (a *admission) observe(queued time.Duration) {
 	}
 }
 
-// tick rolls the window on time (called every few hundred ms).
-func (a *admission) tick() {
+// Tick rolls the window on time (called every few hundred ms).
+func (a *Controller) Tick() {
 	a.mu.Lock()
 	due := a.now().Sub(a.windowStart) >= a.cfg.Window
 	a.mu.Unlock()
@@ -179,7 +190,7 @@ func (a *admission) tick() {
 }
 
 // roll closes the window and moves the threshold.
-func (a *admission) roll() {
+func (a *Controller) roll() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n := a.queueN.Swap(0)
@@ -203,7 +214,7 @@ func (a *admission) roll() {
 		// overload is contained in a few windows, not dozens.
 		alpha := min(0.2, a.cfg.Alpha*float64(sum/n)/float64(a.cfg.QueueTarget))
 		th = pickThreshold(&hist, uint64(math.Floor(float64(admitted)*(1-alpha))), th, false)
-	case th < maxLevel:
+	case th < MaxLevel:
 		var total uint64
 		for _, h := range hist {
 			total += uint64(h)
@@ -220,14 +231,14 @@ func (a *admission) roll() {
 		}
 		target := uint64(math.Ceil(float64(admitted)*(1+beta))) + 1
 		if target > total {
-			th = maxLevel // everything that arrives fits: stop shedding at once
+			th = MaxLevel // everything that arrives fits: stop shedding at once
 		} else {
 			th = pickThreshold(&hist, target, th, true)
 		}
 	}
 	a.threshold.Store(th)
-	if a.onLevel != nil {
-		a.onLevel(th, over)
+	if a.OnLevel != nil {
+		a.OnLevel(th, over)
 	}
 }
 
@@ -247,10 +258,10 @@ func pickThreshold(hist *[levelCount]uint32, target uint64, cur uint32, up bool)
 		}
 	}
 	if !found {
-		lvl = maxLevel
+		lvl = MaxLevel
 	}
 	if up {
-		return min(max(lvl, cur+1), maxLevel)
+		return min(max(lvl, cur+1), MaxLevel)
 	}
 	if lvl >= cur {
 		if cur == 0 {
@@ -262,9 +273,25 @@ func pickThreshold(hist *[levelCount]uint32, target uint64, cur uint32, up bool)
 }
 
 // Level returns the current threshold and whether the last window was
-// overloaded. maxLevel means everything is admitted.
-func (a *admission) Level() (uint32, bool) {
+// overloaded. MaxLevel means everything is admitted.
+func (a *Controller) Level() (uint32, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.threshold.Load(), a.overloaded
 }
+
+// Known reports whether method has an entry in the priority table.
+func (a *Controller) Known(method string) bool {
+	_, ok := a.cfg.Priorities[method]
+	return ok
+}
+
+// RetryAfter is the hint sent with a shed call.
+func (a *Controller) RetryAfter() time.Duration { return a.cfg.RetryAfter }
+
+// MaxQueueWait is how long a call may wait for a goroutine before it is
+// answered busy instead of run.
+func (a *Controller) MaxQueueWait() time.Duration { return a.cfg.MaxQueueWait }
+
+// Window is how often the threshold moves.
+func (a *Controller) Window() time.Duration { return a.cfg.Window }
