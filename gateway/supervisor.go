@@ -135,8 +135,13 @@ func RunSupervisor(cfg SupervisorConfig) int {
 	}
 
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	s := <-sig
+	for s == syscall.SIGHUP { // reload (keys, configuration): each worker does its own
+		log.Info("audit: SIGHUP: reload forwarded to the workers")
+		sv.signalAll(syscall.SIGHUP)
+		s = <-sig
+	}
 	log.Info("supervisor shutting down", "signal", s.String())
 	sv.stopAll(cfg.ShutdownTimeout)
 	if admin != nil {
@@ -164,6 +169,17 @@ type supervisor struct {
 	workers  []*workerProc
 	stopping bool
 	wg       sync.WaitGroup
+}
+
+// signalAll sends sig to every running worker.
+func (sv *supervisor) signalAll(sig os.Signal) {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	for _, w := range sv.workers {
+		if w != nil && w.cmd != nil && w.cmd.Process != nil {
+			_ = w.cmd.Process.Signal(sig)
+		}
+	}
 }
 
 type workerProc struct {

@@ -5,11 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/longlink/longlink/gateway"
 )
 
 // The configuration file is YAML (chosen over TOML: already a dependency for
@@ -329,4 +332,60 @@ func applyConfigFile(fs *flag.FlagSet, args []string) error {
 		return fmt.Errorf("%s:%w", path, errors.Join(errs...))
 	}
 	return nil
+}
+
+// runtimeSettings are the gateway flags a reload applies without a restart
+// (as runtime switches); every other changed setting is reported as needing
+// one. Keys (token and server) reload on SIGHUP too (keys.go).
+var runtimeSettings = map[string]func(sw *gateway.Switches, fs *flag.FlagSet){
+	"accept-rate": func(sw *gateway.Switches, fs *flag.FlagSet) {
+		sw.AcceptRate = fs.Lookup("accept-rate").Value.(flag.Getter).Get().(float64)
+	},
+	"max-conns": func(sw *gateway.Switches, fs *flag.FlagSet) {
+		sw.MaxConns = fs.Lookup("max-conns").Value.(flag.Getter).Get().(int)
+	},
+}
+
+// reloadGatewayConfig re-reads the configuration (file, environment, then
+// the command line as at start) on SIGHUP: the runtime settings that changed
+// are applied as switches (audited like any switch change); the others are
+// logged as needing a restart.
+// parsed holds the settings as parsed at start (snapshotFlags), before the
+// command filled in derived defaults.
+func reloadGatewayConfig(log *slog.Logger, srv *gateway.Server, parsed map[string]string, args []string) {
+	fresh, err := flagSetOf(section{"gateway", func() int { return commands["gateway"].run(args) }})
+	if err == nil {
+		fresh.SetOutput(io.Discard)
+		err = fresh.Parse(args)
+	}
+	if err != nil {
+		log.Error("SIGHUP: configuration not reloaded", "err", err)
+		return
+	}
+	sw, changed := srv.Switches(), false
+	fresh.VisitAll(func(f *flag.Flag) {
+		old, ok := parsed[f.Name]
+		if !ok || old == f.Value.String() {
+			return
+		}
+		if apply, ok := runtimeSettings[f.Name]; ok {
+			apply(&sw, fresh)
+			changed = true
+			parsed[f.Name] = f.Value.String()
+			return
+		}
+		log.Warn("SIGHUP: setting changed in the configuration, applied at the next restart", "setting", f.Name, "running", old, "configured", f.Value.String())
+	})
+	if changed {
+		if err := srv.SetSwitches(sw, "SIGHUP (configuration file)"); err != nil {
+			log.Error("SIGHUP: configuration not applied", "err", err)
+		}
+	}
+}
+
+// snapshotFlags records every flag's value as parsed.
+func snapshotFlags(fs *flag.FlagSet) map[string]string {
+	out := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { out[f.Name] = f.Value.String() })
+	return out
 }

@@ -3,10 +3,15 @@ package main
 import (
 	"bytes"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/gateway"
 )
 
 // config print | config check - round-trips, for every section.
@@ -87,5 +92,50 @@ func TestExampleConfigChecks(t *testing.T) {
 	}
 	if errs := checkConfig(raw); len(errs) > 0 {
 		t.Fatalf("deploy/longlink.yaml: %v", errs)
+	}
+}
+
+// SIGHUP re-reads the configuration: runtime settings apply as switches,
+// others are reported as needing a restart.
+func TestReloadGatewayConfig(t *testing.T) {
+	keys, _ := auth.NewKeySet(1, map[uint32][]byte{1: []byte("reload-test-key-0123456789abcdef")})
+	srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	file := filepath.Join(t.TempDir(), "longlink.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("gateway:\n  accept-rate: 0\n  listen: \":7100\"\n")
+	args := []string{"--config", file}
+	running, err := flagSetOf(section{"gateway", func() int { return commands["gateway"].run(nil) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := running.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	parsed := snapshotFlags(running)
+	write("gateway:\n  accept-rate: 250\n  max-conns: 9000\n  listen: \":9100\"\n")
+	var logs bytes.Buffer
+	reloadGatewayConfig(slog.New(slog.NewTextHandler(&logs, nil)), srv, parsed, args)
+	if sw := srv.Switches(); sw.AcceptRate != 250 || sw.MaxConns != 9000 {
+		t.Errorf("switches after reload: accept %v max %v", sw.AcceptRate, sw.MaxConns)
+	}
+	if !strings.Contains(logs.String(), "applied at the next restart") || !strings.Contains(logs.String(), "setting=listen") {
+		t.Errorf("a restart-only setting was not reported:\n%s", logs.String())
+	}
+	write("gateway:\n  accept-rate: many\n")
+	logs.Reset()
+	reloadGatewayConfig(slog.New(slog.NewTextHandler(&logs, nil)), srv, parsed, args)
+	if !strings.Contains(logs.String(), "configuration not reloaded") || srv.Switches().AcceptRate != 250 {
+		t.Errorf("a bad file must change nothing:\n%s", logs.String())
 	}
 }

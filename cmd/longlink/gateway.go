@@ -74,6 +74,7 @@ func runGateway(args []string) int {
 	if !parseFlags(fs, args) {
 		return 2
 	}
+	parsed := snapshotFlags(fs) // for SIGHUP: what the configuration said, before defaults are derived
 	if *prios != "" {
 		cfg.Admission.Priorities = gateway.DefaultPriorities()
 		for _, kv := range strings.Split(*prios, ",") {
@@ -209,7 +210,7 @@ func runGateway(args []string) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	defer ef.reloadOnHUP(log, srv, keyPath)()
+	defer ef.reloadOnHUP(log, srv, keyPath, func() { reloadGatewayConfig(log, srv, parsed, args) })()
 	if httpCfg.Addr != "" {
 		httpCfg.Example = web.Files // the browser client's demo page on GET /example/
 		addr, err := srv.ServeHTTP(httpCfg, *workerIdx >= 0)

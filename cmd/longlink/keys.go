@@ -139,8 +139,9 @@ func (e *encryptionFlags) apply(log *slog.Logger, cfg *gateway.Config, dataDir s
 }
 
 // reloadOnHUP reloads the token keys and (unless encryption is off) the
-// server keys on SIGHUP, audited in the log.
-func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tokenFile string) (stop func()) {
+// server keys on SIGHUP, audited in the log; then more (may be nil), e.g. the
+// configuration file.
+func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tokenFile string, more func()) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -152,6 +153,9 @@ func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tok
 					log.Error("SIGHUP: token keys not reloaded", "file", tokenFile, "err", err)
 				} else {
 					_ = srv.ReloadTokenKeys(ks)
+				}
+				if more != nil {
+					more()
 				}
 				if *e.mode == gateway.EncryptionOff {
 					continue
