@@ -27,6 +27,7 @@ func runSupervisor(log *slog.Logger, workers int, admin, dataDir, runDir string,
 	sc := gateway.SupervisorConfig{
 		Workers: workers, Admin: admin, DataDir: dataDir, Args: args,
 		ShutdownTimeout: shutdownTimeout, Logger: log, Extra: extra, AdminToken: adminToken, RunDir: runDir,
+		Links: ledgerLinks,
 	}
 	if hub != nil {
 		sc.Ready = hub.Ready
