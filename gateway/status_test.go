@@ -376,4 +376,3 @@ func smallPNG(t *testing.T, img image.Image) []byte {
 	}
 	return b.Bytes()
 }
-
