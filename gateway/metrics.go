@@ -96,6 +96,7 @@ func newMetrics() *metrics {
 	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
 	}
+	m.initSeries() // labelled series at 0 from start-up (metrics_init.go)
 	return m
 }
 

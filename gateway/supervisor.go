@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/proto"
@@ -511,6 +512,13 @@ func (sv *supervisor) handler() http.Handler {
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, sv.status()) })
 	return mux
+}
+
+// SupervisorProcessCollector is the supervisor's own process series
+// (longlink_supervisor_process_*: it runs the push hub and the embedded
+// logic), for its Extra gatherer; the dashboard plots them.
+func SupervisorProcessCollector() prometheus.Collector {
+	return collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "longlink_supervisor"})
 }
 
 func gaugeFamily(name, help string, v float64) *dto.MetricFamily {
