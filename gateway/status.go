@@ -400,7 +400,7 @@ var auditRing struct {
 func recentAudit() []AuditLine {
 	auditRing.Lock()
 	defer auditRing.Unlock()
-	return slices.Clone(auditRing.lines)
+	return append([]AuditLine{}, auditRing.lines...) // [] in JSON, not null
 }
 
 // auditHandler passes every record on and keeps those whose message starts

@@ -376,3 +376,13 @@ func smallPNG(t *testing.T, img image.Image) []byte {
 	}
 	return b.Bytes()
 }
+
+// BenchmarkStatusSample is the once-a-second cost /status adds to a worker.
+func BenchmarkStatusSample(b *testing.B) {
+	s := startServer(b, nil)
+	now := time.Now()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		s.sampleStatus(now.Add(time.Duration(i) * time.Second))
+	}
+}
