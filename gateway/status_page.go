@@ -104,7 +104,7 @@ func chart(title, unit string, scale float64, pairs ...any) (template.HTML, erro
 	}
 	// time axis: a tick a minute, "now" at the right edge
 	for m := 0; m <= seriesLen/60; m++ {
-		x := padL + plotW - plotW*float64(m*60)/float64(seriesLen-1)
+		x := padL + plotW*float64(max(0, seriesLen-1-m*60))/float64(seriesLen-1) // the oldest point is 299 s ago
 		lbl := "now"
 		if m > 0 {
 			lbl = fmt.Sprintf("−%dm", m)
