@@ -4,131 +4,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/longlink/longlink/heartbeat"
-	"github.com/longlink/longlink/internal/buildinfo"
 )
-
-// Status is the summary served at /status (HTML, or JSON with ?format=json).
-type Status struct {
-	Node        string  `json:"node"`
-	Version     string  `json:"version"`
-	UptimeS     float64 `json:"uptime_s"`
-	Connections int     `json:"connections"`
-	Users       int     `json:"users"`
-	Calls       uint64  `json:"calls_total"`
-	CallErrors  uint64  `json:"call_errors_total"`
-	CallsPerS   float64 `json:"calls_per_s"`
-	ErrorsPerS  float64 `json:"call_errors_per_s"`
-	Draining    bool    `json:"draining"`
-	Workers     int     `json:"workers,omitempty"`
-	Degrade     int     `json:"degrade_level"`
-	// Series: the last minutes, one point a second, oldest first.
-	Series StatusSeries `json:"series"`
-}
-
-// StatusSeries are the /status page's live curves.
-type StatusSeries struct {
-	Conns     []float64 `json:"conns"`
-	CallsPerS []float64 `json:"calls_per_s"`
-	QueueMS   []float64 `json:"queue_ms"` // average queueing time
-	ShedPerS  []float64 `json:"shed_per_s"`
-}
-
-// add sums o into s point by point, aligned at the newest point.
-func (s *StatusSeries) add(o StatusSeries) {
-	sum := func(a, b []float64, avg bool) []float64 {
-		if len(b) > len(a) {
-			a, b = b, a
-		}
-		out := append([]float64(nil), a...)
-		off := len(a) - len(b)
-		for i, v := range b {
-			if avg {
-				out[off+i] = max(out[off+i], v) // queueing time: the worst worker
-			} else {
-				out[off+i] += v
-			}
-		}
-		return out
-	}
-	s.Conns = sum(s.Conns, o.Conns, false)
-	s.CallsPerS = sum(s.CallsPerS, o.CallsPerS, false)
-	s.QueueMS = sum(s.QueueMS, o.QueueMS, true)
-	s.ShedPerS = sum(s.ShedPerS, o.ShedPerS, false)
-}
-
-const seriesLen = 300 // five minutes
-
-// counters read by the status page (Prometheus series aren't cheap to read).
-type statusCounters struct {
-	calls, errors, shed atomic.Uint64
-	queueNs, queueN     atomic.Int64
-
-	mu                    sync.Mutex
-	lastAt                time.Time
-	lastCalls, lastErrors uint64
-	lastShed              uint64
-	callRate, errRate     float64
-	series                StatusSeries
-}
-
-// sample updates the per-second rates; called once a second.
-func (sc *statusCounters) sample(now time.Time, conns int) {
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	c, e, sh := sc.calls.Load(), sc.errors.Load(), sc.shed.Load()
-	qn, qs := sc.queueN.Swap(0), sc.queueNs.Swap(0)
-	if !sc.lastAt.IsZero() {
-		dt := now.Sub(sc.lastAt).Seconds()
-		sc.callRate, sc.errRate = float64(c-sc.lastCalls)/dt, float64(e-sc.lastErrors)/dt
-		q := 0.0
-		if qn > 0 {
-			q = float64(qs) / float64(qn) / 1e6
-		}
-		push := func(xs []float64, v float64) []float64 {
-			if len(xs) >= seriesLen {
-				xs = append(xs[:0], xs[1:]...)
-			}
-			return append(xs, v)
-		}
-		sc.series.Conns = push(sc.series.Conns, float64(conns))
-		sc.series.CallsPerS = push(sc.series.CallsPerS, sc.callRate)
-		sc.series.QueueMS = push(sc.series.QueueMS, q)
-		sc.series.ShedPerS = push(sc.series.ShedPerS, float64(sh-sc.lastShed)/dt)
-	}
-	sc.lastAt, sc.lastCalls, sc.lastErrors, sc.lastShed = now, c, e, sh
-}
-
-// Status returns the current summary. Goroutine-safe.
-func (s *Server) Status() Status {
-	sc := &s.fwd.stats
-	sc.mu.Lock()
-	cr, er := sc.callRate, sc.errRate
-	series := StatusSeries{
-		Conns: slices.Clone(sc.series.Conns), CallsPerS: slices.Clone(sc.series.CallsPerS),
-		QueueMS: slices.Clone(sc.series.QueueMS), ShedPerS: slices.Clone(sc.series.ShedPerS),
-	}
-	sc.mu.Unlock()
-	return Status{
-		Node: s.cfg.Node, Version: buildinfo.Version, UptimeS: time.Since(s.started).Seconds(),
-		Connections: s.ConnCount(), Users: s.SessionUsers(),
-		Calls: sc.calls.Load(), CallErrors: sc.errors.Load(), CallsPerS: cr, ErrorsPerS: er,
-		Draining: s.draining.Load(), Degrade: s.DegradeLevel(), Series: series,
-	}
-}
 
 // AdminHandler serves /metrics, /healthz and /status for this worker.
 func (s *Server) AdminHandler() http.Handler {
@@ -174,59 +60,6 @@ func (s *Server) ready() error {
 	return nil
 }
 
-func writeStatus(w http.ResponseWriter, r *http.Request, st Status) {
-	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(st)
-		return
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = statusPage.Execute(w, st)
-}
-
-// sparkline renders a series as an inline SVG polyline (no scripts, no CDN).
-func sparkline(xs []float64) template.HTML {
-	const w, h = 600.0, 60.0
-	if len(xs) < 2 {
-		return template.HTML(`<svg width="600" height="60"><text x="4" y="34" fill="#999">collecting…</text></svg>`)
-	}
-	hi := 0.0
-	for _, x := range xs {
-		hi = max(hi, x)
-	}
-	if hi == 0 {
-		hi = 1
-	}
-	var b strings.Builder
-	for i, x := range xs {
-		fmt.Fprintf(&b, "%.1f,%.1f ", float64(i)*w/float64(seriesLen-1), h-2-(h-4)*x/hi)
-	}
-	return template.HTML(fmt.Sprintf(`<svg width="600" height="60" style="background:#fafafa"><polyline fill="none" stroke="#2a6" stroke-width="1.5" points="%s"/><text x="4" y="12" font-size="11" fill="#555">max %.4g</text></svg>`, b.String(), hi))
-}
-
-var statusPage = template.Must(template.New("status").Funcs(template.FuncMap{
-	"dur":   func(s float64) string { return (time.Duration(s) * time.Second).String() },
-	"spark": sparkline,
-}).Parse(`<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
-<title>longlink {{.Node}}</title><style>body{font:14px system-ui,sans-serif;margin:2em}td{padding:.2em 1em}td:first-child{color:#666}</style></head>
-<body><h1>longlink gateway</h1><table>
-<tr><td>node</td><td>{{.Node}}{{if .Workers}} ({{.Workers}} workers){{end}}</td></tr>
-<tr><td>version</td><td>{{.Version}}</td></tr>
-<tr><td>uptime</td><td>{{dur .UptimeS}}</td></tr>
-<tr><td>connections</td><td>{{.Connections}}</td></tr>
-<tr><td>users online</td><td>{{.Users}}</td></tr>
-<tr><td>calls/s</td><td>{{printf "%.1f" .CallsPerS}}</td></tr>
-<tr><td>call errors/s</td><td>{{printf "%.1f" .ErrorsPerS}}</td></tr>
-<tr><td>calls (total)</td><td>{{.Calls}} ({{.CallErrors}} errors)</td></tr>
-<tr><td>state</td><td>{{if .Draining}}draining{{else}}serving{{end}}{{if .Degrade}}, degrade level {{.Degrade}}{{end}}</td></tr>
-</table>
-<h2>Last five minutes</h2><table>
-<tr><td>connections</td><td>{{spark .Series.Conns}}</td></tr>
-<tr><td>calls/s</td><td>{{spark .Series.CallsPerS}}</td></tr>
-<tr><td>queueing time (ms)</td><td>{{spark .Series.QueueMS}}</td></tr>
-<tr><td>shed calls/s</td><td>{{spark .Series.ShedPerS}}</td></tr>
-</table><p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/status?format=json">json</a></p></body></html>`))
-
 // listenAdmin listens on host:port, or on a unix socket given as unix:/path.
 func listenAdmin(addr string) (net.Listener, error) {
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
@@ -251,7 +84,7 @@ func (s *Server) ServeAdmin(addr string) (string, error) {
 		for {
 			select {
 			case now := <-t.C:
-				s.fwd.stats.sample(now, s.ConnCount())
+				s.sampleStatus(now)
 			case <-s.done:
 				return
 			}

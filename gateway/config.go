@@ -117,6 +117,7 @@ func (c *Config) fill() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Logger = WithAuditRing(c.Logger) // /status shows the recent audit lines
 	if c.Loops <= 0 {
 		// Half the CPUs: measured here, a second loop on a 2-core host cost
 		// 10-20% more CPU per heartbeat (every wake-up a context switch),

@@ -106,6 +106,7 @@ func newMetrics() *metrics {
 	}
 	m.other = m.newSeries(otherLabel)
 	m.methods[otherLabel] = m.other
+	m.initSeries() // labelled series at 0 from start-up (metrics_init.go)
 	return m
 }
 

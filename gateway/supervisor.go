@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/proto"
@@ -42,6 +43,7 @@ type SupervisorConfig struct {
 	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
 	AdminToken      string              // protects switch endpoints and worker drain
 	Ready           func() error        // optional readiness of this process's own part (the push hub) for /readyz
+	Links           []LinkCheck         // links of this process for /status (the shake ledger)
 	// RunDir is the supervisor's private directory (from NewRunDir): worker
 	// admin sockets, and the embedded logic's socket and secret. Default: a
 	// new one. RunSupervisor removes it on exit.
@@ -87,7 +89,7 @@ func NewRunDir(dataDir string) (string, error) {
 // One process here can hold only ~19,000 open files, so a million connections
 // need about 60 workers; on hosts with a raised limit one worker does.
 func RunSupervisor(cfg SupervisorConfig) int {
-	log := cfg.Logger
+	log := WithAuditRing(cfg.Logger) // /status shows the recent audit lines
 	keyPath := auth.KeyFile(cfg.DataDir)
 	if _, created, err := auth.LoadOrCreate(keyPath); err != nil { // before the workers race to create it
 		log.Error("cannot load token keys", "file", keyPath, "err", err)
@@ -109,7 +111,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 	}
 	defer os.RemoveAll(runDir)
 
-	sv := &supervisor{ready: cfg.Ready, token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra}
+	sv := &supervisor{ready: cfg.Ready, token: cfg.AdminToken, log: log, exe: exe, args: cfg.Args, runDir: runDir, workers: make([]*workerProc, cfg.Workers), started: time.Now(), extra: cfg.Extra, links: cfg.Links}
 	if sv.lifeline, sv.lifelineW, err = os.Pipe(); err != nil {
 		log.Error("cannot create the workers' lifeline pipe", "err", err)
 		return 1
@@ -131,6 +133,9 @@ func RunSupervisor(cfg SupervisorConfig) int {
 		}
 		admin = &http.Server{Handler: sv.handler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = admin.Serve(ln) }()
+		stopSampling := make(chan struct{})
+		defer close(stopSampling)
+		go sv.sampleOwn(stopSampling)
 		log.Info("admin listening", "addr", ln.Addr().String(), "endpoints", "/metrics /healthz /status (merged over workers)")
 	}
 
@@ -160,6 +165,11 @@ type supervisor struct {
 	started time.Time
 
 	extra prometheus.Gatherer
+	links []LinkCheck
+
+	statMu sync.Mutex
+	proc   procSampler  // the supervisor's own memory and CPU
+	series StatusSeries // of its RSS, anonymous RSS and CPU
 
 	// lifeline's read end is every worker's fd 3; the supervisor holds the
 	// write end until it exits, so a worker reads EOF when it is gone.
@@ -516,30 +526,15 @@ func (sv *supervisor) handler() http.Handler {
 		}
 		fmt.Fprintf(w, "ready %d/%d workers\n", ok, len(bodies))
 	})
-	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
-		st := Status{Node: "supervisor", Version: buildinfo.Version, UptimeS: time.Since(sv.started).Seconds()}
-		for _, b := range sv.scrape("/status?format=json") {
-			var ws Status
-			if b == nil || json.Unmarshal(b, &ws) != nil {
-				continue
-			}
-			st.Workers++
-			st.Connections += ws.Connections
-			st.Users += ws.Users
-			st.Calls += ws.Calls
-			st.CallErrors += ws.CallErrors
-			st.CallsPerS += ws.CallsPerS
-			st.ErrorsPerS += ws.ErrorsPerS
-			st.Draining = st.Draining || ws.Draining
-			st.Degrade = max(st.Degrade, ws.Degrade)
-			st.Series.add(ws.Series)
-			if st.Node == "supervisor" {
-				st.Node = strings.TrimSuffix(ws.Node, "/w"+strconv.Itoa(0))
-			}
-		}
-		writeStatus(w, r, st)
-	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, sv.status()) })
 	return mux
+}
+
+// SupervisorProcessCollector is the supervisor's own process series
+// (longlink_supervisor_process_*: it runs the push hub and the embedded
+// logic), for its Extra gatherer; the dashboard plots them.
+func SupervisorProcessCollector() prometheus.Collector {
+	return collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "longlink_supervisor"})
 }
 
 func gaugeFamily(name, help string, v float64) *dto.MetricFamily {
@@ -722,3 +717,115 @@ func mergeMetric(rule mergeRule, dst, src *dto.Metric) {
 }
 
 func (sv *supervisor) authorized(r *http.Request) bool { return bearerIs(r, sv.token) }
+
+// sampleOwn records the supervisor's own memory and CPU once a second: it
+// runs the push hub and the embedded logic, so the host's total counts it.
+func (sv *supervisor) sampleOwn(stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case now := <-t.C:
+			sv.statMu.Lock()
+			if sv.proc.sample(now) {
+				sv.series.RSS = pushPoint(sv.series.RSS, sv.proc.cur.rss)
+				sv.series.Anon = pushPoint(sv.series.Anon, sv.proc.cur.anon)
+				sv.series.CPU = pushPoint(sv.series.CPU, sv.proc.cpuPct)
+			}
+			sv.statMu.Unlock()
+		case <-stop:
+			return
+		}
+	}
+}
+
+// status merges the workers' /status into the host's: counts, rates,
+// memory and CPU add up (the supervisor's own included); the degrade level
+// and queueing time are the worst worker's; links are the supervisor's own
+// plus the workers' (down if down in any worker, naming it); audit lines
+// are the supervisor's and every worker's, by time.
+func (sv *supervisor) status() Status {
+	st := Status{Node: "supervisor", Version: buildinfo.Version, UptimeS: time.Since(sv.started).Seconds()}
+	sv.statMu.Lock()
+	st.RSSBytes, st.AnonBytes, st.CPUPercent = sv.proc.cur.rss, sv.proc.cur.anon, sv.proc.cpuPct
+	st.Series = sv.series.clone()
+	sv.statMu.Unlock()
+	if sv.ready != nil {
+		st.Links = append(st.Links, LinkCheck{Name: "push hub", Addr: "supervisor", Check: sv.ready}.link())
+		if err := sv.ready(); err != nil {
+			st.Ready = err.Error()
+		}
+	}
+	for _, lc := range sv.links {
+		st.Links = append(st.Links, lc.link())
+	}
+	linkAt := map[string]int{}
+	st.Audit = recentAudit()
+	notReady := 0
+	bodies := sv.scrape("/status?format=json")
+	for i, b := range bodies {
+		row := WorkerRow{Index: i}
+		var ws Status
+		if b == nil || json.Unmarshal(b, &ws) != nil {
+			st.WorkerRows = append(st.WorkerRows, row)
+			notReady++
+			continue
+		}
+		row = WorkerRow{Index: i, Up: true, Node: ws.Node, Ready: ws.Ready, Draining: ws.Draining, Degrade: ws.Degrade,
+			Connections: ws.Connections, CallsPerS: ws.CallsPerS, PushPerS: ws.PushPerS,
+			RSSBytes: ws.RSSBytes, AnonBytes: ws.AnonBytes, CPUPercent: ws.CPUPercent, UptimeS: ws.UptimeS}
+		st.WorkerRows = append(st.WorkerRows, row)
+		if ws.Ready != "" {
+			notReady++
+		}
+		st.Workers++
+		st.Connections += ws.Connections
+		st.Users += ws.Users
+		st.Calls += ws.Calls
+		st.CallErrors += ws.CallErrors
+		st.CallsPerS += ws.CallsPerS
+		st.ErrorsPerS += ws.ErrorsPerS
+		st.PushPerS += ws.PushPerS
+		st.HeartbeatsPerS += ws.HeartbeatsPerS
+		st.RSSBytes += ws.RSSBytes
+		st.AnonBytes += ws.AnonBytes
+		st.CPUPercent += ws.CPUPercent
+		st.Draining = st.Draining || ws.Draining
+		st.Degrade = max(st.Degrade, ws.Degrade)
+		st.Series.add(ws.Series)
+		if st.Switches == nil {
+			st.Switches = ws.Switches
+		}
+		if st.Node == "supervisor" {
+			st.Node = strings.TrimSuffix(ws.Node, "/w"+strconv.Itoa(i))
+		}
+		for _, l := range ws.Links {
+			key := l.Name + " " + l.Addr
+			j, seen := linkAt[key]
+			if !seen {
+				j = len(st.Links)
+				linkAt[key] = j
+				st.Links = append(st.Links, Link{Name: l.Name, Addr: l.Addr, Up: true})
+			}
+			if !l.Up {
+				msg := fmt.Sprintf("w%d: %s", i, l.Err)
+				if st.Links[j].Err != "" {
+					msg = st.Links[j].Err + "; " + msg
+				}
+				st.Links[j].Up, st.Links[j].Err = false, msg
+			}
+		}
+		for _, a := range ws.Audit {
+			a.From = "w" + strconv.Itoa(i)
+			st.Audit = append(st.Audit, a)
+		}
+	}
+	if st.Ready == "" && len(bodies) > 0 && notReady == len(bodies) {
+		st.Ready = "no worker ready"
+	}
+	sort.SliceStable(st.Audit, func(a, b int) bool { return st.Audit[a].Time.Before(st.Audit[b].Time) })
+	if len(st.Audit) > auditKeep {
+		st.Audit = st.Audit[len(st.Audit)-auditKeep:]
+	}
+	return st
+}

@@ -198,6 +198,9 @@ func runGateway(args []string) int {
 		log.Error("bad configuration", "err", err)
 		return 2
 	}
+	for _, lc := range ledgerLinks {
+		srv.AddLink(lc)
+	}
 	if hub != nil {
 		for _, c := range hub.Router().Collectors() {
 			_ = srv.Registerer().Register(c)

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/longlink/longlink/gateway"
@@ -150,6 +151,7 @@ func startShakeLedger(log *slog.Logger, sf shakeFlags, dataDir, natsURL string, 
 		}
 	}
 	log.Info("shake ledger running", "db", path, "admin", *sf.ledgerAdmin)
+	ledgerLinks = append(ledgerLinks, gateway.LinkCheck{Name: "shake ledger", Addr: path, Check: func() error { return ledgerState(nc, done) }})
 	return func() {
 		cancel()
 		<-done
@@ -292,4 +294,20 @@ func setupShake(log *slog.Logger, sf shakeFlags, cfg *gateway.Config, dataDir st
 	cfg.Shake = sc
 	log.Info("shake event loaded", "dir", *sf.dir, "instance", inst, "opener", *sf.opener, "slots", len(iss.Plan().Slots))
 	return func() { iss.Close(); nc.Close() }, nil
+}
+
+// ledgerLinks show the shake ledger (when this process runs it) on /status.
+var ledgerLinks []gateway.LinkCheck
+
+// ledgerState is nil while the ledger runs with its NATS link up.
+func ledgerState(nc *nats.Conn, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return errors.New("stopped (see the log)")
+	default:
+	}
+	if !nc.IsConnected() {
+		return fmt.Errorf("nats %s", strings.ToLower(nc.Status().String()))
+	}
+	return nil
 }

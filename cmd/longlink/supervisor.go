@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
@@ -15,7 +14,7 @@ func runSupervisor(log *slog.Logger, workers int, admin, dataDir, runDir string,
 	var extra prometheus.Gatherer
 	if hub != nil || len(more) > 0 { // the push router, the embedded NATS server and the embedded logic run here, in the supervisor
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "longlink_supervisor"}))
+		reg.MustRegister(gateway.SupervisorProcessCollector())
 		if hub != nil {
 			for _, c := range hub.Router().Collectors() {
 				reg.MustRegister(c)
@@ -27,6 +26,7 @@ func runSupervisor(log *slog.Logger, workers int, admin, dataDir, runDir string,
 	sc := gateway.SupervisorConfig{
 		Workers: workers, Admin: admin, DataDir: dataDir, Args: args,
 		ShutdownTimeout: shutdownTimeout, Logger: log, Extra: extra, AdminToken: adminToken, RunDir: runDir,
+		Links: ledgerLinks,
 	}
 	if hub != nil {
 		sc.Ready = hub.Ready
