@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -282,7 +283,7 @@ func (s *Server) proxyHeader(c *conn, buf []byte) (act gnet.Action, ok bool) {
 	_, _ = c.gc.Discard(n)
 	c.flags.And(^flagProxyHeader)
 	if src.IsValid() {
-		s.proxied.Store(c, src)
+		s.proxied.put(c.id, src)
 	}
 	return gnet.None, true
 }
@@ -299,11 +300,70 @@ func (s *Server) refuseProxy(c *conn) gnet.Action {
 // named, else the socket's peer.
 func (s *Server) peerAddr(c *conn) netip.AddrPort {
 	if len(s.cfg.ProxyProtocolFrom) > 0 {
-		if v, ok := s.proxied.Load(c); ok {
-			return v.(netip.AddrPort)
+		if a, ok := s.proxied.get(c.id); ok {
+			return a
 		}
 	}
 	return sockAddr(c.gc)
+}
+
+// peerTable holds the client addresses of proxied connections by conn id,
+// outside conn (which must stay in its size class) and without pointers
+// (the GC does not scan it): ~50 B per proxied connection, where a
+// sync.Map of netip.AddrPort took ~140 B (BenchmarkProxySideMap).
+type peerTable struct {
+	shards [64]peerShard
+}
+
+type peerShard struct {
+	mu sync.Mutex
+	m  map[uint64]peerAddr
+	_  [48]byte // a cache line per shard: loops store concurrently
+}
+
+// peerAddr is a netip.AddrPort without its zone handle (a pointer).
+type peerAddr struct {
+	ip   [16]byte
+	port uint16
+	is4  bool
+}
+
+func (t *peerTable) put(id uint64, a netip.AddrPort) {
+	sh := &t.shards[id%uint64(len(t.shards))]
+	v := peerAddr{ip: a.Addr().As16(), port: a.Port(), is4: a.Addr().Is4()}
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = map[uint64]peerAddr{}
+	}
+	sh.m[id] = v
+	sh.mu.Unlock()
+}
+
+func (t *peerTable) get(id uint64) (netip.AddrPort, bool) {
+	sh := &t.shards[id%uint64(len(t.shards))]
+	sh.mu.Lock()
+	v, ok := sh.m[id]
+	sh.mu.Unlock()
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	a := netip.AddrFrom16(v.ip)
+	if v.is4 {
+		a = a.Unmap()
+	}
+	return netip.AddrPortFrom(a, v.port), true
+}
+
+func (t *peerTable) remove(id uint64) {
+	sh := &t.shards[id%uint64(len(t.shards))]
+	sh.mu.Lock()
+	if _, ok := sh.m[id]; ok {
+		delete(sh.m, id)
+		if len(sh.m) == 0 {
+			sh.m = nil // let a drained table's memory go
+		}
+	}
+	sh.mu.Unlock()
 }
 
 // remote is peerAddr as text, for log lines.

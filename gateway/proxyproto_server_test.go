@@ -210,3 +210,36 @@ func TestProxyProtocolFlapLine(t *testing.T) {
 		return nil
 	})
 }
+
+// An encrypted connection behind a balancer: the PROXY header comes before
+// HELLO, and the policy still applies to what follows it.
+func TestProxyProtocolEncrypted(t *testing.T) {
+	s, n := secureServer(t, EncryptionRequired, func(c *Config) { c.ProxyProtocolFrom = loopbackNets })
+	dst := netip.MustParseAddrPort(s.Addr())
+	src := netip.MustParseAddrPort("198.51.100.20:40020")
+
+	w := &swire{wire: dialWire(t, s.Addr())}
+	hs, hello := helloFrame(t, testServerKey, token(t, 77, "phone", time.Hour), "phone")
+	w.send(append(encodeProxyV2(src, dst, nil), hello...)) // one segment: header and HELLO together
+	f := w.expect(codec.CmdHelloOK, 2*time.Second)
+	payload, st, err := hs.Finish(f.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inner, _, err := codec.Split(payload, codec.MaxBodyLimit); err != nil || inner.Cmd != codec.CmdAuthOK {
+		t.Fatalf("HELLO_OK carries %v %v", inner.Cmd, err)
+	}
+	w.st, w.raw, w.wire.rd = st, w.wire.rd, nil
+	if r := w.call(1, "count", nil); string(r.Body) != "counted" || n.Load() != 1 {
+		t.Fatalf("call = %q, handler ran %d times", r.Body, n.Load())
+	}
+	if got := sessionPeer(t, s, 77); got != src {
+		t.Fatalf("gateway sees %v, want %v", got, src)
+	}
+
+	// Plaintext AUTH after a header is still refused under "required".
+	p := dialWire(t, s.Addr())
+	p.send(encodeProxyV1(src, dst))
+	p.sendFrame(codec.CmdAuth, 0, &pb.Auth{Token: token(t, 78, "phone", time.Hour)})
+	p.expectClose(codec.CodeEncRequired, 2*time.Second)
+}

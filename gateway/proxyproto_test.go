@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -188,4 +189,43 @@ func FuzzProxyHeader(f *testing.F) {
 			}
 		}
 	})
+}
+
+func BenchmarkProxyHeader(b *testing.B) {
+	src, dst := netip.MustParseAddrPort("203.0.113.7:51234"), netip.MustParseAddrPort("10.0.0.1:7100")
+	for name, in := range map[string][]byte{"v1": encodeProxyV1(src, dst), "v2": encodeProxyV2(src, dst, nil)} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if n, _, err := parseProxyHeader(in); n != len(in) || err != nil {
+					b.Fatal(n, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkProxySideMap reports what the side map costs per proxied
+// connection (conn itself does not grow).
+func BenchmarkProxySideMap(b *testing.B) {
+	const conns = 100_000
+	cs := make([]conn, conns)
+	for i := range cs {
+		cs[i].id = uint64(i + 1)
+	}
+	var s Server
+	var m0, m1 runtime.MemStats
+	for b.Loop() {
+		runtime.GC()
+		runtime.ReadMemStats(&m0)
+		for i := range cs {
+			s.proxied.put(cs[i].id, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), uint16(i)))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&m1)
+		b.ReportMetric(float64(m1.HeapAlloc-m0.HeapAlloc)/conns, "B/conn")
+		for i := range cs {
+			s.proxied.remove(cs[i].id)
+		}
+	}
 }

@@ -61,8 +61,8 @@ type Server struct {
 	finTicks    uint32 // after FIN, how long a closing connection waits for the client's
 	pol         atomic.Pointer[policyState]
 
-	proxied  sync.Map // *conn → netip.AddrPort: the client address a balancer's PROXY header named (proxyproto.go)
-	orphans  sync.Map // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
+	proxied  peerTable // conn id → the client address a balancer's PROXY header named (proxyproto.go)
+	orphans  sync.Map  // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
 	nextID   atomic.Uint64
 	draining atomic.Bool
 	started  time.Time
@@ -236,7 +236,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	prev := c.state.Swap(stateClosed)
 	s.wheel.Remove(&c.hb)
 	if len(s.cfg.ProxyProtocolFrom) > 0 {
-		s.proxied.Delete(c)
+		s.proxied.remove(c.id)
 	}
 	s.metrics.conns.Dec()
 	if prev == stateAuthed {
