@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"runtime"
 	"time"
@@ -98,6 +99,12 @@ type Config struct {
 	// HandshakeQueue wait (default 1024), more are shed with 3007.
 	HandshakeWorkers int
 	HandshakeQueue   int
+
+	// ProxyProtocolFrom lists the balancer networks whose connections must
+	// start with a PROXY protocol v1 or v2 header naming the client
+	// (gateway/proxyproto.go); from anywhere else a PROXY header is refused.
+	// Empty: the PROXY protocol is off.
+	ProxyProtocolFrom []netip.Prefix
 }
 
 func (c *Config) fill() error {

@@ -63,10 +63,11 @@ type conn struct {
 
 // conn.flags bits.
 const (
-	flagPartial uint32 = 1 << iota // a frame is half-received
-	flagOrphan                     // closed by the client with calls in flight: Server.orphans has its socket
-	flagFinSent                    // closing: everything is flushed and FIN sent; waiting for the client's
-	flagClosing                    // the closing ERROR is queued: input is ignored, close once it is flushed (linger); set on the loop
+	flagPartial     uint32 = 1 << iota // a frame is half-received
+	flagOrphan                         // closed by the client with calls in flight: Server.orphans has its socket
+	flagFinSent                        // closing: everything is flushed and FIN sent; waiting for the client's
+	flagClosing                        // the closing ERROR is queued: input is ignored, close once it is flushed (linger); set on the loop
+	flagProxyHeader                    // from a balancer network: the stream must start with a PROXY header, not yet read (proxyproto.go); loop only
 )
 
 func (c *conn) closing() bool { return c.flags.Load()&flagClosing != 0 }

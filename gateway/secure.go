@@ -284,7 +284,7 @@ func (s *Server) serverHandshake(ring *secure.KeyRing, c *conn, hello []byte) hs
 			s.sec.handshakes.WithLabelValues("unknown_key").Inc()
 		} else {
 			s.sec.handshakes.WithLabelValues("bad_handshake").Inc()
-			s.connLog.Warn("bad handshake", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+			s.connLog.Warn("bad handshake", "conn", c.id, "remote", s.remote(c), "err", err)
 		}
 		return hsResult{out: s.wrapWS(c, errorFrame(code)), code: code}
 	}
@@ -361,7 +361,7 @@ func (s *Server) records(c *conn, st *secure.State, buf []byte) (int, codec.Code
 				return off, codec.CodeFrameTooBig
 			}
 			s.sec.records.Inc()
-			s.connLog.Warn("bad record", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+			s.connLog.Warn("bad record", "conn", c.id, "remote", s.remote(c), "err", err)
 			return off, codec.CodeBadRecord
 		}
 		if n == 0 {

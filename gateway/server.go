@@ -61,7 +61,8 @@ type Server struct {
 	finTicks    uint32 // after FIN, how long a closing connection waits for the client's
 	pol         atomic.Pointer[policyState]
 
-	orphans  sync.Map // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
+	proxied  peerTable // conn id → the client address a balancer's PROXY header named (proxyproto.go)
+	orphans  sync.Map  // *conn → *orphanFD: sockets kept for answers after a client half-close (closing.go)
 	nextID   atomic.Uint64
 	draining atomic.Bool
 	started  time.Time
@@ -214,6 +215,9 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		_, _ = gc.Write(s.connAdm.busyFrame(0))
 		return nil, s.linger(c)
 	}
+	if s.fromBalancer(gc) {
+		c.flags.Or(flagProxyHeader)
+	}
 	s.wheel.Add(&c.hb, c, heartbeat.Never, s.wheel.Now()+s.authTicks)
 	return nil, gnet.None
 }
@@ -231,6 +235,9 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	prev := c.state.Swap(stateClosed)
 	s.wheel.Remove(&c.hb)
+	if len(s.cfg.ProxyProtocolFrom) > 0 {
+		s.proxied.remove(c.id)
+	}
 	s.metrics.conns.Dec()
 	if prev == stateAuthed {
 		s.sessions.remove(c)
@@ -256,11 +263,24 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		return s.linger(c)
 	}
 	buf, _ := gc.Peek(-1)
+	if c.flags.Load()&flagProxyHeader != 0 { // before anything else (proxyproto.go)
+		if act, ok := s.proxyHeader(c, buf); !ok {
+			return act
+		}
+		if buf, _ = gc.Peek(-1); len(buf) == 0 {
+			return gnet.None
+		}
+	}
 	if c.ws {
 		return s.onWSTraffic(c, buf, 0)
 	}
-	if len(buf) > 0 && buf[0] == 'G' && c.state.Load() == stateNew && c.sec.Load() == nil && !c.inHello {
-		return s.upgrade(c, buf) // an HTTP GET: WebSocket on the same port
+	if len(buf) > 0 && (buf[0] == 'G' || buf[0] == 'P' || buf[0] == '\r') && c.state.Load() == stateNew && c.sec.Load() == nil && !c.inHello {
+		if buf[0] == 'G' {
+			return s.upgrade(c, buf) // an HTTP GET: WebSocket on the same port
+		}
+		if looksLikeProxy(buf) {
+			return s.refuseProxy(c) // not from a balancer network
+		}
 	}
 	off, code := s.frames(c, buf)
 	if code != codec.OK {
@@ -289,7 +309,7 @@ func (s *Server) frames(c *conn, buf []byte) (int, codec.Code) {
 	for off < len(buf) {
 		f, n, err := codec.Split(buf[off:], s.cfg.MaxBody)
 		if err != nil {
-			s.connLog.Warn("bad frame", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+			s.connLog.Warn("bad frame", "conn", c.id, "remote", s.remote(c), "err", err)
 			return off, codec.ErrCode(err)
 		}
 		if n == 0 {
@@ -431,7 +451,7 @@ func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 			return codec.CodeTokenExpired
 		}
 		s.metrics.auths.WithLabelValues("invalid").Inc()
-		s.connLog.Warn("auth rejected", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+		s.connLog.Warn("auth rejected", "conn", c.id, "remote", s.remote(c), "err", err)
 		return codec.CodeBadToken
 	}
 	device := claims.Device
@@ -454,6 +474,7 @@ func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 // HELLO_OK already).
 func (s *Server) admit(c *conn, sendOK bool) codec.Code {
 	if ban, flapping := s.connAdm.flapping(c.uid, time.Now()); flapping {
+		s.connLog.Warn("flapping: connection refused", "conn", c.id, "uid", c.uid, "remote", s.remote(c), "ban", ban)
 		s.metrics.connRefused.WithLabelValues("flapping").Inc()
 		c.closeCode.Store(uint32(codec.CodeServerBusy))
 		s.send(c, s.connAdm.busyFrame(ban))

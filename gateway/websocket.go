@@ -215,7 +215,7 @@ func (s *Server) upgrade(c *conn, buf []byte) gnet.Action {
 	_, _ = c.gc.Write(rw.out.Bytes())
 	if err != nil {
 		s.metrics.wsUpgrades.WithLabelValues("rejected").Inc()
-		s.connLog.Warn("websocket upgrade refused", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", err)
+		s.connLog.Warn("websocket upgrade refused", "conn", c.id, "remote", s.remote(c), "err", err)
 		c.closeCode.Store(uint32(codec.CodeProtocol))
 		return gnet.Close
 	}
@@ -272,7 +272,7 @@ func (s *Server) onWSTraffic(c *conn, buf []byte, off int) gnet.Action {
 
 // wsFail closes a WebSocket connection for a transport-level violation.
 func (s *Server) wsFail(c *conn, code uint16, reason string) gnet.Action {
-	s.connLog.Warn("bad websocket frame", "conn", c.id, "remote", c.gc.RemoteAddr().String(), "err", reason)
+	s.connLog.Warn("bad websocket frame", "conn", c.id, "remote", s.remote(c), "err", reason)
 	c.closeCode.Store(uint32(codec.CodeProtocol))
 	_, _ = c.gc.Write(wsClose(code, reason))
 	return gnet.Close

@@ -51,6 +51,10 @@ func runGateway(args []string) int {
 	fs.IntVar(&cfg.ConnAdmission.MaxConns, "max-conns", 0, "connections per process (0: no limit; also a runtime switch)")
 	fs.IntVar(&cfg.ConnAdmission.FlapMax, "flap-max", 60, "refuse a user that authenticates more than this many times per --flap-window (0: off)")
 	fs.DurationVar(&cfg.ConnAdmission.FlapWindow, "flap-window", time.Minute, "window of the flapping rule")
+	fs.Func("proxy-protocol-from", "balancer networks, CIDR[,CIDR…], whose connections to --listen must start with a PROXY protocol v1/v2 header naming the client (from elsewhere a PROXY header is refused; default: off)", func(v string) (err error) {
+		cfg.ProxyProtocolFrom, err = gateway.ParseProxyNets(v)
+		return err
+	})
 	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
 	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (0: half the CPUs, at least 1)")
 	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
