@@ -99,7 +99,7 @@ func newMetrics() *metrics {
 	m.admOverload = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_admission_overloaded", Help: "1 if the last window's average queueing time was over the target."})
 	m.admShed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_admission_shed_total", Help: "Calls shed by admission control, by business priority (0 = most important)."}, []string{"priority"})
 	m.admLevel.Set(admission.MaxLevel)
-	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_connections_refused_total", Help: "Connections refused by connection admission, by reason (accept_limit, flapping)."}, []string{"reason"})
+	m.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_connections_refused_total", Help: "Connections refused by connection admission, by reason (accept_limit, flapping, proxy_protocol)."}, []string{"reason"})
 	m.degrade = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_degrade_level", Help: "Degrade level in force (0 normal .. 3)."})
 	for _, c := range []prometheus.Collector{m.degrade, m.connRefused, m.admLevel, m.admOverload, m.admShed, m.httpCalls, m.wsUpgrades, m.evictions, m.policy, m.conns, m.sessions, m.accepts, frames, m.closes, m.auths, m.calls, m.finalSysFail, m.queueTime, m.backendTime, m.shed} {
 		f(c)
