@@ -34,8 +34,7 @@ type JSConfig struct {
 //	<prefix>.h.<uid>               → u64 head (last assigned version)
 //	<prefix>.l.<uid>.<version>     → ts_ms u64 | type u8 | SyncItem (as bbolt's log)
 //	<prefix>.s.<uid>.<hex key>     → u64 version of the live state entry
-//	<prefix>.t.<table>.<uid>.<hex> → the Get/Put tables (uid 0: global)
-//	<prefix>.n.<name>              → u64 counter (NextID)
+//	<prefix>.t.<table>.<uid>.<hex> → the Get/Put tables (uid 0: global; NextID's counters in meta)
 //	<prefix>.q.<id>                → FanoutJob
 //
 // A transaction reads from the stream leader (MSG.GET, so it sees every
@@ -338,7 +337,7 @@ func (t *jsTx) commit() error {
 		}
 		if ack.Error != nil {
 			switch ack.Error.ErrCode {
-			case 10071, 10210, 10176: // wrong last sequence; too many batches in flight; incomplete (a lost message)
+			case 10071, 10164, 10210, 10176: // wrong last sequence (single server, cluster); too many batches in flight; incomplete (a lost message)
 				return errConflict
 			}
 			return fmt.Errorf("logic: store commit: %s (%d)", ack.Error.Description, ack.Error.ErrCode)
@@ -526,8 +525,9 @@ func (t *jsTx) ForEach(table string, uid uint64, fn func(k, v []byte) bool) {
 	}
 }
 
+// NextID keeps counters where bbolt does: in the meta table.
 func (t *jsTx) NextID(name string) (uint64, error) {
-	subj := t.s.prefix + ".n." + name
+	subj := t.s.tableSubj(TableMeta, 0, []byte(name))
 	var n uint64
 	if v := t.get(subj); len(v) == 8 {
 		n = binary.BigEndian.Uint64(v)
@@ -557,7 +557,7 @@ func (t *jsTx) Enqueue(value []byte) error {
 const fanoutDone = "_fanout_done"
 
 func (t *jsTx) queueDone() uint64 {
-	if v := t.get(t.s.prefix + ".n." + fanoutDone); len(v) == 8 {
+	if v := t.get(t.s.tableSubj(TableMeta, 0, []byte(fanoutDone))); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
@@ -581,7 +581,7 @@ func (t *jsTx) Remove(id uint64) error {
 		return err
 	}
 	if id > t.queueDone() {
-		return t.put(t.s.prefix+".n."+fanoutDone, u64(id), false)
+		return t.put(t.s.tableSubj(TableMeta, 0, []byte(fanoutDone)), u64(id), false)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -25,18 +26,31 @@ type natsCluster struct {
 	nodes []*server.Server
 	ports []int // client ports, kept across restarts
 	cport []int // cluster ports
+	mu    sync.Mutex
 }
 
 func startCluster(t testing.TB, n int) *natsCluster {
 	t.Helper()
 	c := &natsCluster{t: t, nodes: make([]*server.Server, n), ports: make([]int, n), cport: make([]int, n)}
 	base := t.TempDir()
+	// Routes must name every node's cluster port up front: take free
+	// ports, then start the nodes together (a clustered node is not ready
+	// before it has peers).
 	for i := range n {
 		c.dirs = append(c.dirs, filepath.Join(base, fmt.Sprint("n", i)))
-		c.ports[i], c.cport[i] = server.RANDOM_PORT, server.RANDOM_PORT
+		c.ports[i], c.cport[i] = server.RANDOM_PORT, freePort(t)
 	}
+	if n == 1 {
+		c.cport[0] = 0
+	}
+	var wg sync.WaitGroup
 	for i := range n {
-		c.start(i)
+		wg.Add(1)
+		go func() { defer wg.Done(); c.start(i) }()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
 	}
 	t.Cleanup(func() {
 		for _, ns := range c.nodes {
@@ -62,6 +76,7 @@ func startCluster(t testing.TB, n int) *natsCluster {
 
 func (c *natsCluster) start(i int) {
 	c.t.Helper()
+	c.mu.Lock()
 	opts := &server.Options{
 		ServerName: fmt.Sprint("n", i), Host: "127.0.0.1", Port: c.ports[i],
 		NoSigs: true, NoLog: true, JetStream: true, StoreDir: c.dirs[i],
@@ -74,19 +89,29 @@ func (c *natsCluster) start(i int) {
 			}
 		}
 	}
+	c.mu.Unlock()
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		c.t.Fatal(err)
+		c.t.Error(err)
+		return
 	}
 	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		c.t.Fatal("NATS node did not start")
+	if !ns.ReadyForConnections(20 * time.Second) {
+		c.t.Error("NATS node did not start")
 	}
+	c.mu.Lock()
 	c.nodes[i] = ns
 	c.ports[i] = portOf(ns.ClientURL())
-	if ca := ns.ClusterAddr(); ca != nil {
-		c.cport[i] = ca.Port
+	c.mu.Unlock()
+}
+
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func portOf(u string) int {

@@ -49,7 +49,11 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	var (
 		listen      = fs.String("listen", "127.0.0.1:7200", "gRPC LogicService address, host:port or unix:/path (the gateways' --backend grpc://host:port); off loopback it needs --tls-cert/--tls-key or --allow-plaintext")
 		dataDir     = fs.String("data", auth.DefaultDataDir(), "data directory; the store is logic.db in it unless --db is set")
-		dbPath      = fs.String("db", "", "bbolt store file (default <data>/logic.db)")
+		dbPath      = fs.String("db", "", "bbolt store file (default <data>/logic.db); --store bbolt:///path is the same")
+		storeURL    = fs.String("store", "", "the store: bbolt:///path (default: --db, one instance only) or nats://host:4222[,host:4222…][?replicas=3] for the replicated JetStream store that several instances share (docs/logic.md)")
+		storeCreds  = fs.String("store-creds", "", "nats:// store: NATS credentials file")
+		storeUser   = fs.String("store-user", "", "nats:// store: NATS user (or user:password@ in the URL)")
+		storePass   = fs.String("store-password", "", "nats:// store: NATS password (better as LONGLINK_STORE_PASSWORD)")
 		secretFile  = fs.String("secret", "", "file with the shared secret every caller must present (default <data>/logic.secret, created 0600 if absent; give the gateways the same file as --backend-secret)")
 		tlsCert     = fs.String("tls-cert", "", "serve TLS with this certificate (PEM)")
 		tlsKey      = fs.String("tls-key", "", "private key for --tls-cert")
@@ -70,6 +74,9 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	slog.SetDefault(log)
 	if *dbPath == "" {
 		*dbPath = filepath.Join(*dataDir, "logic.db")
+	}
+	if *storeURL == "" {
+		*storeURL = "bbolt://" + *dbPath
 	}
 	if *secretFile == "" {
 		*secretFile = filepath.Join(*dataDir, remote.SecretFile)
@@ -115,10 +122,17 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	default:
 		log.Warn("no --nats or --push-grpc: clients get no notifies and must sync on their own")
 	}
-	l, err := logic.Open(*dbPath, logic.Config{Notifier: notifier, Retention: *retention, Logger: log})
+	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log})
 	if err != nil {
 		ln.Close()
-		log.Error("cannot open the logic store", "err", err)
+		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
+		return 1
+	}
+	l, err := logic.New(st, logic.Config{Notifier: notifier, Retention: *retention, Logger: log})
+	if err != nil {
+		st.Close()
+		ln.Close()
+		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
 		return 1
 	}
 	defer l.Close()
@@ -142,7 +156,7 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 		}()
 		defer hs.Close()
 	}
-	log.Info("logic serving", "grpc", ln.Addr().String(), "tls", sa.TLS != nil, "client_certs", *tlsCA != "", "secret", *secretFile, "db", *dbPath, "metrics", *metrics)
+	log.Info("logic serving", "grpc", ln.Addr().String(), "tls", sa.TLS != nil, "client_certs", *tlsCA != "", "secret", *secretFile, "store", redactURL(*storeURL), "store_id", l.StoreID(), "metrics", *metrics)
 	if started != nil {
 		started(ln.Addr().String())
 	}
@@ -150,6 +164,16 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	log.Info("shutting down", "signal", s.String())
 	gs.stop(10 * time.Second)
 	return 0
+}
+
+// redactURL hides a password in a store URL for logs.
+func redactURL(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		if j := strings.LastIndexByte(u, '@'); j > i {
+			return u[:i+3] + "***@" + u[j+1:]
+		}
+	}
+	return u
 }
 
 // listenLogic opens the LogicService listener: host:port, or unix:/path
