@@ -59,16 +59,29 @@ func startCluster(t testing.TB, n int) *natsCluster {
 			}
 		}
 	})
-	// Wait for a JetStream meta leader.
-	deadline := time.Now().Add(20 * time.Second)
+	c.waitFormed()
+	return c
+}
+
+// waitFormed waits for every node to be routed to the others and current
+// with a JetStream meta leader.
+func (c *natsCluster) waitFormed() {
+	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
 	for {
+		leader, ok := false, true
 		for _, ns := range c.nodes {
-			if ns.JetStreamIsLeader() {
-				return c
+			if ns == nil || !ns.Running() {
+				continue
 			}
+			leader = leader || ns.JetStreamIsLeader()
+			ok = ok && ns.JetStreamIsCurrent() && ns.NumRoutes() >= len(c.nodes)-1
+		}
+		if leader && ok {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no JetStream meta leader")
+			c.t.Fatal("the NATS cluster did not form")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
