@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -173,4 +175,114 @@ func TestClusterSendsExactlyOnceInOrder(t *testing.T) {
 			t.Fatalf("uid %d: %d of %d acknowledged messages arrived", uid, len(seen), len(want))
 		}
 	}
+}
+
+// TestClusterSurvivesAStoreNodeKilledMidLoad: the stream leader of a
+// 3-node R3 store is shut down abruptly while 2 instances take sends
+// (clients retry failed calls with the same client_msg_id, as apps do):
+// every acknowledged message is stored exactly once, calls succeed again
+// within a bound, and the node, restarted, catches up by itself.
+func TestClusterSurvivesAStoreNodeKilledMidLoad(t *testing.T) {
+	nc := startCluster(t, 3)
+	ls := logicCluster(t, nc, 2, "KILL")
+	leader := -1
+	for i, ns := range nc.nodes {
+		if ns.JetStreamIsStreamLeader("$G", "KILL") {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no stream leader")
+	}
+	const senders, per = 6, 40
+	a := &acked{msgs: map[uint64]map[uint64]string{}}
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		done   int
+		worst  time.Duration
+		failed int
+	)
+	for s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			from := uint64(1 + s)
+			for i := range per {
+				text := fmt.Sprintf("%d:%03d", from, i)
+				start := time.Now()
+				for try := 0; ; try++ {
+					var rep pb.SendReply
+					err := call(t, ls[(s+i+try)%2], from, "d", MethodSend, &pb.SendRequest{To: 100, Text: text, ClientMsgId: text}, &rep)
+					if err == nil {
+						a.add(100, rep.MsgId, text)
+						break
+					}
+					mu.Lock()
+					failed++
+					mu.Unlock()
+					if time.Since(start) > 30*time.Second {
+						t.Errorf("send %s: still failing after 30s: %v", text, err)
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				mu.Lock()
+				worst = max(worst, time.Since(start))
+				done++
+				if done == senders*per/3 {
+					nc.kill(leader)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	t.Logf("killed node n%d (the stream leader) mid-load: %d failed attempts, longest send %v", leader, failed, worst)
+	if worst > 15*time.Second {
+		t.Fatalf("a send took %v to succeed after the node died", worst)
+	}
+	items := syncVia(t, ls, 100, 100)
+	seen := map[uint64]bool{}
+	for _, it := range items {
+		m := it.GetMessage()
+		if seen[m.MsgId] {
+			t.Fatalf("%q twice", m.Text)
+		}
+		seen[m.MsgId] = true
+		if a.msgs[100][m.MsgId] != m.Text {
+			t.Fatalf("%q was never acknowledged", m.Text)
+		}
+	}
+	if len(seen) != senders*per {
+		t.Fatalf("%d of %d acknowledged messages stored", len(seen), senders*per)
+	}
+	// The node returns and catches up with the others by itself.
+	nc.start(leader)
+	deadline := time.Now().Add(30 * time.Second)
+	for !nc.nodes[leader].JetStreamIsStreamCurrent("$G", "KILL") || streamLastSeq(t, nc, leader) != streamLastSeq(t, nc, (leader+1)%3) {
+		if time.Now().After(deadline) {
+			t.Fatalf("restarted node at seq %d, the others at %d", streamLastSeq(t, nc, leader), streamLastSeq(t, nc, (leader+1)%3))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func streamLastSeq(t *testing.T, nc *natsCluster, i int) uint64 {
+	t.Helper()
+	info, err := nc.nodes[i].Jsz(&server.JSzOptions{Accounts: true, Streams: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ad := range info.AccountDetails {
+		for _, sd := range ad.Streams {
+			if sd.Name == "KILL" {
+				return sd.State.LastSeq
+			}
+		}
+	}
+	return 0
 }
