@@ -24,7 +24,7 @@ const poolSecret = "0123456789abcdef0123456789abcdef"
 
 // serveInstance serves l over gRPC on 127.0.0.1:0 and returns its address
 // and a function that kills it (no graceful stop: calls in flight fail).
-func serveInstance(t *testing.T, l *Logic) (string, func()) {
+func serveInstance(t testing.TB, l *Logic) (string, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -43,7 +43,7 @@ func serveInstance(t *testing.T, l *Logic) (string, func()) {
 	return ln.Addr().String(), kill
 }
 
-func newPool(t *testing.T, addrs ...string) *remote.Client {
+func newPool(t testing.TB, addrs ...string) *remote.Client {
 	t.Helper()
 	c, err := remote.NewClient(remote.Config{Addrs: addrs, Auth: remote.ClientAuth{Secret: poolSecret}, EjectBase: 200 * time.Millisecond})
 	if err != nil {
@@ -55,13 +55,17 @@ func newPool(t *testing.T, addrs ...string) *remote.Client {
 
 func poolCall(c *remote.Client, uid uint64, method string, q, rep proto.Message) error {
 	body, _ := proto.Marshal(q)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	b, err := c.Call(ctx, &backend.Request{UID: uid, Device: "d", Method: method, Body: body})
+	b, err := poolCallRaw(c, uid, method, body)
 	if err == nil && rep != nil {
 		err = proto.Unmarshal(b, rep)
 	}
 	return err
+}
+
+func poolCallRaw(c *remote.Client, uid uint64, method string, body []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.Call(ctx, &backend.Request{UID: uid, Device: "d", Method: method, Body: body})
 }
 
 // TestPoolRefusesInstancesOnDifferentStores: two bbolt-backed instances
