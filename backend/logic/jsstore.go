@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,6 +53,7 @@ type jsStore struct {
 	api     string // $JS.API.STREAM.MSG.GET.<stream>
 	del     string
 	timeout time.Duration
+	ids     idBlocks
 }
 
 const (
@@ -426,22 +428,97 @@ func (t *jsTx) scanFrom(uid, after uint64) uint64 {
 
 // Scan stops at the head this transaction read, so that a sync never
 // returns an entry beyond the head its new key records.
+//
+// It reads in batches of direct gets, which any replica may answer. A
+// replica applies the stream in order, so what it returns is complete up
+// to the last entry returned; only its tail may lag. The scan is known
+// complete once it reached the head's entry (or fn stopped it); otherwise
+// it goes on from the leader, one message at a time.
 func (t *jsTx) Scan(uid, after uint64, fn func(uint64, uint8, []byte) bool) {
 	head := t.Head(uid)
 	if head <= after || t.err != nil {
 		return
 	}
 	filter := t.s.prefix + ".l." + uidS(uid) + ".*"
-	t.each(filter, t.scanFrom(uid, after), func(subj string, r jsRec) bool {
+	from := t.scanFrom(uid, after)
+	done := false
+	visit := func(subj string, r jsRec) bool {
 		ver, err := strconv.ParseUint(lastToken(subj), 10, 64)
-		if err != nil || !r.live || len(r.data) < 9 || ver <= after {
+		if err != nil || ver <= after {
 			return true
 		}
 		if ver > head {
+			done = true
 			return false
 		}
-		return fn(ver, r.data[8], r.data[9:])
-	})
+		done = ver == head
+		if r.live && len(r.data) >= 9 && !fn(ver, r.data[8], r.data[9:]) {
+			done = true
+		}
+		return !done
+	}
+	for t.err == nil && !done {
+		msgs, err := t.s.directBatch(filter, from, directBatchSize)
+		if err != nil {
+			break // the leader below
+		}
+		for _, m := range msgs {
+			from = m.seq + 1
+			if !visit(m.subj, m.rec) {
+				return
+			}
+		}
+		if len(msgs) < directBatchSize {
+			break // this replica has nothing more: the leader confirms
+		}
+	}
+	if !done && t.err == nil {
+		t.each(filter, from, visit)
+	}
+}
+
+const directBatchSize = 128
+
+type directMsg struct {
+	subj string
+	seq  uint64
+	rec  jsRec
+}
+
+// directBatch asks any replica for up to n messages on filter from seq.
+func (s *jsStore) directBatch(filter string, seq uint64, n int) ([]directMsg, error) {
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	q, _ := json.Marshal(map[string]any{"seq": max(seq, 1), "next_by_subj": filter, "batch": n})
+	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+s.stream, inbox, q); err != nil {
+		return nil, err
+	}
+	var out []directMsg
+	for {
+		m, err := sub.NextMsg(s.timeout)
+		if err != nil {
+			return nil, err
+		}
+		if st := m.Header.Get("Status"); st != "" {
+			if st == "204" || st == "404" {
+				return out, nil // the end of the batch, or nothing (more)
+			}
+			return nil, fmt.Errorf("logic: direct get: %s %s", st, m.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("logic: direct get: bad sequence: %w", err)
+		}
+		r := jsRec{data: m.Data, seq: seq, live: m.Header.Get(hdrDel) == ""}
+		if !r.live {
+			r.data = nil
+		}
+		out = append(out, directMsg{subj: m.Header.Get("Nats-Subject"), seq: seq, rec: r})
+	}
 }
 
 // Trim deletes at once (outside the transaction: trimming is idempotent).
@@ -525,8 +602,56 @@ func (t *jsTx) ForEach(table string, uid uint64, fn func(k, v []byte) bool) {
 	}
 }
 
-// NextID keeps counters where bbolt does: in the meta table.
+// NextID keeps counters where bbolt does: in the meta table. Ids must be
+// unique, not dense (except the fan-out queue's, which the queue reads in
+// sequence): each instance reserves a block of idBlock ids at a time in a
+// transaction of its own, so that sends do not all contend for one key.
+// An id of a transaction that failed is skipped.
 func (t *jsTx) NextID(name string) (uint64, error) {
+	if name == fanoutCounter {
+		return t.casNext(name)
+	}
+	return t.s.ids.next(t.s, name)
+}
+
+// idBlock is how many ids an instance reserves at once.
+const idBlock = 1024
+
+type idBlocks struct {
+	mu sync.Mutex
+	m  map[string][2]uint64 // name → next, end (exclusive)
+}
+
+func (b *idBlocks) next(s *jsStore, name string) (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.m[name]
+	if r[0] >= r[1] {
+		var end uint64
+		err := s.UpdateNow(func(tx Tx) error {
+			var err error
+			t := tx.(*jsTx)
+			start, err := t.casNext(name)
+			if err != nil {
+				return err
+			}
+			end = start + idBlock - 1 // casNext reserved start; extend to the block
+			return t.put(t.s.tableSubj(TableMeta, 0, []byte(name)), u64(end), false)
+		})
+		if err != nil {
+			return 0, err
+		}
+		r = [2]uint64{end - idBlock + 1, end + 1}
+	}
+	if b.m == nil {
+		b.m = map[string][2]uint64{}
+	}
+	b.m[name] = [2]uint64{r[0] + 1, r[1]}
+	return r[0], nil
+}
+
+// casNext increments a counter under compare-and-set.
+func (t *jsTx) casNext(name string) (uint64, error) {
 	subj := t.s.tableSubj(TableMeta, 0, []byte(name))
 	var n uint64
 	if v := t.get(subj); len(v) == 8 {
