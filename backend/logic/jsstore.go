@@ -134,7 +134,7 @@ func (s *jsStore) UpdateNow(fn func(Tx) error) error {
 			return err
 		}
 		// Back off with jitter so that contending writers spread out.
-		d := time.Duration(100<<min(try, 9)) * time.Microsecond
+		d := time.Duration(100<<min(try, 6)) * time.Microsecond
 		time.Sleep(time.Duration(mrand.Int64N(int64(d))) + 50*time.Microsecond)
 	}
 }
