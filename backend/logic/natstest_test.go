@@ -133,12 +133,6 @@ func portOf(u string) int {
 	return p
 }
 
-// kill stops node i at once (its store directory stays).
-func (c *natsCluster) kill(i int) {
-	c.nodes[i].Shutdown()
-	c.nodes[i].WaitForShutdown()
-}
-
 // url lists every node, for a client that fails over between them.
 func (c *natsCluster) url() string {
 	var us []string
