@@ -223,7 +223,7 @@ func (s *jsStore) msgGet(subject string, next bool, seq uint64) (jsRec, string, 
 		return jsRec{}, "", fmt.Errorf("logic: store read %s: %w", subject, err)
 	}
 	if r.Error != nil {
-		if r.Error.ErrCode == 10037 || r.Error.Code == 404 {
+		if r.Error.ErrCode == 10037 { // no message found (other 404s, like a missing stream, are errors)
 			return jsRec{}, "", nil
 		}
 		return jsRec{}, "", fmt.Errorf("logic: store read %s: %s (%d)", subject, r.Error.Description, r.Error.ErrCode)
@@ -566,16 +566,38 @@ func (t *jsTx) Delete(table string, uid uint64, key []byte) error {
 }
 
 // ForEach visits the stored entries overlaid with this transaction's
-// writes, in key order (as bbolt does).
+// writes, in key order (as bbolt does). The devices table is read from the
+// leader (trimming takes the minimum over every device: a device missing
+// from a lagging replica would get its messages trimmed unconfirmed);
+// other tables (dedup, only scanned for expiry) in batches from any
+// replica.
 func (t *jsTx) ForEach(table string, uid uint64, fn func(k, v []byte) bool) {
 	prefix := t.s.prefix + ".t." + table + "." + uidS(uid) + "."
 	kv := map[string][]byte{}
-	t.each(prefix+"*", 1, func(subj string, r jsRec) bool {
+	add := func(subj string, r jsRec) bool {
 		if r.live {
 			kv[strings.TrimPrefix(subj, prefix)] = r.data
 		}
 		return true
-	})
+	}
+	if table == TableDevices {
+		t.each(prefix+"*", 1, add)
+	} else {
+		for from := uint64(1); t.err == nil; {
+			msgs, err := t.s.directBatch(prefix+"*", from, directBatchSize)
+			if err != nil {
+				t.fail(err)
+				return
+			}
+			for _, m := range msgs {
+				add(m.subj, m.rec)
+				from = m.seq + 1
+			}
+			if len(msgs) < directBatchSize {
+				break
+			}
+		}
+	}
 	for subj, w := range t.writes {
 		if k, ok := strings.CutPrefix(subj, prefix); ok {
 			if w.del {
