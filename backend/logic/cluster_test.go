@@ -286,3 +286,41 @@ func TestClusterSurvivesKill9OfAStoreNode(t *testing.T) {
 	pc.start(leader)
 	pc.waitStreams("KILL", last)
 }
+
+// TestClusterLargeGroupDiffusedInPartsOnce: a 500-member group is more
+// than one JetStream transaction can diffuse (400 appends), so its
+// messages are diffused in parts, with 2 instances' workers racing for
+// the queue: every member gets every message once, in order.
+func TestClusterLargeGroupDiffusedInPartsOnce(t *testing.T) {
+	nc := startCluster(t, 1)
+	ls := logicCluster(t, nc, 2, "BIG")
+	members := make([]uint64, 499)
+	for i := range members {
+		members[i] = uint64(1000 + i)
+	}
+	var g pb.Group
+	mustCall(t, ls[0], 1, "d", MethodGroupCreate, &pb.GroupCreateRequest{Members: members}, &g)
+	if len(g.Members) != 500 {
+		t.Fatalf("%d members", len(g.Members))
+	}
+	for i := range 3 {
+		mustCall(t, ls[i%2], 1, "d", MethodSendGroup, &pb.SendGroupRequest{GroupId: g.GroupId, Text: fmt.Sprint("big ", i)}, nil)
+	}
+	for _, uid := range []uint64{1, 1000, 1200, 1398, 1399, 1400, 1498} {
+		var items []*pb.SyncItem
+		waitFor(t, fmt.Sprint("diffusion to ", uid), func() bool {
+			items, _, _ = syncAll(t, ls[1], uid, "x", nil, 0)
+			return len(items) >= 3
+		})
+		time.Sleep(100 * time.Millisecond)
+		items, _, _ = syncAll(t, ls[0], uid, "x", nil, 0)
+		if len(items) != 3 {
+			t.Fatalf("uid %d has %d messages", uid, len(items))
+		}
+		for i, it := range items {
+			if it.GetMessage().GetText() != fmt.Sprint("big ", i) {
+				t.Fatalf("uid %d: item %d is %q", uid, i, it.GetMessage().GetText())
+			}
+		}
+	}
+}

@@ -600,6 +600,11 @@ func (l *Logic) fanoutLoop() {
 		case <-t.C:
 		}
 		for {
+			select {
+			case <-l.stop: // Close does not wait for a long backlog: it stays queued
+				return
+			default:
+			}
 			n, err := l.fanoutOnce()
 			if err != nil {
 				l.log.Error("group write diffusion failed; retrying", "err", err)
