@@ -272,6 +272,43 @@ func (t *jsTx) put(subj string, v []byte, del bool) error {
 	return nil
 }
 
+// Prefetch implements Prefetcher: the keys not yet read, in parallel.
+func (t *jsTx) Prefetch(keys ...Key) {
+	var need []string
+	for _, k := range keys {
+		subj := t.s.headSubj(k.UID)
+		if k.Table != "" {
+			subj = t.s.tableSubj(k.Table, k.UID, k.Key)
+		}
+		_, read := t.reads[subj]
+		_, written := t.writes[subj]
+		if !read && !written && !slices.Contains(need, subj) {
+			need = append(need, subj)
+		}
+	}
+	if len(need) < 2 || t.err != nil {
+		return
+	}
+	recs := make([]jsRec, len(need))
+	errs := make([]error, len(need))
+	var wg sync.WaitGroup
+	for i, subj := range need {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			recs[i], _, errs[i] = t.s.msgGet(subj, false, 0)
+		}()
+	}
+	wg.Wait()
+	for i, subj := range need {
+		if errs[i] != nil {
+			t.fail(errs[i])
+			return
+		}
+		t.reads[subj] = recs[i]
+	}
+}
+
 // each visits the live messages on a wildcard subject in stream order,
 // from the leader, until fn returns false.
 func (t *jsTx) each(filter string, from uint64, fn func(subj string, r jsRec) bool) {

@@ -485,6 +485,13 @@ func (l *Logic) send(_ context.Context, r *backend.Request) ([]byte, error) {
 	)
 	err := l.store.Update(func(tx Tx) error {
 		rep, recvVer, dup = &pb.SendReply{}, 0, false
+		if p, ok := tx.(Prefetcher); ok { // the replicated store: one round trip, not three
+			if q.ClientMsgId != "" {
+				p.Prefetch(Key{UID: r.UID}, Key{UID: q.To}, Key{Table: TableDedup, UID: r.UID, Key: dedupKey(q.ClientMsgId)})
+			} else {
+				p.Prefetch(Key{UID: r.UID}, Key{UID: q.To})
+			}
+		}
 		if q.ClientMsgId != "" {
 			if v := tx.Get(TableDedup, r.UID, dedupKey(q.ClientMsgId)); len(v) >= 8 {
 				dup = true
@@ -542,6 +549,9 @@ func (l *Logic) sendGroup(_ context.Context, r *backend.Request) ([]byte, error)
 	var rep *pb.SendReply
 	err := l.store.Update(func(tx Tx) error {
 		rep = &pb.SendReply{}
+		if p, ok := tx.(Prefetcher); ok && q.ClientMsgId != "" {
+			p.Prefetch(Key{Table: TableGroups, Key: groupKey(q.GroupId)}, Key{Table: TableDedup, UID: r.UID, Key: dedupKey(q.ClientMsgId)})
+		}
 		g, err := loadGroup(tx, q.GroupId)
 		if err != nil {
 			return err
