@@ -385,7 +385,14 @@ func (t *jsTx) commit() error {
 	return nil
 }
 
-func hexKey(k []byte) string { return hex.EncodeToString(k) }
+// hexKey is a key as one subject token ("_" for the empty key: a subject
+// token cannot be empty, and hex never makes "_").
+func hexKey(k []byte) string {
+	if len(k) == 0 {
+		return "_"
+	}
+	return hex.EncodeToString(k)
+}
 
 func uidS(uid uint64) string { return strconv.FormatUint(uid, 10) }
 
@@ -652,6 +659,9 @@ func (t *jsTx) ForEach(table string, uid uint64, fn func(k, v []byte) bool) {
 
 	for _, hk := range keys {
 		k, err := hex.DecodeString(hk)
+		if hk == "_" {
+			k, err = []byte{}, nil
+		}
 		if err != nil {
 			continue
 		}
