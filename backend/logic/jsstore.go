@@ -26,7 +26,7 @@ type JSConfig struct {
 	Stream   string        // default "LONGLINK_LOGIC"
 	Prefix   string        // of the stream's subjects (default "lgc")
 	Replicas int           // stream replicas (default 3: a quorum survives one node)
-	Timeout  time.Duration // per request to the stream leader (default 2s: a dead leader is replaced in about that time)
+	Timeout  time.Duration // per request to the stream leader (default 3s)
 }
 
 // jsStore is the Store over one JetStream stream that replicates by Raft.
@@ -84,7 +84,7 @@ func OpenJetStream(cfg JSConfig) (Store, error) {
 		cfg.Replicas = 3
 	}
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = 2 * time.Second
+		cfg.Timeout = 3 * time.Second
 	}
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
