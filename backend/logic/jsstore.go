@@ -90,8 +90,6 @@ func OpenJetStream(cfg JSConfig) (Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	sc := jetstream.StreamConfig{
 		Name:               cfg.Stream,
 		Subjects:           []string{cfg.Prefix + ".>"},
@@ -103,7 +101,21 @@ func OpenJetStream(cfg JSConfig) (Store, error) {
 		AllowAtomicPublish: true,
 		AllowMsgTTL:        true,
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+	// A cluster that is still forming (no meta leader yet, peers not all
+	// known) answers late or "no suitable peers": retry that for up to 30s;
+	// anything else is a configuration error, reported at once.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = js.CreateOrUpdateStream(ctx, sc)
+		cancel()
+		transient := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) ||
+			err != nil && strings.Contains(err.Error(), "no suitable peers")
+		if !transient || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
 		hint := ""
 		if cfg.Replicas > 1 {
 			hint = fmt.Sprintf(" (%d replicas need a JetStream cluster of at least %d servers; a single server needs ?replicas=1)", cfg.Replicas, cfg.Replicas)
