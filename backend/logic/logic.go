@@ -19,6 +19,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,7 +62,16 @@ const (
 	MethodProfileSet  = "profile.set"
 	MethodGroupCreate = "group.create"
 	MethodGroupAdd    = "group.add"
+	// MethodInfo answers InfoReply (JSON) to internal callers (uid 0): the
+	// gateway's pool compares the store ids of its instances.
+	MethodInfo = "logic.info"
 )
+
+// InfoReply is the body of MethodInfo.
+type InfoReply struct {
+	StoreID string `json:"store_id"` // random, created once in the store
+	Store   string `json:"store"`    // "bbolt" or "jetstream"
+}
 
 // Notifier tells a user's connected devices that a data type reached a
 // version (push/: in-process router, NATS, or the gRPC PushService). An
@@ -123,6 +134,7 @@ type Logic struct {
 	cfg     Config
 	store   Store
 	secret  []byte
+	storeID string
 	methods *backend.Embedded
 	log     *slog.Logger
 
@@ -192,17 +204,17 @@ func New(store Store, cfg Config) (*Logic, error) {
 		kick:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),
 	}
+	// The secret and the store id are created once, by the first instance
+	// to start on the store (a concurrent first start of another instance
+	// conflicts and re-reads them).
 	err := store.UpdateNow(func(tx Tx) error {
-		l.secret = nil
-		if v := tx.Get(TableMeta, 0, []byte("synckey_secret")); len(v) == 32 {
-			l.secret = append([]byte(nil), v...)
-			return nil
-		}
-		l.secret = make([]byte, 32)
-		if _, err := rand.Read(l.secret); err != nil {
+		secret, err := randomOnce(tx, "synckey_secret", 32)
+		if err != nil {
 			return err
 		}
-		return tx.Put(TableMeta, 0, []byte("synckey_secret"), l.secret)
+		id, err := randomOnce(tx, "store_id", 16)
+		l.secret, l.storeID = secret, hex.EncodeToString(id)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("logic: init: %w", err)
@@ -213,6 +225,7 @@ func New(store Store, cfg Config) (*Logic, error) {
 		MethodContactAdd: l.contact(false), MethodContactDel: l.contact(true),
 		MethodProfileGet: l.profileGet, MethodProfileSet: l.profileSet,
 		MethodGroupCreate: l.groupCreate, MethodGroupAdd: l.groupAdd,
+		MethodInfo: l.info,
 	} {
 		l.methods.Handle(name, h)
 	}
@@ -227,6 +240,18 @@ func New(store Store, cfg Config) (*Logic, error) {
 	return l, nil
 }
 
+// randomOnce returns meta value name, creating it with n random bytes.
+func randomOnce(tx Tx, name string, n int) ([]byte, error) {
+	if v := tx.Get(TableMeta, 0, []byte(name)); len(v) == n {
+		return append([]byte(nil), v...), nil
+	}
+	v := make([]byte, n)
+	if _, err := rand.Read(v); err != nil {
+		return nil, err
+	}
+	return v, tx.Put(TableMeta, 0, []byte(name), v)
+}
+
 func (l *Logic) initMetrics() {
 	l.m.fanoutJobs = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_logic_fanout_jobs_total", Help: "Group messages diffused into their members' inboxes."})
 	l.m.fanoutWrites = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_logic_fanout_writes_total", Help: "Inbox writes made by group write diffusion."})
@@ -234,6 +259,22 @@ func (l *Logic) initMetrics() {
 	l.m.notifies = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_logic_notifies_total", Help: "Notifies by result (sent, failed, dropped when the queue was full)."}, []string{"result"})
 	l.m.fanoutLag = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "longlink_logic_fanout_lag_seconds", Help: "From a group message's acceptance to its diffusion.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
 	l.m.all = []prometheus.Collector{l.m.fanoutJobs, l.m.fanoutWrites, l.m.trimmed, l.m.notifies, l.m.fanoutLag}
+}
+
+// StoreID is the store's id: random, created once in the store, so every
+// instance on one store announces the same id and instances on different
+// stores (two bbolt files) announce different ones.
+func (l *Logic) StoreID() string { return l.storeID }
+
+func (l *Logic) info(_ context.Context, r *backend.Request) ([]byte, error) {
+	if r.UID != 0 {
+		return nil, backend.Logical(codec.CodeUnknownMethod, "unknown method "+MethodInfo)
+	}
+	kind := "bbolt"
+	if _, ok := l.store.(*jsStore); ok {
+		kind = "jetstream"
+	}
+	return json.Marshal(InfoReply{StoreID: l.storeID, Store: kind})
 }
 
 // Collectors returns the logic's Prometheus collectors.
@@ -444,6 +485,13 @@ func (l *Logic) send(_ context.Context, r *backend.Request) ([]byte, error) {
 	)
 	err := l.store.Update(func(tx Tx) error {
 		rep, recvVer, dup = &pb.SendReply{}, 0, false
+		if p, ok := tx.(Prefetcher); ok { // the replicated store: one round trip, not three
+			if q.ClientMsgId != "" {
+				p.Prefetch(Key{UID: r.UID}, Key{UID: q.To}, Key{Table: TableDedup, UID: r.UID, Key: dedupKey(q.ClientMsgId)})
+			} else {
+				p.Prefetch(Key{UID: r.UID}, Key{UID: q.To})
+			}
+		}
 		if q.ClientMsgId != "" {
 			if v := tx.Get(TableDedup, r.UID, dedupKey(q.ClientMsgId)); len(v) >= 8 {
 				dup = true
@@ -501,6 +549,9 @@ func (l *Logic) sendGroup(_ context.Context, r *backend.Request) ([]byte, error)
 	var rep *pb.SendReply
 	err := l.store.Update(func(tx Tx) error {
 		rep = &pb.SendReply{}
+		if p, ok := tx.(Prefetcher); ok && q.ClientMsgId != "" {
+			p.Prefetch(Key{Table: TableGroups, Key: groupKey(q.GroupId)}, Key{Table: TableDedup, UID: r.UID, Key: dedupKey(q.ClientMsgId)})
+		}
 		g, err := loadGroup(tx, q.GroupId)
 		if err != nil {
 			return err
@@ -559,6 +610,11 @@ func (l *Logic) fanoutLoop() {
 		case <-t.C:
 		}
 		for {
+			select {
+			case <-l.stop: // Close does not wait for a long backlog: it stays queued
+				return
+			default:
+			}
 			n, err := l.fanoutOnce()
 			if err != nil {
 				l.log.Error("group write diffusion failed; retrying", "err", err)
@@ -576,8 +632,13 @@ func (l *Logic) fanoutLoop() {
 	}
 }
 
-// maxFanoutWrites bounds the inbox writes of one diffusion transaction.
+// maxFanoutWrites bounds the inbox writes of one diffusion transaction
+// (a store may ask for fewer with a MaxTxAppends method).
 const maxFanoutWrites = 4096
+
+func fanoutProgressKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte("fanout_progress:"), id)
+}
 
 type fanNote struct {
 	uid    uint64
@@ -593,27 +654,51 @@ func (l *Logic) fanoutOnce() (int, error) {
 		writes int
 		lags   []float64
 	)
+	limit := maxFanoutWrites
+	if c, ok := l.store.(interface{ MaxTxAppends() int }); ok {
+		limit = c.MaxTxAppends()
+	}
 	err := l.store.UpdateNow(func(tx Tx) error {
 		notes, jobs, writes, lags = notes[:0], 0, 0, lags[:0]
 		var ids []uint64
 		var ferr error
 		now := time.Now().UnixMilli()
 		tx.Dequeue(func(id uint64, v []byte) bool {
-			ids = append(ids, id)
-			jobs++
 			var job pb.FanoutJob
 			if err := proto.Unmarshal(v, &job); err != nil || job.Message == nil {
 				l.log.Error("dropping a corrupt fan-out job", "id", id, "err", err)
+				ids = append(ids, id)
+				jobs++
 				return true
 			}
 			g, err := loadGroup(tx, job.GroupId)
 			if err != nil {
 				l.log.Warn("group of a queued message is gone", "group", job.GroupId, "err", err)
+				ids = append(ids, id)
+				jobs++
 				return true
+			}
+			// A job too large for what is left of this transaction waits for
+			// the next one; one too large for any transaction is diffused in
+			// parts, its progress (the last member written; members are
+			// sorted) committed with each part, so no member gets it twice.
+			members := g.Members
+			pk := fanoutProgressKey(id)
+			if p := tx.Get(TableMeta, 0, pk); len(p) == 8 {
+				done := binary.BigEndian.Uint64(p)
+				i, _ := slices.BinarySearch(members, done+1)
+				members = members[i:]
+			}
+			if writes > 0 && writes+len(members) > limit {
+				return false
+			}
+			partial := len(members) > limit
+			if partial {
+				members = members[:limit]
 			}
 			m := job.Message
 			build := func(v uint64) []byte { return encodeItem(typeMessages, v, m) }
-			for _, uid := range g.Members {
+			for _, uid := range members {
 				ver, err := tx.Append(uid, typeMessages, m.TsMs, nil, build)
 				if err != nil {
 					ferr = err
@@ -621,9 +706,20 @@ func (l *Logic) fanoutOnce() (int, error) {
 				}
 				notes = append(notes, fanNote{uid: uid, ver: ver, sender: uid == m.From, except: job.Device})
 			}
-			writes += len(g.Members)
+			writes += len(members)
+			if partial {
+				ferr = tx.Put(TableMeta, 0, pk, binary.BigEndian.AppendUint64(nil, members[len(members)-1]))
+				return false
+			}
+			if len(members) < len(g.Members) {
+				if ferr = tx.Delete(TableMeta, 0, pk); ferr != nil {
+					return false
+				}
+			}
+			ids = append(ids, id)
+			jobs++
 			lags = append(lags, float64(now-m.TsMs)/1000)
-			return writes < maxFanoutWrites
+			return writes < limit
 		})
 		if ferr != nil {
 			return ferr
@@ -638,6 +734,10 @@ func (l *Logic) fanoutOnce() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	n := jobs
+	if n == 0 && len(notes) > 0 {
+		n = 1 // a part of a large job: more to do
+	}
 	l.m.fanoutJobs.Add(float64(jobs))
 	l.m.fanoutWrites.Add(float64(writes))
 	for _, s := range lags {
@@ -650,7 +750,7 @@ func (l *Logic) fanoutOnce() (int, error) {
 			l.notify(n.uid, "", typeMessages, n.ver)
 		}
 	}
-	return jobs, nil
+	return n, nil
 }
 
 // ---- sync --------------------------------------------------------------------

@@ -62,7 +62,7 @@ func open(t testing.TB, path string, cfg Config) *Logic {
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "logic.db")
 	}
-	l, err := Open(path, cfg)
+	l, err := New(testStore(t, path), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,10 +284,7 @@ func TestQueuedDiffusionSurvivesRestart(t *testing.T) {
 	mustCall(t, l, 1, "", MethodGroupCreate, &pb.GroupCreateRequest{Members: []uint64{2}}, &g)
 	l.Close()
 	// A job accepted just before a crash: in the queue, not diffused.
-	st, err := OpenBolt(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := testStore(t, path)
 	job, _ := proto.Marshal(&pb.FanoutJob{GroupId: g.GroupId, Message: &pb.Message{MsgId: 77, From: 1, GroupId: g.GroupId, Text: "queued", TsMs: 1}})
 	if err := st.UpdateNow(func(tx Tx) error { return tx.Enqueue(job) }); err != nil {
 		t.Fatal(err)

@@ -66,6 +66,21 @@ type Tx interface {
 	Remove(id uint64) error
 }
 
+// Key names what a transaction is about to read, for Prefetcher: a user's
+// head (Table "") or a table entry.
+type Key struct {
+	Table string
+	UID   uint64
+	Key   []byte
+}
+
+// Prefetcher is optionally implemented by a Tx whose reads are round trips
+// (the replicated store): it fetches the keys at once instead of one after
+// the other. It only changes speed.
+type Prefetcher interface {
+	Prefetch(keys ...Key)
+}
+
 // Table names for Get/Put.
 const (
 	TableDedup   = "dedup"   // per user: client_msg_id → SendReply

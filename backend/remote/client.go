@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -75,6 +76,12 @@ type Client struct {
 	methodsMu sync.RWMutex
 	methods   map[string]bool
 
+	// mixed is set while the instances announce different store ids: every
+	// call is then refused (a user's data would be split between stores).
+	mixed   atomic.Pointer[error]
+	storeMu sync.Mutex
+	checked chan struct{} // closed after the first store check of every instance
+
 	m clientMetrics
 }
 
@@ -88,6 +95,11 @@ type instance struct {
 	fails     atomic.Int32 // consecutive system failures
 	ejections atomic.Int32 // consecutive ejections (backoff exponent)
 	readmit   atomic.Int64 // unix ns of the last readmission
+
+	// The store id the instance announced (logic.info): idOK is set once
+	// it is known; an instance is used only after that.
+	idOK    atomic.Bool
+	storeID atomic.Pointer[string]
 }
 
 type point struct {
@@ -102,6 +114,7 @@ type clientMetrics struct {
 	ejections             *prometheus.CounterVec
 	up                    *prometheus.GaugeVec
 	retries, exhausted    prometheus.Counter
+	mixed                 prometheus.Gauge
 	all                   []prometheus.Collector
 }
 
@@ -142,7 +155,7 @@ func NewClient(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), methods: map[string]bool{}}
+	c := &Client{cfg: cfg, log: cfg.Logger, stop: make(chan struct{}), methods: map[string]bool{}, checked: make(chan struct{})}
 	c.initMetrics()
 	opts := append(append(authOpts,
 		// Reconnect quickly to a restarted instance (gRPC's default backoff grows to 2 minutes).
@@ -184,7 +197,8 @@ func (c *Client) initMetrics() {
 	c.m.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "longlink_logic_client_instance_up", Help: "1 while an instance takes calls, 0 while ejected."}, []string{"instance"})
 	c.m.retries = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_logic_client_retries_total", Help: "Retries of system failures on another instance."})
 	c.m.exhausted = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_logic_client_retry_budget_exhausted_total", Help: "Retries refused by the retry budget."})
-	c.m.all = []prometheus.Collector{c.m.calls, c.m.latency, c.m.logical, c.m.system, c.m.final, c.m.ejections, c.m.up, c.m.retries, c.m.exhausted}
+	c.m.mixed = prometheus.NewGauge(prometheus.GaugeOpts{Name: "longlink_logic_client_stores_mixed", Help: "1 while the logic instances announce different store ids (every call is refused)."})
+	c.m.all = []prometheus.Collector{c.m.calls, c.m.latency, c.m.logical, c.m.system, c.m.final, c.m.ejections, c.m.up, c.m.retries, c.m.exhausted, c.m.mixed}
 }
 
 // Collectors returns the pool's Prometheus collectors (register them with
@@ -275,6 +289,19 @@ func (c *Client) Call(ctx context.Context, req *backend.Request) ([]byte, error)
 		lastErr error
 		last    *instance
 	)
+	select {
+	case <-c.checked:
+	default:
+		// The first calls wait for the start-up store check (one round
+		// trip), so that nothing is written before a mix is known.
+		select {
+		case <-c.checked:
+		case <-ctx.Done():
+		}
+	}
+	if e := c.mixed.Load(); e != nil {
+		return nil, *e
+	}
 	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
 		if attempt > 0 {
 			if ctx.Err() != nil {
@@ -292,6 +319,16 @@ func (c *Client) Call(ctx context.Context, req *backend.Request) ([]byte, error)
 		}
 		tried |= 1 << in.idx
 		last = in
+		if !in.idOK.Load() {
+			if err := c.verify(ctx, in); err != nil {
+				if e := c.mixed.Load(); e != nil {
+					return nil, *e
+				}
+				lastErr = fmt.Errorf("remote %s: %w", in.addr, err)
+				c.fail(in, status.Code(err))
+				continue
+			}
+		}
 		start := time.Now()
 		rep, err := in.cli.Call(ctx, q)
 		c.m.calls.WithLabelValues(method, in.addr).Inc()
@@ -376,11 +413,18 @@ func (c *Client) prober() {
 	defer c.wg.Done()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
+	c.checkStores()
+	close(c.checked)
+	lastCheck := time.Now()
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
+		}
+		if time.Since(lastCheck) >= storeCheckInterval {
+			lastCheck = time.Now()
+			c.checkStores()
 		}
 		now := time.Now().UnixNano()
 		for _, in := range c.insts {
@@ -391,6 +435,7 @@ func (c *Client) prober() {
 			rep, err := in.cli.Ping(ctx, &pb.PingRequest{})
 			cancel()
 			if err == nil && !rep.Overloaded {
+				in.idOK.Store(false) // it may have restarted on another store: ask again
 				in.fails.Store(0)
 				in.readmit.Store(time.Now().UnixNano())
 				in.ejected.Store(false)
@@ -402,6 +447,105 @@ func (c *Client) prober() {
 			d := min(c.cfg.EjectBase<<min(n-1, 16), c.cfg.EjectMax)
 			in.until.Store(time.Now().Add(d).UnixNano())
 		}
+	}
+}
+
+// storeCheckInterval is how often the prober asks every instance for its
+// store id again (an instance restarted on another store is caught within
+// it even when no call failed).
+const storeCheckInterval = 5 * time.Second
+
+// methodInfo is the reference logic's internal method announcing its store
+// id (backend/logic.MethodInfo; not imported: any LogicService may sit
+// behind the pool).
+const methodInfo = "logic.info"
+
+// verify asks in for its store id and compares it with the other
+// instances'. An instance that does not know the method (another
+// LogicService implementation) announces nothing and is not compared.
+func (c *Client) verify(ctx context.Context, in *instance) error {
+	rep, err := in.cli.Call(ctx, &pb.CallRequest{Method: methodInfo})
+	if err != nil {
+		return err
+	}
+	id := ""
+	switch code := codec.Code(rep.Code); {
+	case code == codec.OK:
+		var info struct {
+			StoreID string `json:"store_id"`
+		}
+		if err := json.Unmarshal(rep.Body, &info); err != nil {
+			return fmt.Errorf("%s: %w", methodInfo, err)
+		}
+		id = info.StoreID
+	case code >= 1000 && code < 2000:
+	default:
+		return fmt.Errorf("%s: code %d: %s", methodInfo, code, rep.Message)
+	}
+	in.storeID.Store(&id)
+	in.idOK.Store(true)
+	c.compareStores()
+	return c.mixedErr()
+}
+
+// checkStores asks every instance not ejected for its store id, at once.
+func (c *Client) checkStores() {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ProbeTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, in := range c.insts {
+		if in.ejected.Load() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.verify(ctx, in)
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *Client) mixedErr() error {
+	if e := c.mixed.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// compareStores sets or clears the mixed state from the ids known.
+func (c *Client) compareStores() {
+	c.storeMu.Lock()
+	defer c.storeMu.Unlock()
+	byID := map[string][]string{}
+	var ids []string
+	for _, in := range c.insts {
+		p := in.storeID.Load()
+		if p == nil || *p == "" {
+			continue
+		}
+		if byID[*p] == nil {
+			ids = append(ids, *p)
+		}
+		byID[*p] = append(byID[*p], in.addr)
+	}
+	if len(ids) <= 1 {
+		if c.mixed.Swap(nil) != nil {
+			c.log.Info("logic instances are on one store again; calls resume", "store_id", ids)
+			c.m.mixed.Set(0)
+		}
+		return
+	}
+	var parts []string
+	for _, id := range ids {
+		parts = append(parts, fmt.Sprintf("store %s at %s", id, strings.Join(byID[id], ", ")))
+	}
+	err := error(backend.Unavailable(fmt.Sprintf("remote: refusing every call: the logic instances are on different stores (%s); "+
+		"each bbolt store is private to one instance, so users' data would be split and messages lost: run one bbolt instance, "+
+		"or give every instance the same replicated --store (docs/logic.md)", strings.Join(parts, "; "))))
+	if old := c.mixed.Swap(&err); old == nil || (*old).Error() != err.Error() {
+		c.log.Error("logic instances are on different stores; refusing every call", "stores", strings.Join(parts, "; "))
+		c.m.mixed.Set(1)
 	}
 }
 
@@ -422,6 +566,9 @@ func (c *Client) Probe(ctx context.Context) []ProbeResult {
 		go func() {
 			defer wg.Done()
 			_, err := in.cli.Ping(ctx, &pb.PingRequest{})
+			if err == nil {
+				err = c.verify(ctx, in)
+			}
 			if err != nil {
 				if s, ok := status.FromError(err); ok && s.Code() == codes.Unauthenticated {
 					err = fmt.Errorf("refused the gateway's credentials: %s", s.Message())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -45,11 +46,23 @@ func runLogic(args []string) int {
 // logicMain is `longlink logic` until stop yields; started (if not nil)
 // hears the gRPC address once it serves.
 func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) int {
-	fs := newFlagSet("logic", logicSummary)
+	if len(args) > 0 {
+		switch args[0] {
+		case "export":
+			return logicExport(args[1:], os.Stdout)
+		case "import":
+			return logicImport(args[1:], os.Stdin)
+		}
+	}
+	fs := newFlagSet("logic", logicSummary+"\n\n`longlink logic export` and `longlink logic import` move a bbolt store to a replicated one (docs/logic.md)")
 	var (
 		listen      = fs.String("listen", "127.0.0.1:7200", "gRPC LogicService address, host:port or unix:/path (the gateways' --backend grpc://host:port); off loopback it needs --tls-cert/--tls-key or --allow-plaintext")
 		dataDir     = fs.String("data", auth.DefaultDataDir(), "data directory; the store is logic.db in it unless --db is set")
-		dbPath      = fs.String("db", "", "bbolt store file (default <data>/logic.db)")
+		dbPath      = fs.String("db", "", "bbolt store file (default <data>/logic.db); --store bbolt:///path is the same")
+		storeURL    = fs.String("store", "", "the store: bbolt:///path (default: --db, one instance only) or nats://host:4222[,host:4222…][?replicas=3] for the replicated JetStream store that several instances share (docs/logic.md)")
+		storeCreds  = fs.String("store-creds", "", "nats:// store: NATS credentials file")
+		storeUser   = fs.String("store-user", "", "nats:// store: NATS user (or user:password@ in the URL)")
+		storePass   = fs.String("store-password", "", "nats:// store: NATS password (better as LONGLINK_STORE_PASSWORD)")
 		secretFile  = fs.String("secret", "", "file with the shared secret every caller must present (default <data>/logic.secret, created 0600 if absent; give the gateways the same file as --backend-secret)")
 		tlsCert     = fs.String("tls-cert", "", "serve TLS with this certificate (PEM)")
 		tlsKey      = fs.String("tls-key", "", "private key for --tls-cert")
@@ -72,6 +85,9 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	slog.SetDefault(log)
 	if *dbPath == "" {
 		*dbPath = filepath.Join(*dataDir, "logic.db")
+	}
+	if *storeURL == "" {
+		*storeURL = "bbolt://" + *dbPath
 	}
 	if *secretFile == "" {
 		*secretFile = filepath.Join(*dataDir, remote.SecretFile)
@@ -125,9 +141,15 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	default:
 		log.Warn("no --nats or --push-grpc: clients get no notifies and must sync on their own")
 	}
-	l, err := logic.Open(*dbPath, logic.Config{Notifier: notifier, Retention: *retention, Logger: log})
+	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log})
 	if err != nil {
-		log.Error("cannot open the logic store", "err", err)
+		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
+		return 1
+	}
+	l, err := logic.New(st, logic.Config{Notifier: notifier, Retention: *retention, Logger: log})
+	if err != nil {
+		st.Close()
+		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
 		return 1
 	}
 	defer l.Close()
@@ -157,7 +179,7 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 		}()
 		defer hs.Close()
 	}
-	log.Info("logic serving", "grpc", ln.Addr().String(), "tls", sa.TLS != nil, "client_certs", *tlsCA != "", "secret", *secretFile, "db", *dbPath, "metrics", *metrics)
+	log.Info("logic serving", "grpc", ln.Addr().String(), "tls", sa.TLS != nil, "client_certs", *tlsCA != "", "secret", *secretFile, "store", redactURL(*storeURL), "store_id", l.StoreID(), "metrics", *metrics)
 	if started != nil {
 		started(ln.Addr().String())
 	}
@@ -165,6 +187,81 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	log.Info("shutting down", "signal", s.String())
 	gs.stop(10 * time.Second)
 	return 0
+}
+
+// logicExport is `longlink logic export`: a bbolt store as a dump on out.
+func logicExport(args []string, out io.Writer) int {
+	fs := newFlagSet("logic export", "write a bbolt logic store as a dump on stdout (stop the logic first: bbolt allows one process)")
+	var (
+		dataDir = fs.String("data", auth.DefaultDataDir(), "data directory; the store is logic.db in it unless --db is set")
+		dbPath  = fs.String("db", "", "bbolt store file (default <data>/logic.db)")
+	)
+	if !parseFlags(fs, args) {
+		return 2
+	}
+	if *dbPath == "" {
+		*dbPath = filepath.Join(*dataDir, "logic.db")
+	}
+	if _, err := os.Stat(*dbPath); err != nil {
+		fmt.Fprintf(os.Stderr, "longlink logic export: %v\n", err)
+		return 1
+	}
+	st, err := logic.OpenBolt(*dbPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "longlink logic export: %v\n", err)
+		return 1
+	}
+	defer st.Close()
+	n, err := logic.Export(st, out)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "longlink logic export: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "exported %d records from %s\n", n, *dbPath)
+	return 0
+}
+
+// logicImport is `longlink logic import`: a dump from in into a new
+// replicated store.
+func logicImport(args []string, in io.Reader) int {
+	fs := newFlagSet("logic import", "load a dump (from `longlink logic export`, on stdin) into a new replicated store; start the logic instances after it")
+	var (
+		storeURL   = fs.String("store", "", "the replicated store: nats://host:4222[,host:4222…][?replicas=3&stream=…]")
+		storeCreds = fs.String("store-creds", "", "NATS credentials file")
+		storeUser  = fs.String("store-user", "", "NATS user")
+		storePass  = fs.String("store-password", "", "NATS password (better as LONGLINK_STORE_PASSWORD)")
+	)
+	if !parseFlags(fs, args) {
+		return 2
+	}
+	if *storeURL == "" {
+		fmt.Fprintln(os.Stderr, "longlink logic import: --store nats://… is required")
+		return 2
+	}
+	log := newLogger("warn", "text", -1)
+	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "longlink logic import: %v\n", err)
+		return 1
+	}
+	defer st.Close()
+	n, err := logic.Import(st, in)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "longlink logic import: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "imported %d records into %s\n", n, redactURL(*storeURL))
+	return 0
+}
+
+// redactURL hides a password in a store URL for logs.
+func redactURL(u string) string {
+	if i := strings.Index(u, "://"); i >= 0 {
+		if j := strings.LastIndexByte(u, '@'); j > i {
+			return u[:i+3] + "***@" + u[j+1:]
+		}
+	}
+	return u
 }
 
 // listenLogic opens the LogicService listener: host:port, or unix:/path

@@ -23,14 +23,15 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/backend/logic"
 	"github.com/longlink/longlink/backend/remote"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/push"
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -198,6 +199,147 @@ func TestGatewayRefusesPlaintextRemoteBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	gb.close()
+}
+
+// TestLogicExportImport: `longlink logic export` of a bbolt store piped
+// into `longlink logic import --store nats://…` moves the data: a message
+// sent before the move syncs from the replicated store; importing twice is
+// refused; a store URL with a bad parameter is refused.
+func TestLogicExportImport(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "logic.db")
+	l, err := logic.Open(db, logic.Config{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send, _ := proto.Marshal(&pb.SendRequest{To: 2, Text: "before the move"})
+	if _, err := l.Call(timeout(t), &backend.Request{UID: 1, Method: logic.MethodSend, Body: send}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	var dump strings.Builder
+	if code := logicExport([]string{"--db", db}, &dump); code != 0 {
+		t.Fatalf("export exited %d", code)
+	}
+	ns, err := push.StartEmbedded(push.EmbeddedConfig{Listen: "127.0.0.1:0", JetStreamDir: filepath.Join(dir, "js")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	url := ns.ClientURL() + "?replicas=1"
+	if code := logicImport([]string{"--store", url}, strings.NewReader(dump.String())); code != 0 {
+		t.Fatalf("import exited %d", code)
+	}
+	if code := logicImport([]string{"--store", url}, strings.NewReader(dump.String())); code == 0 {
+		t.Fatal("a second import into the same store succeeded")
+	}
+	if code := logicImport([]string{"--store", ns.ClientURL() + "?replica=1"}, strings.NewReader(dump.String())); code == 0 {
+		t.Fatal("a store URL with an unknown parameter was accepted")
+	}
+	st, err := logic.OpenStore(url, logic.StoreOptions{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := logic.New(st, logic.Config{Logger: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	sync, _ := proto.Marshal(&pb.SyncRequest{})
+	b, err := m.Call(timeout(t), &backend.Request{UID: 2, Method: logic.MethodSync, Body: sync})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep pb.SyncReply
+	if err := proto.Unmarshal(b, &rep); err != nil || len(rep.Items) != 1 || rep.Items[0].GetMessage().GetText() != "before the move" {
+		t.Fatalf("after the move: %v %v", &rep, err)
+	}
+}
+
+// startLogicCmd runs `longlink logic` with args until the test ends and
+// returns its gRPC address.
+func startLogicCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	stop := make(chan os.Signal, 1)
+	addrc := make(chan string, 1)
+	done := make(chan int, 1)
+	go func() {
+		done <- logicMain(append([]string{"--listen", "127.0.0.1:0", "--nats", "", "--metrics", "", "--log-level", "error"}, args...), stop, func(a string) { addrc <- a })
+	}()
+	t.Cleanup(func() {
+		stop <- syscall.SIGTERM
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("logic did not stop")
+		}
+	})
+	select {
+	case a := <-addrc:
+		return a
+	case code := <-done:
+		t.Fatalf("logic exited %d", code)
+	case <-time.After(15 * time.Second):
+		t.Fatal("logic did not start")
+	}
+	return ""
+}
+
+// TestLogicCommandsShareAReplicatedStore is the issue-15 scenario: two
+// `longlink logic --store nats://…` instances; alice's send through one,
+// bob's sync through the other finds it. The same two on bbolt files are
+// refused by the gateway's pool.
+func TestLogicCommandsShareAReplicatedStore(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "logic.secret")
+	ns, err := push.StartEmbedded(push.EmbeddedConfig{Listen: "127.0.0.1:0", JetStreamDir: filepath.Join(dir, "js")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	store := ns.ClientURL() + "?replicas=1"
+	a := startLogicCmd(t, "--data", filepath.Join(dir, "a"), "--secret", secret, "--store", store)
+	b := startLogicCmd(t, "--data", filepath.Join(dir, "b"), "--secret", secret, "--store", store)
+	key, _, err := remote.LoadOrCreateSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := func(addrs ...string) *remote.Client {
+		c, err := remote.NewClient(remote.Config{Addrs: addrs, Auth: remote.ClientAuth{Secret: key}, Logger: quietLog()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	ca, cb := pool(a), pool(b)
+	send, _ := proto.Marshal(&pb.SendRequest{To: 2, Text: "through a", ClientMsgId: "x1"})
+	if _, err := ca.Call(timeout(t), &backend.Request{UID: 1, Method: logic.MethodSend, Body: send}); err != nil {
+		t.Fatal(err)
+	}
+	sync, _ := proto.Marshal(&pb.SyncRequest{})
+	out, err := cb.Call(timeout(t), &backend.Request{UID: 2, Method: logic.MethodSync, Body: sync})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep pb.SyncReply
+	if err := proto.Unmarshal(out, &rep); err != nil || len(rep.Items) != 1 || rep.Items[0].GetMessage().GetText() != "through a" {
+		t.Fatalf("bob's sync through the other instance: %v %v", &rep, err)
+	}
+	both := pool(a, b)
+	for _, r := range both.Probe(timeout(t)) {
+		if r.Err != nil {
+			t.Fatalf("%s: %v", r.Addr, r.Err)
+		}
+	}
+
+	// Two bbolt-backed instances behind one pool: refused, loudly.
+	x := startLogicCmd(t, "--data", filepath.Join(dir, "x"), "--secret", secret)
+	y := startLogicCmd(t, "--data", filepath.Join(dir, "y"), "--secret", secret)
+	bad := pool(x, y)
+	if _, err := bad.Call(timeout(t), &backend.Request{UID: 1, Method: logic.MethodSend, Body: send}); err == nil || !strings.Contains(err.Error(), "different stores") {
+		t.Fatalf("two bbolt instances behind one pool: %v", err)
+	}
 }
 
 // writePKI writes a CA, a server certificate for 127.0.0.1 and a client
