@@ -584,7 +584,8 @@ var gaugeRules = map[string]mergeRule{
 	"process_max_fds":                   mergeMax,
 	"process_virtual_memory_max_bytes":  mergeMax,
 	// each worker's own view: which logic instances it has ejected
-	"longlink_logic_client_instance_up": mergeWorker,
+	"longlink_logic_client_instance_up":  mergeWorker,
+	"longlink_logic_client_stores_mixed": mergeMax, // 1 if any worker sees instances on different stores
 }
 
 // gaugeRule returns the rule for a gauge (or untyped) family and whether it

@@ -23,9 +23,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/backend/logic"
