@@ -32,10 +32,11 @@ const (
 	RoleLedger  Role = "ledger"  // consumes the SHAKE_OPENED durable consumer "ledger"; publishes no claim
 	RolePusher  Role = "pusher"  // logic services: the push ingress subjects only
 	RoleAdmin   Role = "admin"   // operators: everything (stream purge/delete included)
+	RoleStore   Role = "store"   // `longlink logic --store nats://…`: the replicated logic store's stream only
 )
 
 // Roles lists every role, in the order docs/push.md gives them.
-var Roles = []Role{RoleRouter, RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleAdmin}
+var Roles = []Role{RoleRouter, RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleStore, RoleAdmin}
 
 // Subjects the roles are granted (kept here, beside the subjects
 // themselves, so a new subject cannot be used without deciding who may).
@@ -45,6 +46,8 @@ const (
 	claimDurable  = "ledger"             // shake/opening.LedgerDurable
 	leaseBucket   = "SHAKE_LEDGER_LEASE" // shake/opening.LeaseBucket
 	leaseStream   = "KV_" + leaseBucket
+	logicStream   = "LONGLINK_LOGIC" // backend/logic's JetStream store, default stream
+	logicSubjects = "lgc.>"          // ...and its default subject prefix
 	openService   = "longlink.shake.open"
 	jsAPI         = "$JS.API."
 )
@@ -121,6 +124,19 @@ func Permissions(r Role) (*server.Permissions, error) {
 	case RolePusher:
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{SubjectNotify, SubjectMulticast, SubjectBroadcast}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
+		}, nil
+	case RoleStore:
+		// backend/logic's JetStream store: its stream (LONGLINK_LOGIC by
+		// default) and subjects (lgc.>), nothing of push or shake.
+		st := jsAPI + "STREAM."
+		return &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{
+				jsAPI + "INFO",
+				st + "INFO." + logicStream, st + "CREATE." + logicStream, st + "UPDATE." + logicStream, st + "MSG.GET." + logicStream,
+				jsAPI + "DIRECT.GET." + logicStream, jsAPI + "DIRECT.GET." + logicStream + ".>",
+				logicSubjects,
+			}},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
 		}, nil
 	case RoleAdmin:

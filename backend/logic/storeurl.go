@@ -17,7 +17,10 @@ type StoreOptions struct {
 	Creds    string // NATS credentials file (JWT + nkey seed)
 	User     string // NATS user, with Password (or give them in the URL)
 	Password string
-	Logger   *slog.Logger
+	// SecretFile: a longlink host's NATS secret (<data>/nats.secret), for a
+	// store on a gateway host's embedded NATS (role "store").
+	SecretFile string
+	Logger     *slog.Logger
 }
 
 // OpenStore opens the store a URL names:
@@ -55,15 +58,11 @@ func OpenStore(u string, o StoreOptions) (Store, error) {
 			return nil, fmt.Errorf("logic: store %q: replicas must be 1 to 5", u)
 		}
 	}
-	var opts []nats.Option
-	if o.Creds != "" {
-		opts = append(opts, nats.UserCredentials(o.Creds))
-	}
-	if o.User != "" {
-		opts = append(opts, nats.UserInfo(o.User, o.Password))
-	}
+	// The store role's credentials (push.RoleStore: this stream only);
+	// plaintext off loopback is refused (use a tls:// URL).
+	ca := push.ClientAuth{CredsFile: o.Creds, User: o.User, Password: o.Password, SecretFile: o.SecretFile}
 	// Fail at start when no server answers, instead of retrying forever.
-	opts = append(opts, nats.RetryOnFailedConnect(false))
+	opts := []nats.Option{ca.As(push.RoleStore), nats.RetryOnFailedConnect(false)}
 	nc, err := push.Connect(servers, "longlink-logic-store", o.Logger, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("logic: store %s: %w", servers, err)

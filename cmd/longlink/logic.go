@@ -141,7 +141,7 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	default:
 		log.Warn("no --nats or --push-grpc: clients get no notifies and must sync on their own")
 	}
-	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log})
+	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, SecretFile: *na.secret, Logger: log})
 	if err != nil {
 		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
 		return 1
