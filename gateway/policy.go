@@ -88,8 +88,9 @@ func (s *Server) setPolicies(ps heartbeat.Policies, notify bool) {
 	s.log.Info("heartbeat policy in force", "cellular", ps.Cellular, "wifi", ps.WiFi, "unknown", ps.Unknown)
 }
 
-// eachSession calls fn for every authenticated connection, a shard at a
-// time, outside the shard locks (fn may write to connections).
+// eachSession calls fn for every authenticated connection that is not
+// closing, a shard at a time, outside the shard locks (fn may write to
+// connections; after a closing ERROR nothing more may be queued).
 func (s *Server) eachSession(fn func(*conn)) {
 	var batch []*conn
 	for i := range s.sessions.shards {
@@ -103,7 +104,9 @@ func (s *Server) eachSession(fn func(*conn)) {
 		}
 		sh.mu.Unlock()
 		for _, c := range batch {
-			fn(c)
+			if c.closeCode.Load() == 0 && !c.closing() {
+				fn(c)
+			}
 		}
 	}
 }

@@ -227,3 +227,20 @@ func TestSwitchesListedEverywhere(t *testing.T) {
 		t.Fatalf("PUT bogus: %d %s", w.Code, w.Body)
 	}
 }
+
+// Broadcasts (CONFIG, POLICY, redirects) skip connections that are closing:
+// nothing may follow their closing ERROR.
+func TestBroadcastsSkipClosingConnections(t *testing.T) {
+	s := startServer(t, nil)
+	open, closing, closed := &conn{uid: 1, device: "a"}, &conn{uid: 2, device: "b"}, &conn{uid: 3, device: "c"}
+	closing.flags.Or(flagClosing)
+	closed.closeCode.Store(uint32(codec.CodeSlowConsumer))
+	for _, c := range []*conn{open, closing, closed} {
+		s.sessions.add(c)
+	}
+	var got []uint64
+	s.eachSession(func(c *conn) { got = append(got, c.uid) })
+	if len(got) != 1 || got[0] != 1 {
+		t.Fatalf("visited %v, want only the open connection 1", got)
+	}
+}
