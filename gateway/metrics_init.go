@@ -11,11 +11,13 @@ import (
 var (
 	closeCodes = []codec.Code{codec.CodeProtocol, codec.CodeAuthTimeout, codec.CodeStale, codec.CodeSlowConsumer,
 		codec.CodeShutdown, codec.CodeFrameTooBig, codec.CodeFlood, codec.CodeServerBusy, codec.CodeNotAuthed,
-		codec.CodeAuthTwice, codec.CodeBadToken, codec.CodeTokenExpired, codec.CodeBadVersion, codec.CodeReplaced}
+		codec.CodeAuthTwice, codec.CodeFrameTooSlow, codec.CodeBadRecord, codec.CodeBadHandshake, codec.CodeRekey,
+		codec.CodeBadToken, codec.CodeTokenExpired, codec.CodeBadVersion, codec.CodeReplaced, codec.CodeBadAuth,
+		codec.CodeEncRequired, codec.CodeUnknownKey}
 	authResults   = []string{"ok", "malformed", "expired", "invalid", "device_mismatch"}
 	shedReasons   = []string{"conn_inflight", "queue_full", "expired_in_queue", "queue_wait", "retry_budget", "presence_dropped"}
 	evictReasons  = []string{"stale", "auth_timeout"}
-	refuseReasons = []string{"accept_limit", "flapping"}
+	refuseReasons = []string{"accept_limit", "flapping", "proxy_protocol"}
 	wsResults     = []string{"ok", "rejected"}
 	httpStatuses  = []int{200, 400, 401, 404, 413, 422, 429, 503, 504}
 )
