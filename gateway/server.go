@@ -258,7 +258,7 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 // Frames complete in gnet's buffer are handled in place, without a copy.
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c := gc.Context().(*conn)
-	fl := c.flags.Load() // one load for both checks on this hot path
+	fl := c.flags.Load()     // one load for both checks on this hot path
 	if fl&flagClosing != 0 { // the closing ERROR is queued: nothing more is read
 		_, _ = gc.Discard(-1)
 		return s.linger(c)
