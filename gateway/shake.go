@@ -85,6 +85,9 @@ func newShaker(s *Server) *shaker {
 		sh.results[i] = rv.WithLabelValues(n)
 	}
 	sh.opens = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_open_total", Help: "OPENs answered, by code."}, []string{"code"})
+	for c := opening.OK; c <= opening.NoEvent; c++ { // at 0 from start-up
+		sh.opens.WithLabelValues(c.String())
+	}
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "longlink_open_seconds", Help: "OPEN latency on the gateway (queue + verify + claim/enqueue).",
 		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16)})
 	sh.openDur = h

@@ -151,6 +151,19 @@ func (r *Router) initMetrics() {
 	r.m.presence = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_push_presence_messages_total", Help: "Presence messages applied, by kind."}, []string{"kind"})
 	r.m.nodeDrops = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_push_node_drops_total", Help: "Times a node's users were dropped from the registry (restart, goodbye, silence)."})
 	users := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "longlink_push_registry_users", Help: "Users in the router's user→node registry."}, func() float64 { return float64(r.reg.Users()) })
+	// Known label values at 0 from start-up (dashboards show 0, not "No data").
+	for _, kind := range []string{"notify", "multicast", "broadcast"} {
+		for _, in := range []string{"grpc", "nats"} {
+			r.m.requests.WithLabelValues(kind, in)
+		}
+	}
+	for _, reason := range []string{"invalid", "broadcast_rate", "nats"} {
+		r.m.rejected.WithLabelValues(reason)
+	}
+	for _, kind := range presKind {
+		r.m.presence.WithLabelValues(kind)
+	}
+	r.m.presence.WithLabelValues("malformed")
 	r.m.all = []prometheus.Collector{r.m.requests, r.m.routed, r.m.offline, r.m.nodeMsgs, r.m.replayed, r.m.rejected, r.m.presence, r.m.nodeDrops, users}
 	if rg := r.cfg.Registerer; rg != nil {
 		for _, c := range r.m.all {

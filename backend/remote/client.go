@@ -173,6 +173,7 @@ func NewClient(cfg Config) (*Client, error) {
 		in := &instance{idx: i, addr: a, cc: cc, cli: pb.NewLogicServiceClient(cc)}
 		c.insts = append(c.insts, in)
 		c.m.up.WithLabelValues(a).Set(1)
+		c.m.ejections.WithLabelValues(a) // at 0 from start-up
 		for r := 0; r < cfg.Replicas; r++ {
 			h := fnv.New64a()
 			fmt.Fprintf(h, "%s#%d", a, r)
