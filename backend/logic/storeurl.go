@@ -20,7 +20,11 @@ type StoreOptions struct {
 	// SecretFile: a longlink host's NATS secret (<data>/nats.secret), for a
 	// store on a gateway host's embedded NATS (role "store").
 	SecretFile string
-	Logger     *slog.Logger
+	// TLS to the store's NATS servers (files): the CA alone verifies them,
+	// cert and key add a client certificate. Plaintext off loopback is
+	// refused; a tls:// URL with the system roots works too.
+	TLSCA, TLSCert, TLSKey string
+	Logger                 *slog.Logger
 }
 
 // OpenStore opens the store a URL names:
@@ -60,7 +64,8 @@ func OpenStore(u string, o StoreOptions) (Store, error) {
 	}
 	// The store role's credentials (push.RoleStore: this stream only);
 	// plaintext off loopback is refused (use a tls:// URL).
-	ca := push.ClientAuth{CredsFile: o.Creds, User: o.User, Password: o.Password, SecretFile: o.SecretFile}
+	ca := push.ClientAuth{CredsFile: o.Creds, User: o.User, Password: o.Password, SecretFile: o.SecretFile,
+		TLSCA: o.TLSCA, TLSCert: o.TLSCert, TLSKey: o.TLSKey}
 	// Fail at start when no server answers, instead of retrying forever.
 	opts := []nats.Option{ca.As(push.RoleStore), nats.RetryOnFailedConnect(false)}
 	nc, err := push.Connect(servers, "longlink-logic-store", o.Logger, opts...)

@@ -63,6 +63,7 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 		storeCreds  = fs.String("store-creds", "", "nats:// store: NATS credentials file")
 		storeUser   = fs.String("store-user", "", "nats:// store: NATS user (or user:password@ in the URL)")
 		storePass   = fs.String("store-password", "", "nats:// store: NATS password (better as LONGLINK_STORE_PASSWORD)")
+		storeTLS    = addStoreTLSFlags(fs)
 		secretFile  = fs.String("secret", "", "file with the shared secret every caller must present (default <data>/logic.secret, created 0600 if absent; give the gateways the same file as --backend-secret)")
 		tlsCert     = fs.String("tls-cert", "", "serve TLS with this certificate (PEM)")
 		tlsKey      = fs.String("tls-key", "", "private key for --tls-cert")
@@ -141,7 +142,7 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	default:
 		log.Warn("no --nats or --push-grpc: clients get no notifies and must sync on their own")
 	}
-	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, SecretFile: *na.secret, Logger: log})
+	st, err := logic.OpenStore(*storeURL, storeTLS.apply(logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, SecretFile: *na.secret, Logger: log}))
 	if err != nil {
 		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
 		return 1
@@ -230,6 +231,7 @@ func logicImport(args []string, in io.Reader) int {
 		storeCreds = fs.String("store-creds", "", "NATS credentials file")
 		storeUser  = fs.String("store-user", "", "NATS user")
 		storePass  = fs.String("store-password", "", "NATS password (better as LONGLINK_STORE_PASSWORD)")
+		storeTLS   = addStoreTLSFlags(fs)
 	)
 	if !parseFlags(fs, args) {
 		return 2
@@ -239,7 +241,7 @@ func logicImport(args []string, in io.Reader) int {
 		return 2
 	}
 	log := newLogger("warn", "text", -1)
-	st, err := logic.OpenStore(*storeURL, logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log})
+	st, err := logic.OpenStore(*storeURL, storeTLS.apply(logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log}))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "longlink logic import: %v\n", err)
 		return 1
@@ -498,4 +500,21 @@ func probeBackend(log *slog.Logger, c *remote.Client, secretPath string, tls, cl
 	if closeAfter {
 		c.Close()
 	}
+}
+
+// storeTLSFlags are the replicated store's TLS settings (its NATS cluster is
+// usually on other hosts: plaintext off loopback is refused).
+type storeTLSFlags struct{ ca, cert, key *string }
+
+func addStoreTLSFlags(fs *flag.FlagSet) storeTLSFlags {
+	return storeTLSFlags{
+		ca:   fs.String("store-tls-ca", "", "nats:// store: CA certificate(s) of the NATS servers (turns TLS on)"),
+		cert: fs.String("store-tls-cert", "", "nats:// store: client certificate for mutual TLS"),
+		key:  fs.String("store-tls-key", "", "nats:// store: private key for --store-tls-cert"),
+	}
+}
+
+func (f storeTLSFlags) apply(o logic.StoreOptions) logic.StoreOptions {
+	o.TLSCA, o.TLSCert, o.TLSKey = *f.ca, *f.cert, *f.key
+	return o
 }
