@@ -34,7 +34,7 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, s.Status()) })
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { WriteStatus(w, r, s.Status()) })
 	mux.HandleFunc("/heartbeat/policy", s.handlePolicy)
 	mux.HandleFunc("/switches", s.handleSwitches)
 	mux.HandleFunc("/keys/reload", s.handleKeysReload)
@@ -60,8 +60,9 @@ func (s *Server) ready() error {
 	return nil
 }
 
-// listenAdmin listens on host:port, or on a unix socket given as unix:/path.
-func listenAdmin(addr string) (net.Listener, error) {
+// ListenAdmin listens on host:port, or on a unix socket given as unix:/path
+// (removing a stale socket file first). The supervisor listens with it too.
+func ListenAdmin(addr string) (net.Listener, error) {
 	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		_ = os.Remove(p)
 		return net.Listen("unix", p)
@@ -72,7 +73,7 @@ func listenAdmin(addr string) (net.Listener, error) {
 // ServeAdmin starts the admin HTTP listener in the background and returns
 // its bound address.
 func (s *Server) ServeAdmin(addr string) (string, error) {
-	ln, err := listenAdmin(addr)
+	ln, err := ListenAdmin(addr)
 	if err != nil {
 		return "", fmt.Errorf("gateway: admin listen %s: %w", addr, err)
 	}

@@ -2,9 +2,8 @@
 // holding client TCP connections, the AUTH handshake, heartbeats answered on
 // the loop, idle eviction through a timing wheel, the session table, and the
 // coroutine-style forwarding of calls to the backend on bounded goroutine
-// pools. It also serves the admin HTTP endpoints and, for several worker
-// processes on one port, the supervisor that starts them and sums their
-// metrics.
+// pools. It also serves the admin HTTP endpoints. The supervisor of several
+// worker processes on one port is package supervisor.
 //
 // Concurrency contract: each connection is owned by its event loop; other
 // goroutines (forwarding workers, the wheel, drain) touch it only through

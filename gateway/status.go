@@ -70,7 +70,8 @@ type LinkCheck struct {
 	Check      func() error
 }
 
-func (lc LinkCheck) link() Link {
+// Link asks Check (if any) and returns the link's row for /status.
+func (lc LinkCheck) Link() Link {
 	l := Link{Name: lc.Name, Addr: lc.Addr, Up: true}
 	if lc.Check != nil {
 		if err := lc.Check(); err != nil {
@@ -110,8 +111,10 @@ type StatusSeries struct {
 	Heartbeats []float64 `json:"heartbeats_per_s"`
 }
 
-// add sums o into s point by point, aligned at the newest point.
-func (s *StatusSeries) add(o StatusSeries) {
+// Add sums o into s point by point, aligned at the newest point (the
+// queueing time takes the worst of the two): how the supervisor merges its
+// workers' curves.
+func (s *StatusSeries) Add(o StatusSeries) {
 	sum := func(a, b []float64, worst bool) []float64 {
 		if len(b) > len(a) {
 			a, b = b, a
@@ -138,7 +141,8 @@ func (s *StatusSeries) add(o StatusSeries) {
 	s.Heartbeats = sum(s.Heartbeats, o.Heartbeats, false)
 }
 
-func (s *StatusSeries) clone() StatusSeries {
+// Clone returns a deep copy of s.
+func (s *StatusSeries) Clone() StatusSeries {
 	return StatusSeries{
 		Conns: slices.Clone(s.Conns), CallsPerS: slices.Clone(s.CallsPerS), QueueMS: slices.Clone(s.QueueMS),
 		ShedPerS: slices.Clone(s.ShedPerS), RSS: slices.Clone(s.RSS), Anon: slices.Clone(s.Anon),
@@ -148,9 +152,10 @@ func (s *StatusSeries) clone() StatusSeries {
 
 const seriesLen = 300 // five minutes
 
-// pushPoint appends v, dropping the oldest point once the series is full
-// (in place: no allocation once the slice has grown to seriesLen).
-func pushPoint(xs []float64, v float64) []float64 {
+// PushPoint appends v to a StatusSeries curve, dropping the oldest point once
+// the series is full (in place: no allocation once the slice has grown to
+// five minutes of points).
+func PushPoint(xs []float64, v float64) []float64 {
 	if len(xs) >= seriesLen {
 		copy(xs, xs[1:])
 		xs[len(xs)-1] = v
@@ -192,15 +197,19 @@ func readProcUsage() procUsage {
 	return u
 }
 
-// procSampler turns successive procUsage readings into rates and series.
-type procSampler struct {
+// ProcSampler turns successive readings of this process's memory and CPU
+// (from /proc/self/statm and getrusage) into rates, for /status. The zero
+// value is ready; it is not safe for concurrent use.
+type ProcSampler struct {
 	last   procUsage
 	lastAt time.Time
 	cpuPct float64
 	cur    procUsage
 }
 
-func (p *procSampler) sample(now time.Time) (ok bool) {
+// Sample reads the process's usage at now; ok once a CPU rate is known (from
+// the second call on).
+func (p *ProcSampler) Sample(now time.Time) (ok bool) {
 	u := readProcUsage()
 	if !p.lastAt.IsZero() {
 		if dt := now.Sub(p.lastAt).Seconds(); dt > 0 {
@@ -211,6 +220,15 @@ func (p *procSampler) sample(now time.Time) (ok bool) {
 	p.last, p.lastAt, p.cur = u, now, u
 	return ok
 }
+
+// RSS is the resident memory at the last Sample, in bytes.
+func (p *ProcSampler) RSS() float64 { return p.cur.rss }
+
+// Anon is the anonymous resident memory at the last Sample, in bytes.
+func (p *ProcSampler) Anon() float64 { return p.cur.anon }
+
+// CPUPercent is the CPU used between the last two Samples, in % of one core.
+func (p *ProcSampler) CPUPercent() float64 { return p.cpuPct }
 
 // statusInputs are the running totals read once a second for the page.
 type statusInputs struct {
@@ -230,7 +248,7 @@ type statusCounters struct {
 	lastPushed, lastHB    uint64
 	callRate, errRate     float64
 	pushRate, hbRate      float64
-	proc                  procSampler
+	proc                  ProcSampler
 	series                StatusSeries
 	links                 []LinkCheck // AddLink's
 }
@@ -241,7 +259,7 @@ func (sc *statusCounters) sample(now time.Time, in statusInputs) {
 	defer sc.mu.Unlock()
 	c, e, sh := sc.calls.Load(), sc.errors.Load(), sc.shed.Load()
 	qn, qs := sc.queueN.Swap(0), sc.queueNs.Swap(0)
-	procOK := sc.proc.sample(now)
+	procOK := sc.proc.Sample(now)
 	if !sc.lastAt.IsZero() {
 		dt := now.Sub(sc.lastAt).Seconds()
 		sc.callRate, sc.errRate = float64(c-sc.lastCalls)/dt, float64(e-sc.lastErrors)/dt
@@ -251,16 +269,16 @@ func (sc *statusCounters) sample(now time.Time, in statusInputs) {
 			q = float64(qs) / float64(qn) / 1e6
 		}
 		ss := &sc.series
-		ss.Conns = pushPoint(ss.Conns, float64(in.conns))
-		ss.CallsPerS = pushPoint(ss.CallsPerS, sc.callRate)
-		ss.QueueMS = pushPoint(ss.QueueMS, q)
-		ss.ShedPerS = pushPoint(ss.ShedPerS, float64(sh-sc.lastShed)/dt)
-		ss.PushPerS = pushPoint(ss.PushPerS, sc.pushRate)
-		ss.Heartbeats = pushPoint(ss.Heartbeats, sc.hbRate)
+		ss.Conns = PushPoint(ss.Conns, float64(in.conns))
+		ss.CallsPerS = PushPoint(ss.CallsPerS, sc.callRate)
+		ss.QueueMS = PushPoint(ss.QueueMS, q)
+		ss.ShedPerS = PushPoint(ss.ShedPerS, float64(sh-sc.lastShed)/dt)
+		ss.PushPerS = PushPoint(ss.PushPerS, sc.pushRate)
+		ss.Heartbeats = PushPoint(ss.Heartbeats, sc.hbRate)
 		if procOK {
-			ss.RSS = pushPoint(ss.RSS, sc.proc.cur.rss)
-			ss.Anon = pushPoint(ss.Anon, sc.proc.cur.anon)
-			ss.CPU = pushPoint(ss.CPU, sc.proc.cpuPct)
+			ss.RSS = PushPoint(ss.RSS, sc.proc.cur.rss)
+			ss.Anon = PushPoint(ss.Anon, sc.proc.cur.anon)
+			ss.CPU = PushPoint(ss.CPU, sc.proc.cpuPct)
 		}
 	}
 	sc.lastAt, sc.lastCalls, sc.lastErrors, sc.lastShed = now, c, e, sh
@@ -301,12 +319,12 @@ func (s *Server) AddLink(lc LinkCheck) {
 func (s *Server) links() []Link {
 	var out []Link
 	if s.push != nil && s.push.node != nil {
-		out = append(out, LinkCheck{Name: "nats", Addr: push.RedactURLs(s.cfg.NATS), Check: s.push.node.Ready}.link())
+		out = append(out, LinkCheck{Name: "nats", Addr: push.RedactURLs(s.cfg.NATS), Check: s.push.node.Ready}.Link())
 	} else if s.cfg.NATS == "" {
 		out = append(out, Link{Name: "nats", Addr: "", Up: false, Err: "push off"})
 	}
 	if s.cfg.Ready != nil {
-		out = append(out, LinkCheck{Name: "push hub", Addr: "this process", Check: s.cfg.Ready}.link())
+		out = append(out, LinkCheck{Name: "push hub", Addr: "this process", Check: s.cfg.Ready}.Link())
 	}
 	if inst := s.logicInstances(); len(inst) > 0 {
 		out = append(out, inst...)
@@ -317,7 +335,7 @@ func (s *Server) links() []Link {
 	extra := slices.Clone(s.fwd.stats.links)
 	s.fwd.stats.mu.Unlock()
 	for _, lc := range extra {
-		out = append(out, lc.link())
+		out = append(out, lc.Link())
 	}
 	return out
 }
@@ -364,7 +382,7 @@ func (s *Server) Status() Status {
 	sc.mu.Lock()
 	cr, er, pr, hr := sc.callRate, sc.errRate, sc.pushRate, sc.hbRate
 	proc, cpu := sc.proc.cur, sc.proc.cpuPct
-	series := sc.series.clone()
+	series := sc.series.Clone()
 	sc.mu.Unlock()
 	sw := s.Switches()
 	st := Status{
@@ -373,7 +391,7 @@ func (s *Server) Status() Status {
 		Calls: sc.calls.Load(), CallErrors: sc.errors.Load(), CallsPerS: cr, ErrorsPerS: er,
 		Draining: s.draining.Load(), Degrade: s.DegradeLevel(), Series: series,
 		RSSBytes: proc.rss, AnonBytes: proc.anon, CPUPercent: cpu, PushPerS: pr, HeartbeatsPerS: hr,
-		Links: s.links(), Switches: &sw, Audit: recentAudit(),
+		Links: s.links(), Switches: &sw, Audit: RecentAudit(),
 	}
 	if err := s.ready(); err != nil {
 		st.Ready = err.Error()
@@ -388,7 +406,9 @@ type AuditLine struct {
 	From string    `json:"from,omitempty"` // the worker it came from, on a supervisor
 }
 
-const auditKeep = 50
+// AuditKeep is how many audit lines /status keeps (the supervisor keeps as
+// many of its own and its workers' lines merged).
+const AuditKeep = 50
 
 // auditRing keeps the process's last audit lines (a process runs one
 // gateway, or one supervisor: one ring for it).
@@ -397,7 +417,9 @@ var auditRing struct {
 	lines []AuditLine
 }
 
-func recentAudit() []AuditLine {
+// RecentAudit returns this process's last audit lines (see WithAuditRing),
+// oldest first.
+func RecentAudit() []AuditLine {
 	auditRing.Lock()
 	defer auditRing.Unlock()
 	return append([]AuditLine{}, auditRing.lines...) // [] in JSON, not null
@@ -445,7 +467,7 @@ func (a *auditHandler) Handle(ctx context.Context, r slog.Record) error {
 			t = time.Now()
 		}
 		auditRing.Lock()
-		if len(auditRing.lines) >= auditKeep {
+		if len(auditRing.lines) >= AuditKeep {
 			auditRing.lines = append(auditRing.lines[:0], auditRing.lines[1:]...)
 		}
 		auditRing.lines = append(auditRing.lines, AuditLine{Time: t, Line: b.String()})

@@ -11,7 +11,10 @@ import (
 	"time"
 )
 
-func writeStatus(w http.ResponseWriter, r *http.Request, st Status) {
+// WriteStatus serves st as /status: JSON for ?format=json or an Accept of
+// application/json, else the HTML console. The supervisor serves its merged
+// Status with it, so both pages are the same.
+func WriteStatus(w http.ResponseWriter, r *http.Request, st Status) {
 	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)

@@ -373,11 +373,12 @@ func (b *switchboard) autoTick(overloaded bool, dt time.Duration) {
 
 // adminToken protects the switch endpoints: requests must carry
 // "Authorization: Bearer <token>". LoadOrCreateAdminToken makes one.
-func (s *Server) authorized(r *http.Request) bool { return bearerIs(r, s.cfg.AdminToken) }
+func (s *Server) authorized(r *http.Request) bool { return BearerIs(r, s.cfg.AdminToken) }
 
-// bearerIs reports whether r carries "Authorization: Bearer <want>"; an
-// empty want matches nothing.
-func bearerIs(r *http.Request, want string) bool {
+// BearerIs reports whether r carries "Authorization: Bearer <want>"; an
+// empty want matches nothing. The comparison is constant-time. The
+// supervisor checks its admin token with it.
+func BearerIs(r *http.Request, want string) bool {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	return ok && want != "" && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(tok)), []byte(want)) == 1
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
+	"github.com/longlink/longlink/supervisor"
 	"github.com/longlink/longlink/web"
 )
 
@@ -241,7 +242,7 @@ func runGateway(args []string) int {
 			log.Info("admin listening", "addr", addr, "endpoints", "/metrics /healthz /status")
 		}
 	}
-	stop := gateway.WatchStop(log, *workerIdx >= 0) // a worker drains once, also when its supervisor dies
+	stop := supervisor.WatchStop(log, *workerIdx >= 0) // a worker drains once, also when its supervisor dies
 	select {
 	case why := <-stop.Drain:
 		log.Info("shutting down", "reason", why)

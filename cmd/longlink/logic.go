@@ -26,8 +26,8 @@ import (
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/backend/logic"
 	"github.com/longlink/longlink/backend/remote"
-	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
+	"github.com/longlink/longlink/supervisor"
 )
 
 const logicSummary = "serve the reference IM logic (sync, messages, groups, contacts, profile) over gRPC"
@@ -401,7 +401,7 @@ type backendSetup struct {
 func openGatewayBackend(log *slog.Logger, bs backendSetup) (*gatewayBackend, error) {
 	gb := &gatewayBackend{close: func() {}}
 	if bs.supervisor {
-		dir, err := gateway.NewRunDir(bs.dataDir)
+		dir, err := supervisor.NewRunDir(bs.dataDir)
 		if err != nil {
 			return nil, err
 		}

@@ -1,4 +1,17 @@
-package gateway
+// Package supervisor owns the multi-process mode of the gateway (--workers N):
+// Run starts N copies of this program as gateway workers sharing the client
+// port (SO_REUSEPORT), restarts any that die, forwards SIGHUP (reload) and
+// SIGTERM/SIGINT (drain) to them, and serves one admin address for the host:
+// /metrics merged over the workers (MergeWorkerMetrics and its gauge rules),
+// /status, /healthz and /readyz over every worker, and the switch endpoints
+// forwarded to each. It also owns both sides of the lifeline protocol by
+// which a worker learns its supervisor is gone (the pipe handed down as fd 3,
+// and WatchStop on the worker's side), and the private run directory
+// (NewRunDir) holding every socket they talk over.
+//
+// It builds on package gateway (workers are gateway.Servers; the merged
+// page is a gateway.Status); gateway does not import it.
+package supervisor
 
 import (
 	"bytes"
@@ -29,11 +42,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/internal/buildinfo"
 )
 
-// SupervisorConfig configures RunSupervisor.
-type SupervisorConfig struct {
+// Config configures Run.
+type Config struct {
 	Workers         int
 	Admin           string   // the one admin address for the whole gateway
 	DataDir         string   // keys.json; worker admin sockets go under run/
@@ -43,10 +57,10 @@ type SupervisorConfig struct {
 	Extra           prometheus.Gatherer // optional series of the supervisor process itself (the push router), served beside the sums
 	AdminToken      string              // protects switch endpoints and worker drain
 	Ready           func() error        // optional readiness of this process's own part (the push hub) for /readyz
-	Links           []LinkCheck         // links of this process for /status (the shake ledger)
+	Links           []gateway.LinkCheck // links of this process for /status (the shake ledger)
 	// RunDir is the supervisor's private directory (from NewRunDir): worker
 	// admin sockets, and the embedded logic's socket and secret. Default: a
-	// new one. RunSupervisor removes it on exit.
+	// new one. Run removes it on exit.
 	RunDir string
 }
 
@@ -81,15 +95,15 @@ func NewRunDir(dataDir string) (string, error) {
 	return dir, nil
 }
 
-// RunSupervisor starts Workers copies of this program as gateway workers
+// Run starts Workers copies of this program as gateway workers
 // sharing the client port (SO_REUSEPORT), restarts any that die, serves their
 // metrics merged on one admin address, and on SIGTERM or SIGINT passes the
 // signal on and waits for them to drain. It returns the exit code.
 //
 // One process here can hold only ~19,000 open files, so a million connections
 // need about 60 workers; on hosts with a raised limit one worker does.
-func RunSupervisor(cfg SupervisorConfig) int {
-	log := WithAuditRing(cfg.Logger) // /status shows the recent audit lines
+func Run(cfg Config) int {
+	log := gateway.WithAuditRing(cfg.Logger) // /status shows the recent audit lines
 	keyPath := auth.KeyFile(cfg.DataDir)
 	if _, created, err := auth.LoadOrCreate(keyPath); err != nil { // before the workers race to create it
 		log.Error("cannot load token keys", "file", keyPath, "err", err)
@@ -125,7 +139,7 @@ func RunSupervisor(cfg SupervisorConfig) int {
 
 	var admin *http.Server
 	if cfg.Admin != "" {
-		ln, err := listenAdmin(cfg.Admin)
+		ln, err := gateway.ListenAdmin(cfg.Admin)
 		if err != nil {
 			log.Error("cannot start admin listener", "addr", cfg.Admin, "err", err)
 			sv.stopAll(cfg.ShutdownTimeout)
@@ -165,11 +179,11 @@ type supervisor struct {
 	started time.Time
 
 	extra prometheus.Gatherer
-	links []LinkCheck
+	links []gateway.LinkCheck
 
 	statMu sync.Mutex
-	proc   procSampler  // the supervisor's own memory and CPU
-	series StatusSeries // of its RSS, anonymous RSS and CPU
+	proc   gateway.ProcSampler  // the supervisor's own memory and CPU
+	series gateway.StatusSeries // of its RSS, anonymous RSS and CPU
 
 	// lifeline's read end is every worker's fd 3; the supervisor holds the
 	// write end until it exits, so a worker reads EOF when it is gone.
@@ -295,7 +309,9 @@ type Stop struct {
 }
 
 // WatchStop watches SIGTERM and SIGINT and, in a worker, its supervisor
-// (the lifeline pipe; without one, its parent pid changing).
+// (the lifeline pipe; without one, its parent pid changing). It is the
+// worker's side of the lifeline Run hands down; a gateway run as one
+// process (worker false) uses it for its signals alone.
 func WatchStop(log *slog.Logger, worker bool) Stop {
 	drain, now := make(chan string, 1), make(chan struct{})
 	sig := make(chan os.Signal, 4)
@@ -363,7 +379,7 @@ func watchLifeline(f *os.File) <-chan struct{} {
 	return gone
 }
 
-// client returns an HTTP client that talks to a worker's admin socket.
+// workerClient returns an HTTP client that talks to a worker's admin socket.
 func workerClient(sock string) *http.Client {
 	return &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -526,14 +542,14 @@ func (sv *supervisor) handler() http.Handler {
 		}
 		fmt.Fprintf(w, "ready %d/%d workers\n", ok, len(bodies))
 	})
-	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeStatus(w, r, sv.status()) })
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { gateway.WriteStatus(w, r, sv.status()) })
 	return mux
 }
 
-// SupervisorProcessCollector is the supervisor's own process series
+// ProcessCollector is the supervisor's own process series
 // (longlink_supervisor_process_*: it runs the push hub and the embedded
 // logic), for its Extra gatherer; the dashboard plots them.
-func SupervisorProcessCollector() prometheus.Collector {
+func ProcessCollector() prometheus.Collector {
 	return collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "longlink_supervisor"})
 }
 
@@ -717,7 +733,7 @@ func mergeMetric(rule mergeRule, dst, src *dto.Metric) {
 	}
 }
 
-func (sv *supervisor) authorized(r *http.Request) bool { return bearerIs(r, sv.token) }
+func (sv *supervisor) authorized(r *http.Request) bool { return gateway.BearerIs(r, sv.token) }
 
 // sampleOwn records the supervisor's own memory and CPU once a second: it
 // runs the push hub and the embedded logic, so the host's total counts it.
@@ -728,10 +744,10 @@ func (sv *supervisor) sampleOwn(stop <-chan struct{}) {
 		select {
 		case now := <-t.C:
 			sv.statMu.Lock()
-			if sv.proc.sample(now) {
-				sv.series.RSS = pushPoint(sv.series.RSS, sv.proc.cur.rss)
-				sv.series.Anon = pushPoint(sv.series.Anon, sv.proc.cur.anon)
-				sv.series.CPU = pushPoint(sv.series.CPU, sv.proc.cpuPct)
+			if sv.proc.Sample(now) {
+				sv.series.RSS = gateway.PushPoint(sv.series.RSS, sv.proc.RSS())
+				sv.series.Anon = gateway.PushPoint(sv.series.Anon, sv.proc.Anon())
+				sv.series.CPU = gateway.PushPoint(sv.series.CPU, sv.proc.CPUPercent())
 			}
 			sv.statMu.Unlock()
 		case <-stop:
@@ -745,34 +761,34 @@ func (sv *supervisor) sampleOwn(stop <-chan struct{}) {
 // and queueing time are the worst worker's; links are the supervisor's own
 // plus the workers' (down if down in any worker, naming it); audit lines
 // are the supervisor's and every worker's, by time.
-func (sv *supervisor) status() Status {
-	st := Status{Node: "supervisor", Version: buildinfo.Version, UptimeS: time.Since(sv.started).Seconds()}
+func (sv *supervisor) status() gateway.Status {
+	st := gateway.Status{Node: "supervisor", Version: buildinfo.Version, UptimeS: time.Since(sv.started).Seconds()}
 	sv.statMu.Lock()
-	st.RSSBytes, st.AnonBytes, st.CPUPercent = sv.proc.cur.rss, sv.proc.cur.anon, sv.proc.cpuPct
-	st.Series = sv.series.clone()
+	st.RSSBytes, st.AnonBytes, st.CPUPercent = sv.proc.RSS(), sv.proc.Anon(), sv.proc.CPUPercent()
+	st.Series = sv.series.Clone()
 	sv.statMu.Unlock()
 	if sv.ready != nil {
-		st.Links = append(st.Links, LinkCheck{Name: "push hub", Addr: "supervisor", Check: sv.ready}.link())
+		st.Links = append(st.Links, gateway.LinkCheck{Name: "push hub", Addr: "supervisor", Check: sv.ready}.Link())
 		if err := sv.ready(); err != nil {
 			st.Ready = err.Error()
 		}
 	}
 	for _, lc := range sv.links {
-		st.Links = append(st.Links, lc.link())
+		st.Links = append(st.Links, lc.Link())
 	}
 	linkAt := map[string]int{}
-	st.Audit = recentAudit()
+	st.Audit = gateway.RecentAudit()
 	notReady := 0
 	bodies := sv.scrape("/status?format=json")
 	for i, b := range bodies {
-		row := WorkerRow{Index: i}
-		var ws Status
+		row := gateway.WorkerRow{Index: i}
+		var ws gateway.Status
 		if b == nil || json.Unmarshal(b, &ws) != nil {
 			st.WorkerRows = append(st.WorkerRows, row)
 			notReady++
 			continue
 		}
-		row = WorkerRow{Index: i, Up: true, Node: ws.Node, Ready: ws.Ready, Draining: ws.Draining, Degrade: ws.Degrade,
+		row = gateway.WorkerRow{Index: i, Up: true, Node: ws.Node, Ready: ws.Ready, Draining: ws.Draining, Degrade: ws.Degrade,
 			Connections: ws.Connections, CallsPerS: ws.CallsPerS, PushPerS: ws.PushPerS,
 			RSSBytes: ws.RSSBytes, AnonBytes: ws.AnonBytes, CPUPercent: ws.CPUPercent, UptimeS: ws.UptimeS}
 		st.WorkerRows = append(st.WorkerRows, row)
@@ -793,7 +809,7 @@ func (sv *supervisor) status() Status {
 		st.CPUPercent += ws.CPUPercent
 		st.Draining = st.Draining || ws.Draining
 		st.Degrade = max(st.Degrade, ws.Degrade)
-		st.Series.add(ws.Series)
+		st.Series.Add(ws.Series)
 		if st.Switches == nil {
 			st.Switches = ws.Switches
 		}
@@ -806,7 +822,7 @@ func (sv *supervisor) status() Status {
 			if !seen {
 				j = len(st.Links)
 				linkAt[key] = j
-				st.Links = append(st.Links, Link{Name: l.Name, Addr: l.Addr, Up: true})
+				st.Links = append(st.Links, gateway.Link{Name: l.Name, Addr: l.Addr, Up: true})
 			}
 			if !l.Up {
 				msg := fmt.Sprintf("w%d: %s", i, l.Err)
@@ -825,8 +841,8 @@ func (sv *supervisor) status() Status {
 		st.Ready = "no worker ready"
 	}
 	sort.SliceStable(st.Audit, func(a, b int) bool { return st.Audit[a].Time.Before(st.Audit[b].Time) })
-	if len(st.Audit) > auditKeep {
-		st.Audit = st.Audit[len(st.Audit)-auditKeep:]
+	if len(st.Audit) > gateway.AuditKeep {
+		st.Audit = st.Audit[len(st.Audit)-gateway.AuditKeep:]
 	}
 	return st
 }

@@ -1,4 +1,4 @@
-package gateway
+package supervisor
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 )
 
 // The helper processes below are this test binary run again: a supervisor
-// (RunSupervisor, starting this binary as its worker) and a worker that
+// (Run, starting this binary as its worker) and a worker that
 // records how it stops. They run only when helperDirEnv is set.
 const helperDirEnv = "LONGLINK_TEST_STOP_DIR"
 
@@ -25,7 +25,7 @@ func TestHelperStopSupervisor(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process")
 	}
-	os.Exit(RunSupervisor(SupervisorConfig{
+	os.Exit(Run(Config{
 		Workers: 1, DataDir: dir, ShutdownTimeout: 10 * time.Second,
 		Args:   []string{"-test.run=^TestHelperStopWorker$", "--"}, // the supervisor's own flags follow, ignored
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -1,4 +1,4 @@
-package gateway
+package supervisor
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/longlink/longlink/backend/remote"
+	"github.com/longlink/longlink/gateway"
 )
 
 // series finds one series' value in merged families; labels as "k=v,...".
@@ -134,10 +135,7 @@ longlink_new_thing %v
 // level or setting), so the supervisor never sums a level by mistake.
 func TestEveryWorkerGaugeIsClassified(t *testing.T) {
 	s := startServer(t, nil)
-	fams, err := s.metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	fams := gather(t, s)
 	c, err := remote.NewClient(remote.Config{Addrs: []string{"127.0.0.1:1"}, Auth: remote.ClientAuth{Secret: "0123456789abcdef0123"},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -157,7 +155,7 @@ func TestEveryWorkerGaugeIsClassified(t *testing.T) {
 		}
 		n++
 		if _, ok := gaugeRule(f.GetName()); !ok {
-			t.Errorf("gauge %s has no merge rule: add it to gaugeRules in gateway/supervisor.go", f.GetName())
+			t.Errorf("gauge %s has no merge rule: add it to gaugeRules in supervisor/supervisor.go", f.GetName())
 		}
 	}
 	if n < 20 {
@@ -171,7 +169,7 @@ func TestEveryWorkerGaugeIsClassified(t *testing.T) {
 func TestSupervisorMetricsTwoWorkers(t *testing.T) {
 	dir := t.TempDir()
 	sv := &supervisor{log: slog.New(slog.NewTextHandler(io.Discard, nil)), started: time.Now()}
-	var servers []*Server
+	var servers []*gateway.Server
 	for i := range 2 {
 		s := startServer(t, nil)
 		sock := filepath.Join(dir, fmt.Sprintf("w%d.sock", i))
@@ -225,10 +223,7 @@ func TestSupervisorMetricsTwoWorkers(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	// One worker's own values, to compare the host's with.
-	own, err := servers[0].metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	own := gather(t, servers[0])
 	one := func(name, labels string) float64 {
 		v := series(t, own, name, labels)
 		if len(v) != 1 {
@@ -261,4 +256,50 @@ func own0(t *testing.T, fams []*dto.MetricFamily, name string) string {
 	}
 	t.Fatalf("no %s", name)
 	return ""
+}
+
+// TestSupervisorMetricsNamesForDashboard pins what the dashboard test in
+// package gateway assumes of the supervisor (it cannot import this
+// package): the merged /metrics names only the workers' series and
+// longlink_workers{,_configured}, and ProcessCollector's series are
+// longlink_supervisor_process_*.
+func TestSupervisorMetricsNamesForDashboard(t *testing.T) {
+	sv, servers := twoWorkerSupervisor(t)
+	workers := map[string]bool{"longlink_workers": true, "longlink_workers_configured": true}
+	for _, s := range servers {
+		for _, f := range gather(t, s) {
+			workers[f.GetName()] = true
+		}
+	}
+	rec := httptest.NewRecorder()
+	sv.handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := range fams {
+		if !workers[n] {
+			t.Errorf("the supervisor's /metrics has %s, which no worker exports", n)
+		}
+	}
+	for _, n := range []string{"longlink_workers", "longlink_workers_configured", "longlink_connections"} {
+		if fams[n] == nil {
+			t.Errorf("the supervisor's /metrics lacks %s", n)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ProcessCollector())
+	own, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(own) == 0 {
+		t.Fatal("ProcessCollector gathered nothing")
+	}
+	for _, f := range own {
+		if !strings.HasPrefix(f.GetName(), "longlink_supervisor_process_") {
+			t.Errorf("ProcessCollector exports %s", f.GetName())
+		}
+	}
 }
