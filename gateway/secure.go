@@ -157,6 +157,29 @@ func (s *Server) handleKeysReload(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "active %d, loaded %v\n", ring.Active().ID, ring.IDs())
 }
 
+// SetReloader sets what POST /reload (admin token) does: the same as
+// SIGHUP in longlink gateway (keys and the configuration file's runtime
+// settings). Set it before serving the admin port.
+func (s *Server) SetReloader(fn func()) { s.reloader.Store(&fn) }
+
+// handleReload serves POST /reload, audited.
+func (s *Server) handleReload(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		s.connLog.Warn("audit: unauthenticated admin request refused", "path", r.URL.Path, "remote", r.RemoteAddr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="longlink admin"`)
+		http.Error(w, "admin token required", http.StatusUnauthorized)
+		return
+	}
+	fn := s.reloader.Load()
+	if fn == nil {
+		http.Error(w, "nothing to reload in this process", http.StatusConflict)
+		return
+	}
+	s.log.Info("audit: reload requested by admin call", "remote", r.RemoteAddr)
+	(*fn)()
+	fmt.Fprintln(w, "reloaded (see the audit lines for what changed)")
+}
+
 // beforeAuth handles HELLO and applies the policy to plaintext AUTH, for a
 // connection not yet authenticated; done reports that f was dealt with.
 func (s *Server) beforeAuth(c *conn, f codec.Frame) (code codec.Code, done bool) {

@@ -35,6 +35,7 @@ import (
 
 // Server is one gateway worker.
 type Server struct {
+	reloader atomic.Pointer[func()] // POST /reload (SetReloader): what SIGHUP does
 	gnet.BuiltinEventEngine
 
 	cfg      Config // static after New

@@ -509,6 +509,15 @@ func (sv *supervisor) handler() http.Handler {
 		_ = cmd.Process.Signal(syscall.SIGTERM) // it drains (GOAWAY over its window) and exits; we restart it
 		fmt.Fprintf(w, "worker %d draining; it will be restarted\n", i)
 	})
+	mux.HandleFunc("POST /reload", func(w http.ResponseWriter, r *http.Request) {
+		if !sv.authorized(r) {
+			http.Error(w, "admin token required", http.StatusUnauthorized)
+			return
+		}
+		sv.log.Info("audit: reload requested; SIGHUP forwarded to the workers", "remote", r.RemoteAddr)
+		sv.signalAll(syscall.SIGHUP) // each worker reloads as on SIGHUP
+		fmt.Fprintln(w, "reload sent to every worker (see their audit lines)")
+	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		ok := 0
 		bodies := sv.scrape("/healthz")

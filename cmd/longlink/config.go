@@ -359,7 +359,7 @@ func reloadGatewayConfig(log *slog.Logger, srv *gateway.Server, parsed map[strin
 		err = fresh.Parse(args)
 	}
 	if err != nil {
-		log.Error("SIGHUP: configuration not reloaded", "err", err)
+		log.Error("reload: configuration not reloaded", "err", err)
 		return
 	}
 	sw, changed := srv.Switches(), false
@@ -374,11 +374,11 @@ func reloadGatewayConfig(log *slog.Logger, srv *gateway.Server, parsed map[strin
 			parsed[f.Name] = f.Value.String()
 			return
 		}
-		log.Warn("SIGHUP: setting changed in the configuration, applied at the next restart", "setting", f.Name, "running", old, "configured", f.Value.String())
+		log.Warn("reload: setting changed in the configuration, applied at the next restart", "setting", f.Name, "running", old, "configured", f.Value.String())
 	})
 	if changed {
-		if err := srv.SetSwitches(sw, "SIGHUP (configuration file)"); err != nil {
-			log.Error("SIGHUP: configuration not applied", "err", err)
+		if err := srv.SetSwitches(sw, "reload (configuration file)"); err != nil {
+			log.Error("reload: configuration not applied", "err", err)
 		}
 	}
 }

@@ -142,6 +142,27 @@ func (e *encryptionFlags) apply(log *slog.Logger, cfg *gateway.Config, dataDir s
 // server keys on SIGHUP, audited in the log; then more (may be nil), e.g. the
 // configuration file.
 func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tokenFile string, more func()) (stop func()) {
+	reload := func() {
+		if ks, err := auth.LoadKeyFile(tokenFile); err != nil {
+			log.Error("reload: token keys not reloaded", "file", tokenFile, "err", err)
+		} else {
+			_ = srv.ReloadTokenKeys(ks)
+		}
+		if more != nil {
+			more()
+		}
+		if *e.mode == gateway.EncryptionOff {
+			return
+		}
+		ring, err := secure.LoadKeyRing(*e.file)
+		if err == nil {
+			err = srv.ReloadServerKeys(ring)
+		}
+		if err != nil {
+			log.Error("reload: server keys not reloaded", "file", *e.file, "err", err)
+		}
+	}
+	srv.SetReloader(reload) // POST /reload on the admin port does the same
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -149,24 +170,8 @@ func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tok
 		for {
 			select {
 			case <-ch:
-				if ks, err := auth.LoadKeyFile(tokenFile); err != nil {
-					log.Error("SIGHUP: token keys not reloaded", "file", tokenFile, "err", err)
-				} else {
-					_ = srv.ReloadTokenKeys(ks)
-				}
-				if more != nil {
-					more()
-				}
-				if *e.mode == gateway.EncryptionOff {
-					continue
-				}
-				ring, err := secure.LoadKeyRing(*e.file)
-				if err == nil {
-					err = srv.ReloadServerKeys(ring)
-				}
-				if err != nil {
-					log.Error("SIGHUP: server keys not reloaded", "file", *e.file, "err", err)
-				}
+				log.Info("audit: SIGHUP: reloading")
+				reload()
 			case <-done:
 				return
 			}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -143,5 +144,45 @@ func TestSIGHUPReloadsTokenKeysWithoutDroppingConnections(t *testing.T) {
 		if err := call(c); err != nil {
 			t.Errorf("connection %d opened before the reload: %v", i, err)
 		}
+	}
+
+	// The same by an admin call: POST /reload on the supervisor's admin
+	// port (admin token) reaches every worker.
+	keys3 := writeKeys(3, 1, 2, 3)
+	adminTok, err := os.ReadFile(filepath.Join(dir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(tok string) int {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+admin+"/reload", nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		r, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		return r.StatusCode
+	}
+	if code := post(""); code != http.StatusUnauthorized {
+		t.Fatalf("POST /reload without the admin token: %d", code)
+	}
+	if code := post(strings.TrimSpace(string(adminTok))); code != http.StatusOK {
+		t.Fatalf("POST /reload: %d", code)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for n := 0; n < 8; {
+		c, err := dial(keys3, uint64(200+n))
+		if err != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("a token of key 3 is still refused after POST /reload: %v", err)
+			}
+			n = 0
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		c.Close()
+		n++
 	}
 }
