@@ -7,7 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/longlink/longlink/heartbeat"
-	"github.com/longlink/longlink/secure"
 )
 
 // Closing a connection so the client learns why.
@@ -129,15 +128,9 @@ func (s *Server) orphanWrite(c *conn, frame []byte) {
 		// Encrypted: sealed like every record. The loop no longer writes
 		// to a closed connection, and o.mu orders the orphan's writers, so
 		// the counters stay in order.
-		b := sealPool.Get()
-		out := b.B[:0]
-		if c.ws {
-			out = wsHeader(out, 0x2, len(frame)+secure.Overhead)
-		}
-		out = st.Seal(out, frame)
-		_, _ = unix.Write(o.fd, out)
-		b.B = out[:0]
-		sealPool.Put(b)
+		bb := sealRecord(c, st, frame)
+		_, _ = unix.Write(o.fd, bb.B)
+		releaseSealed(bb)
 		return
 	}
 	if c.ws {

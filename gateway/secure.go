@@ -422,15 +422,25 @@ var sealPool bytebufferpool.Pool
 // in one binary message on WebSocket. Must run on c's loop: the send
 // counter orders records.
 func writeSealed(c *conn, st *secure.State, frames []byte) {
+	bb := sealRecord(c, st, frames)
+	_, _ = c.gc.Write(bb.B)
+	releaseSealed(bb)
+}
+
+// sealRecord seals frames as one record (in a WebSocket message on a
+// WebSocket connection) into a pooled buffer; releaseSealed returns it.
+func sealRecord(c *conn, st *secure.State, frames []byte) *bytebufferpool.ByteBuffer {
 	bb := sealPool.Get()
 	b := bb.B[:0]
 	if c.ws {
 		b = wsHeader(b, 0x2, len(frames)+secure.Overhead)
 	}
-	b = st.Seal(b, frames)
-	_, _ = c.gc.Write(b)
-	bb.B = b
-	if cap(b) > 64<<10 {
+	bb.B = st.Seal(b, frames)
+	return bb
+}
+
+func releaseSealed(bb *bytebufferpool.ByteBuffer) {
+	if cap(bb.B) > 64<<10 {
 		bb.B = nil // don't pin big buffers in the pool
 	}
 	sealPool.Put(bb)
