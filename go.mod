@@ -20,9 +20,14 @@ require (
 )
 
 require (
+	github.com/cloudflare/circl v1.6.5
 	github.com/flynn/noise v1.1.0
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	go.yaml.in/yaml/v3 v3.0.6
+	golang.org/x/oauth2 v0.38.0
 )
+
+require github.com/kylelemons/godebug v1.1.0 // indirect
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect

@@ -16,6 +16,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,9 +29,10 @@ import (
 	"github.com/longlink/longlink/secure"
 )
 
-// Options configure a Client. Addr and Token (or TokenFunc) are required.
+// Options configure a Client. Addr (or Seeds) and Token (or TokenFunc)
+// are required.
 type Options struct {
-	Addr      string
+	Addr      string // a seed address (host:port); Seeds may add more
 	Token     string
 	TokenFunc func(ctx context.Context) (string, error) // called before each AUTH when set (token refresh)
 	Device    string
@@ -67,6 +69,34 @@ type Options struct {
 	ServerKeys []string
 	// Suite is the cipher suite (0: ChaCha20-Poly1305; secure.SuiteAESGCM).
 	Suite uint8
+
+	// Fleet (docs/fleet.md, "Clients", client/fleet.go).
+	// Seeds are the built-in addresses, used before any node list and when
+	// every listed address is banned.
+	Seeds []string
+	// FleetPins pin the fleet's node-list signing keys ("<id>:<64 hex>", as
+	// `longlink keys --fleet` prints them). Without pins node lists are
+	// ignored and the client uses its seeds only.
+	FleetPins []string
+	// NodeListFile caches the newest verified list across restarts.
+	NodeListFile string
+	// NodeList is a signed list the app already has (FetchNodeList), used
+	// from the first attempt if it verifies.
+	NodeList *pb.SignedNodeList
+	// NodesURL (e.g. http://host:7101/v1/nodes) is fetched when the list
+	// held is missing or stale.
+	NodesURL string
+	// Race and RaceStagger: how many addresses are raced at once and how far
+	// apart their starts are (defaults 2 and 250ms; a list overrides them).
+	Race        int
+	RaceStagger time.Duration
+	// Dialer, when set, makes the TCP connections (tests, proxies).
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnNodeList hears each newly accepted list. Must not block.
+	OnNodeList func(*pb.NodeList)
+	// OnReconnect hears each reconnect's time, from losing the previous
+	// connection to the new AUTH_OK, and the address it reached.
+	OnReconnect func(took time.Duration, addr string)
 
 	// OnPush receives server pushes. Must not block.
 	OnPush func(*pb.Push)
@@ -108,6 +138,7 @@ type ServerClose struct {
 	Message    string
 	RetryAfter time.Duration
 	Redirect   string
+	Nodes      *pb.SignedNodeList // GOAWAY 3014 redirect: where to go
 }
 
 func (e *ServerClose) Error() string {
@@ -134,12 +165,19 @@ type Client struct {
 	authOK  *pb.AuthOK
 	lastErr error
 
-	pins   []secure.PinnedKey // Encrypt: the pinned server keys (secure.go)
-	pinIdx atomic.Int32       // the pin in use
+	pins     []secure.PinnedKey            // Encrypt: the pinned server keys (secure.go)
+	pinIdx   atomic.Int32                  // the pin in use
+	prep     atomic.Pointer[preparedHello] // the next connection's handshake, made while idle (secure.go)
+	prepUsed atomic.Int64                  // connections that started with a prepared handshake
 
 	smart  *heartbeat.Smart // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
 	config *pb.ClientConfig // last CONFIG (degrade mode); guarded by mu
 	kick   chan struct{}    // wakes the heartbeat loop after a policy or mode change
+
+	fleet    *fleet
+	rstats   ReconnectStats // guarded by mu
+	fetching atomic.Bool    // a NodesURL fetch runs
+	lastGet  atomic.Int64   // unix nanos of the last NodesURL fetch
 
 	closing  chan struct{}
 	closeOne sync.Once
@@ -159,6 +197,9 @@ type session struct {
 	once     sync.Once
 	err      error
 	sec      *secure.State // nil in plaintext; Seal under wmu, Open on the reader
+	r        *frameReader
+	ok       *pb.AuthOK
+	addr     string
 }
 
 type result struct {
@@ -173,8 +214,26 @@ const maxDevice = 64
 // (or the first attempt fails with an error that forbids reconnecting, or
 // ctx ends). Afterwards the Client reconnects by itself until Close.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
-	if opts.Addr == "" || (opts.Token == "" && opts.TokenFunc == nil) {
-		return nil, errors.New("longlink: Options.Addr and Token are required")
+	if (opts.Addr == "" && len(opts.Seeds) == 0) || (opts.Token == "" && opts.TokenFunc == nil) {
+		return nil, errors.New("longlink: Options.Addr (or Seeds) and Token are required")
+	}
+	var pins []FleetPin
+	for _, s := range opts.FleetPins {
+		p, err := ParseFleetPin(s)
+		if err != nil {
+			return nil, err
+		}
+		pins = append(pins, p)
+	}
+	seeds := append([]string(nil), opts.Seeds...)
+	if opts.Addr != "" && !slices.Contains(seeds, opts.Addr) {
+		seeds = append([]string{opts.Addr}, seeds...)
+	}
+	if opts.Race <= 0 {
+		opts.Race = DefaultRace
+	}
+	if opts.RaceStagger <= 0 {
+		opts.RaceStagger = DefaultRaceStagger
 	}
 	if len(opts.Device) > maxDevice {
 		// The server would refuse it with 4005 bad_auth on every attempt.
@@ -192,7 +251,13 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 60 * time.Second
 	}
-	c := &Client{opts: opts, ready: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1)}
+	c := &Client{opts: opts, ready: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}), kick: make(chan struct{}, 1),
+		fleet: newFleet(seeds, pins, opts.NodeListFile)}
+	if opts.NodeList != nil {
+		if _, err := c.fleet.accept(opts.NodeList); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.initSecure(); err != nil {
 		return nil, err
 	}
@@ -265,18 +330,34 @@ func (c *Client) setState(s State, err error) {
 // run is the reconnect loop.
 func (c *Client) run() {
 	defer close(c.done)
-	addr := c.opts.Addr
+	preferred := "" // a GOAWAY's single redirect address, until it fails
 	attempt := 0
+	var lostAt time.Time // when the last connection ended (zero before the first)
 	for {
 		c.setState(Connecting, nil)
-		s, err := c.connect(addr)
+		c.refreshList()
+		s, err := c.race(preferred)
 		var hint time.Duration
+		if err != nil && preferred != "" {
+			preferred = ""
+		}
 		if err == nil {
 			attempt = 0
+			c.adopt(s)
 			c.mu.Lock()
 			c.cur = s
+			c.rstats.Addr = s.addr
+			var took time.Duration
+			if !lostAt.IsZero() {
+				took = time.Since(lostAt)
+				c.rstats.Reconnects++
+				c.rstats.Last = took
+			}
 			close(c.ready)
 			c.mu.Unlock()
+			if !lostAt.IsZero() && c.opts.OnReconnect != nil {
+				c.opts.OnReconnect(took, s.addr)
+			}
 			c.setState(Connected, nil)
 			select {
 			case <-s.closed:
@@ -284,10 +365,18 @@ func (c *Client) run() {
 			case <-c.closing:
 				s.close(ErrClosed)
 			}
+			lostAt = time.Now()
 			c.mu.Lock()
 			c.cur = nil
+			c.rstats.Addr = ""
 			c.ready = make(chan struct{})
 			c.mu.Unlock()
+			var sc *ServerClose
+			if !errors.As(err, &sc) {
+				c.fleet.fail(s.addr) // lost without a goodbye: the host may be gone
+			} else if sc.Code == codec.CodeRedirect {
+				c.fleet.avoid(s.addr, redirectAvoid) // it sent us away: go elsewhere for a while
+			}
 		}
 		select {
 		case <-c.closing:
@@ -306,8 +395,16 @@ func (c *Client) run() {
 				return
 			}
 			hint = sc.RetryAfter
+			if sc.Nodes != nil {
+				// A verified list to follow (newer or not than the one held):
+				// go now, paced by the server's redirect rate, not after a
+				// random backoff that would bunch the arrivals elsewhere.
+				if _, err := c.AcceptNodeList(sc.Nodes); err == nil && sc.Code == codec.CodeRedirect && hint <= 0 {
+					hint = time.Millisecond
+				}
+			}
 			if sc.Redirect != "" {
-				addr = sc.Redirect
+				preferred = sc.Redirect
 			}
 		}
 		c.setState(Disconnected, err)
@@ -343,9 +440,10 @@ func (c *Client) backoff(attempt int, hint time.Duration) time.Duration {
 	return max(d, hint)
 }
 
-// connect dials, authenticates and starts the reader and heartbeat.
-func (c *Client) connect(addr string) (*session, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.DialTimeout)
+// connect dials and authenticates; adopt starts the reader and heartbeat
+// of the one that wins a race. Cancelling ctx aborts the handshake.
+func (c *Client) connect(ctx context.Context, addr string) (*session, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
 	defer cancel()
 	tok := c.opts.Token
 	if c.opts.TokenFunc != nil {
@@ -354,12 +452,19 @@ func (c *Client) connect(addr string) (*session, error) {
 			return nil, fmt.Errorf("longlink: token: %w", err)
 		}
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	dial := c.opts.Dialer
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	nc, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	s := &session{nc: nc, pending: map[uint16]chan result{}, closed: make(chan struct{}), pong: make(chan struct{}, 1)}
+	// A lost race or Close cuts the handshake short.
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	s := &session{nc: nc, addr: addr, pending: map[uint16]chan result{}, closed: make(chan struct{}), pong: make(chan struct{}, 1)}
 	body, _ := proto.Marshal(&pb.Auth{Token: tok, Device: c.opts.Device, Network: c.opts.Network, ClientVersion: "longlink-go"})
 	_ = nc.SetDeadline(time.Now().Add(c.opts.DialTimeout))
 	r, f, err := c.hello(s, codec.AppendFrame(nil, codec.CmdAuth, 0, 0, body))
@@ -385,9 +490,23 @@ func (c *Client) connect(addr string) (*session, error) {
 		nc.Close()
 		return nil, err
 	}
+	if !stop() {
+		return nil, ctx.Err()
+	}
 	_ = nc.SetDeadline(time.Time{})
+	s.r, s.ok = r, &ok
+	return s, nil
+}
+
+// adopt makes s the client's connection: its AUTH_OK's policy and node
+// list, its reader and heartbeat.
+func (c *Client) adopt(s *session) {
+	ok := s.ok
+	if ok.Nodes != nil {
+		_, _ = c.AcceptNodeList(ok.Nodes)
+	}
 	c.mu.Lock()
-	c.authOK = &ok
+	c.authOK = ok
 	if c.opts.HeartbeatInterval <= 0 && ok.Heartbeat != nil {
 		pol := heartbeat.FromProto(ok.Heartbeat)
 		if c.smart == nil {
@@ -398,9 +517,8 @@ func (c *Client) connect(addr string) (*session, error) {
 	}
 	c.mu.Unlock()
 	s.lastRecv.Store(time.Now().UnixNano())
-	go c.read(s, r)
-	go c.heartbeat(s, &ok)
-	return s, nil
+	go c.read(s, s.r)
+	go c.heartbeat(s, ok)
 }
 
 func serverClose(f codec.Frame) *ServerClose {
@@ -408,7 +526,7 @@ func serverClose(f codec.Frame) *ServerClose {
 	case codec.CmdGoAway:
 		var g pb.GoAway
 		_ = proto.Unmarshal(f.Body, &g)
-		return &ServerClose{Code: codec.Code(g.Code), Message: g.Message, RetryAfter: time.Duration(g.ReconnectAfterMs) * time.Millisecond, Redirect: g.Redirect}
+		return &ServerClose{Code: codec.Code(g.Code), Message: g.Message, RetryAfter: time.Duration(g.ReconnectAfterMs) * time.Millisecond, Redirect: g.Redirect, Nodes: g.Nodes}
 	default:
 		var e pb.Error
 		_ = proto.Unmarshal(f.Body, &e)
@@ -488,6 +606,9 @@ func (c *Client) read(s *session, r *frameReader) {
 // applyConfig takes a CONFIG frame (the server's degrade mode): heartbeat
 // policy and reconnect backoff; the shake hints are kept for Shake callers.
 func (c *Client) applyConfig(cc *pb.ClientConfig) {
+	if cc.Nodes != nil {
+		_, _ = c.AcceptNodeList(cc.Nodes)
+	}
 	c.mu.Lock()
 	c.config = cc
 	if cc.BackoffMinMs > 0 {
@@ -593,8 +714,10 @@ func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
 		smart := c.smart
 		c.mu.Unlock()
 		iv := c.opts.HeartbeatInterval
-		if iv <= 0 {
+		if iv <= 0 && smart != nil {
 			iv = smart.Interval()
+		} else if iv <= 0 {
+			iv = 30 * time.Second // a server that sent no policy
 		}
 		learn := smart != nil
 		if first > 0 && first < iv { // the server's jittered first beat: spreads load, teaches nothing

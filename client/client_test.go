@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/internal/testutil/gatewaytest"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -23,19 +23,11 @@ var keys, _ = auth.NewKeySet(1, map[uint32][]byte{1: []byte("client-test-key-012
 
 func startGateway(t *testing.T, listen string, mod func(*gateway.Config)) *gateway.Server {
 	t.Helper()
-	cfg := gateway.Config{Listen: listen, Keys: keys, Loops: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), WheelTick: 20 * time.Millisecond}
+	cfg := gateway.Config{Listen: listen, Keys: keys, Loops: 1, WheelTick: 20 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return gatewaytest.Start(t, cfg)
 }
 
 func tok(uid uint64, ttl time.Duration) string {

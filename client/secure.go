@@ -41,6 +41,37 @@ func (c *Client) initSecure() error {
 	return nil
 }
 
+// preparedHello is a handshake prepared for pin (secure.Prepare): the
+// ephemeral key and es of the next connection, computed while the current
+// one is up, so a reconnect (after a network change, say, when latency
+// matters most) does one X25519 instead of three before its HELLO goes out.
+// It is taken once (Swap) and never reused; ~400 B.
+type preparedHello struct {
+	hs  *secure.ClientHandshake
+	pin secure.PinnedKey
+}
+
+func (c *Client) prepare(pin secure.PinnedKey) {
+	if c.prep.Load() != nil {
+		return
+	}
+	hs, err := secure.Prepare(c.opts.Suite, pin.ID, pin.Public[:], nil)
+	if err != nil {
+		return // Hello will say why
+	}
+	c.prep.CompareAndSwap(nil, &preparedHello{hs: hs, pin: pin})
+}
+
+// takePrepared returns the prepared handshake if it is for pin, else a new
+// one.
+func (c *Client) takePrepared(pin secure.PinnedKey) (*secure.ClientHandshake, error) {
+	if p := c.prep.Swap(nil); p != nil && p.pin == pin {
+		c.prepUsed.Add(1)
+		return p.hs, nil
+	}
+	return secure.Prepare(c.opts.Suite, pin.ID, pin.Public[:], nil)
+}
+
 // hello sends the first flight (plaintext AUTH, or HELLO carrying it) and
 // returns the reader and the server's answer frame (AUTH_OK or ERROR).
 func (c *Client) hello(s *session, auth []byte) (*frameReader, codec.Frame, error) {
@@ -53,7 +84,11 @@ func (c *Client) hello(s *session, auth []byte) (*frameReader, codec.Frame, erro
 		return r, f, err
 	}
 	pin := c.pins[int(c.pinIdx.Load())%len(c.pins)]
-	hs, body, err := secure.Hello(c.opts.Suite, pin.ID, pin.Public[:], auth, nil)
+	var body []byte
+	hs, err := c.takePrepared(pin)
+	if err == nil {
+		body, err = hs.Hello(auth)
+	}
 	if err != nil {
 		return nil, codec.Frame{}, err
 	}
@@ -85,6 +120,9 @@ func (c *Client) hello(s *session, auth []byte) (*frameReader, codec.Frame, erro
 		return nil, f, fmt.Errorf("longlink: malformed HELLO_OK payload")
 	}
 	s.sec = st
+	if !c.opts.NoReconnect {
+		go c.prepare(pin) // the next connection's ephemeral and es, off this one's path
+	}
 	// Bytes after HELLO_OK already read into raw's buffer are records.
 	rr := &recordReader{r: s.nc, st: st, raw: raw.buf}
 	return &frameReader{r: rr, buf: make([]byte, 0, 4096)}, inner, nil

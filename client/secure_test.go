@@ -232,21 +232,7 @@ func TestEncryptedShakePolicyConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for {
-		r, err := c.Shake(ctx)
-		if err != nil {
-			t.Fatalf("shake: %v", err)
-		}
-		if r.Result != 0 {
-			time.Sleep(20 * time.Millisecond)
-			continue
-		}
-		o, err := c.Open(ctx, r.Ticket)
-		if err != nil || o.Code != 0 || o.AmountFen == 0 {
-			t.Fatalf("open: %v %v", o, err)
-		}
-		break
-	}
+	shakeAndOpen(t, ctx, c)
 	orig := c.HeartbeatPolicy().GetMinIntervalS()
 	if err := s.SetHeartbeatPolicies(s.HeartbeatPolicies().Scale(2)); err != nil {
 		t.Fatal(err)
@@ -261,5 +247,52 @@ func TestEncryptedShakePolicyConfig(t *testing.T) {
 			t.Fatalf("no sealed CONFIG/POLICY: %v, min %d (was %d)", c.DegradeConfig(), c.HeartbeatPolicy().GetMinIntervalS(), orig)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestReconnectUsesPreparedHandshake: after a connection is up the client
+// prepares its next handshake (ephemeral and es) off the connect path; the
+// reconnect takes it (once) and works, and a fresh one is prepared for the
+// connection after.
+func TestReconnectUsesPreparedHandshake(t *testing.T) {
+	ring, key := testRing(t)
+	s := startGateway(t, "127.0.0.1:0", func(c *gateway.Config) {
+		c.ServerKeys, c.Encryption = ring, gateway.EncryptionRequired
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, Options{Addr: s.Addr(), Token: tok(5, time.Hour), Encrypt: true, ServerKey: key.Pin(),
+		BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for !ok() {
+			if ctx.Err() != nil {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("a prepared handshake", func() bool { return c.prep.Load() != nil })
+	first := c.prep.Load()
+	if c.prepUsed.Load() != 0 {
+		t.Fatalf("prepared handshakes used before any reconnect: %d", c.prepUsed.Load())
+	}
+	c.mu.Lock()
+	_ = c.cur.nc.Close() // the link drops
+	c.mu.Unlock()
+	waitFor("the reconnect", func() bool { return c.prepUsed.Load() == 1 })
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Call(ctx, "echo", []byte("again")); err != nil || string(got) != "again" {
+		t.Fatalf("after the reconnect: %q %v", got, err)
+	}
+	waitFor("the next prepared handshake", func() bool { p := c.prep.Load(); return p != nil && p != first })
+	if _, err := first.hs.Hello(nil); !errors.Is(err, secure.ErrUsed) {
+		t.Fatalf("the used handshake wrote another HELLO: %v", err)
 	}
 }

@@ -22,6 +22,12 @@ func TestShakeAndOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	shakeAndOpen(t, ctx, c)
+}
+
+// shakeAndOpen shakes until c wins a ticket and opens it: it must pay.
+func shakeAndOpen(t *testing.T, ctx context.Context, c *Client) {
+	t.Helper()
 	for {
 		r, err := c.Shake(ctx)
 		if err != nil {

@@ -39,6 +39,7 @@ const (
 	CodeNotAuthed    Code = 3008 // a frame other than AUTH before AUTH_OK
 	CodeAuthTwice    Code = 3009 // a second AUTH on an authenticated connection
 	CodeFrameTooSlow Code = 3013 // a started frame progressed slower than the minimum rate (Config.MinFrameRate)
+	CodeRedirect     Code = 3014 // GOAWAY: this host sends the client elsewhere (GoAway.nodes, docs/fleet.md)
 
 	// Close, do not reconnect (4000-4999).
 	CodeBadToken     Code = 4001 // token forged, malformed or signed by an unknown key
@@ -55,7 +56,7 @@ var codeNames = map[Code]string{
 	CodeAuthTimeout: "auth_timeout", CodeStale: "stale", CodeSlowConsumer: "slow_consumer",
 	CodeShutdown: "shutdown", CodeFrameTooBig: "frame_too_large", CodeFlood: "flood",
 	CodeServerBusy: "server_busy", CodeNotAuthed: "not_authenticated", CodeAuthTwice: "auth_twice",
-	CodeFrameTooSlow: "frame_too_slow", CodeBadAuth: "bad_auth",
+	CodeFrameTooSlow: "frame_too_slow", CodeRedirect: "redirect", CodeBadAuth: "bad_auth",
 	CodeBadToken: "bad_token", CodeTokenExpired: "token_expired", CodeBadVersion: "bad_version",
 	CodeReplaced: "replaced",
 }

@@ -39,6 +39,8 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("/switches", s.handleSwitches)
 	mux.HandleFunc("/keys/reload", s.handleKeysReload)
 	mux.HandleFunc("POST /reload", s.handleReload)
+	mux.HandleFunc("/fleet", s.handleFleet)
+	mux.HandleFunc("/fleet/", s.handleFleet)
 	mux.HandleFunc("/debug/pprof/", pprof.Index) // profiles, behind the admin token
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	s.shakeRoutes(mux)

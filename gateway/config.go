@@ -56,6 +56,7 @@ type Config struct {
 	MaxInflight   int           // calls in flight per connection (default 32)
 	MaxOutbound   int           // bytes queued to one connection before "slow consumer" (default 1 MiB)
 	PoolSize      int           // forwarding goroutines (default 256)
+	CallYield     bool          // submit yields to the forwarding goroutine it woke, so a call starts at once (forward.go); off by default: it costs a thread wake-up per call
 	QueueSize     int           // calls waiting for a goroutine (default 16384)
 	CallTimeout   time.Duration // default per-call deadline (default 5s)
 	SystemRetries int           // retries of system failures per call (default 1)
@@ -76,6 +77,9 @@ type Config struct {
 	// and type within PushWindow are merged (default 20ms).
 	NATS       string
 	PushWindow time.Duration
+	// PushLost: a connection that closes with pushes it may not have
+	// received reports them to the router (the offline path; push_lost.go).
+	PushLost bool
 	// NATSOptions go to the worker's NATS connection: its credentials
 	// (push.ClientAuth.As(push.RoleGateway)) and TLS.
 	NATSOptions []nats.Option
@@ -99,12 +103,21 @@ type Config struct {
 	// HandshakeQueue wait (default 1024), more are shed with 3007.
 	HandshakeWorkers int
 	HandshakeQueue   int
+	// EphemeralStore is how many server ephemeral keys the handshake
+	// workers keep pre-generated, process-wide (secure.SetEphemeralStore;
+	// 0: secure.EphemeralStore, 1024). Worker processes take their share.
+	EphemeralStore int
 
 	// ProxyProtocolFrom lists the balancer networks whose connections must
 	// start with a PROXY protocol v1 or v2 header naming the client
 	// (gateway/proxyproto.go); from anywhere else a PROXY header is refused.
 	// Empty: the PROXY protocol is off.
 	ProxyProtocolFrom []netip.Prefix
+
+	// Fleet, when set, makes this worker a member of a fleet of gateway
+	// hosts over NATS (gateway/fleet.go, docs/fleet.md): node lists in
+	// AUTH_OK, GET /v1/nodes, GOAWAY 3014 redirects, evacuation.
+	Fleet *FleetConfig
 }
 
 func (c *Config) fill() error {

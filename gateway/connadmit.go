@@ -36,14 +36,16 @@ type connAdmission struct {
 	lastFill atomic.Int64 // unix nanos
 
 	flapMu  sync.Mutex
-	flaps   map[uint64]*flapState
+	flaps   map[uint64]flapState // only users who reconnect (see flapping)
 	refused atomic.Uint64
 }
 
+// flapState is a value in the map (no pointer, no allocation of its own);
+// times in Unix nanoseconds.
 type flapState struct {
-	windowStart time.Time
-	count       int
-	bannedUntil time.Time
+	windowStart int64
+	bannedUntil int64
+	count       int32
 }
 
 func newConnAdmission(cfg ConnAdmissionConfig) *connAdmission {
@@ -53,7 +55,7 @@ func newConnAdmission(cfg ConnAdmissionConfig) *connAdmission {
 	if cfg.RetryAfterBase <= 0 {
 		cfg.RetryAfterBase = 2 * time.Second
 	}
-	a := &connAdmission{cfg: cfg, flaps: map[uint64]*flapState{}}
+	a := &connAdmission{cfg: cfg, flaps: map[uint64]flapState{}}
 	a.setLimits(cfg.AcceptRate, cfg.MaxConns)
 	a.tokens.Store(int64(cfg.AcceptRate * 1000))
 	a.lastFill.Store(time.Now().UnixNano())
@@ -90,50 +92,81 @@ func (a *connAdmission) setLimits(rate float64, maxConns int) {
 	a.maxConns.Store(int64(maxConns))
 }
 
-// flapping records an authentication of uid and reports whether the user
-// reconnects too often (and for how long it stays refused).
-func (a *connAdmission) flapping(uid uint64, now time.Time) (time.Duration, bool) {
+// Flapping is tracked only for users who reconnect: a user's first
+// authentication, with none of its connections held and none closed within
+// the window, leaves no entry, so idle connections cost the flapping rule
+// nothing (issue 19). An entry is made when a user's connection closes
+// (counting that connection's authentication) or when it authenticates while
+// another of its connections is held (counting those); from then on every
+// authentication is counted as before.
+
+// flapOn reports whether the flapping rule is on.
+func (a *connAdmission) flapOn() bool { return a.cfg.FlapMax > 0 && a.cfg.FlapWindow > 0 }
+
+// flapping records an authentication of uid, which already has held
+// authenticated connections here, and reports whether the user reconnects
+// too often (and for how long it stays refused).
+func (a *connAdmission) flapping(uid uint64, now time.Time, held int) (time.Duration, bool) {
 	if a.cfg.FlapMax <= 0 || a.cfg.FlapWindow <= 0 {
 		return 0, false
 	}
+	t := now.UnixNano()
 	a.flapMu.Lock()
 	defer a.flapMu.Unlock()
-	st := a.flaps[uid]
-	if st == nil {
-		st = &flapState{windowStart: now}
-		a.flaps[uid] = st
+	st, ok := a.flaps[uid]
+	if !ok {
+		if held <= 0 {
+			return 0, false // a first connection: nothing to remember
+		}
+		st = flapState{windowStart: t, count: int32(min(held, math.MaxInt32-1))}
 	}
-	if now.Before(st.bannedUntil) {
-		return st.bannedUntil.Sub(now), true
+	if t < st.bannedUntil {
+		return time.Duration(st.bannedUntil - t), true
 	}
-	if now.Sub(st.windowStart) > a.cfg.FlapWindow {
-		st.windowStart, st.count = now, 0
+	if t-st.windowStart > int64(a.cfg.FlapWindow) {
+		st.windowStart, st.count = t, 0
 	}
 	st.count++
-	if st.count > a.cfg.FlapMax {
-		st.bannedUntil = now.Add(a.cfg.FlapBan)
+	var ban time.Duration
+	if int(st.count) > a.cfg.FlapMax {
+		st.bannedUntil = t + int64(a.cfg.FlapBan)
 		st.count = 0
-		return a.cfg.FlapBan, true
+		ban = a.cfg.FlapBan
 	}
-	return 0, false
+	a.flaps[uid] = st
+	return ban, ban > 0
 }
 
-// forget drops users whose window and ban are over, so the flapping map
-// holds only recent connectors, not every idle connection. Called
-// periodically (every FlapWindow).
-func (a *connAdmission) forget(now time.Time) {
+// closed records that an authenticated connection of uid closed: a user
+// without an entry gets one counting that connection's authentication, so
+// its next one is counted as a reconnect.
+func (a *connAdmission) closed(uid uint64, now time.Time) {
 	if a.cfg.FlapMax <= 0 || a.cfg.FlapWindow <= 0 {
 		return
 	}
 	a.flapMu.Lock()
+	if _, ok := a.flaps[uid]; !ok {
+		a.flaps[uid] = flapState{windowStart: now.UnixNano(), count: 1}
+	}
+	a.flapMu.Unlock()
+}
+
+// forget drops users whose window and ban are over, so the flapping map
+// holds only recent reconnectors. Called periodically (every FlapWindow).
+func (a *connAdmission) forget(now time.Time) {
+	if a.cfg.FlapMax <= 0 || a.cfg.FlapWindow <= 0 {
+		return
+	}
+	t := now.UnixNano()
+	a.flapMu.Lock()
 	defer a.flapMu.Unlock()
 	for id, st := range a.flaps {
-		if now.Sub(st.windowStart) > a.cfg.FlapWindow && now.After(st.bannedUntil) {
+		if t-st.windowStart > int64(a.cfg.FlapWindow) && t > st.bannedUntil {
 			delete(a.flaps, id)
 		}
 	}
 	if len(a.flaps) == 0 {
-		a.flaps = map[uint64]*flapState{} // let the old table's memory go
+		a.flaps = map[uint64]flapState{} // let the old table's memory go
 	}
 }
 

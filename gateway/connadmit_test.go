@@ -80,16 +80,44 @@ func TestFlapMapForgetsQuietUsers(t *testing.T) {
 	a := newConnAdmission(ConnAdmissionConfig{FlapWindow: time.Minute, FlapMax: 2, FlapBan: 10 * time.Minute})
 	t0 := time.Now()
 	for uid := uint64(1); uid <= 100; uid++ {
-		a.flapping(uid, t0)
+		a.flapping(uid, t0, 0)
+		a.closed(uid, t0) // each reconnects once: remembered for a window
+		a.flapping(uid, t0, 0)
 	}
-	for i := 0; i < 3; i++ { // user 7 flaps and is banned
-		a.flapping(7, t0)
+	for i := 0; i < 2; i++ { // user 7 flaps and is banned
+		a.flapping(7, t0, 0)
+	}
+	if _, banned := a.flapping(7, t0, 0); !banned {
+		t.Fatal("user 7 not banned after 4 authentications in the window")
 	}
 	a.forget(t0.Add(2 * time.Minute))
 	if n := len(a.flaps); n != 1 {
 		t.Fatalf("%d users remembered after their window, want only the banned one", n)
 	}
-	if _, banned := a.flapping(7, t0.Add(3*time.Minute)); !banned {
+	if _, banned := a.flapping(7, t0.Add(3*time.Minute), 0); !banned {
 		t.Fatal("ban forgotten")
+	}
+}
+
+// Idle connections cost the flapping rule nothing: a user's first
+// authentication leaves no entry (issue 19: flap tracking only for users
+// who reconnect); a second device while the first is held is counted.
+func TestFlapMapOnlyReconnects(t *testing.T) {
+	a := newConnAdmission(ConnAdmissionConfig{FlapWindow: time.Minute, FlapMax: 2})
+	t0 := time.Now()
+	for uid := uint64(1); uid <= 1000; uid++ {
+		if _, banned := a.flapping(uid, t0, 0); banned {
+			t.Fatal("first authentication refused")
+		}
+	}
+	if n := len(a.flaps); n != 0 {
+		t.Fatalf("%d flapping entries for 1000 first connections, want 0", n)
+	}
+	// Held connections count: the third authentication with two held is one
+	// too many for FlapMax 2.
+	a.flapping(5, t0, 0)
+	a.flapping(5, t0, 1)
+	if _, banned := a.flapping(5, t0, 2); !banned {
+		t.Fatal("three authentications with the others held: not refused")
 	}
 }

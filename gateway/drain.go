@@ -38,6 +38,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl)/2 < window {
 		window = time.Until(dl) / 2
 	}
+	if s.fl() != nil {
+		s.fl().f.AnnounceNow() // draining: off every node list now, not at the next interval
+	}
 	s.log.Info("draining", "connections", len(all), "window", window)
 	const step = 10 * time.Millisecond
 	steps := max(1, int(window/step))
@@ -51,7 +54,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			if c.state.Load() == stateClosed || c.closeCode.Load() != 0 {
 				continue // closed, or closing: nothing may follow its ERROR
 			}
-			_ = s.sendAsync(c, s.goAwayFrame(), nil)
+			s.drainAsync(c)
 		}
 		select {
 		case <-t.C:
@@ -61,7 +64,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for ; sent < len(all); sent++ {
 		if all[sent].closeCode.Load() == 0 {
-			_ = s.sendAsync(all[sent], s.goAwayFrame(), nil)
+			s.drainAsync(all[sent])
 		}
 	}
 	if s.httpSrv != nil {

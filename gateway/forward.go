@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"math/rand/v2"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,9 @@ type forwarder struct {
 	ctx     context.Context
 	stopCtx context.CancelFunc
 	busy    atomic.Int64 // jobs queued or running, for drain
+	yield   bool         // submit yields to the worker it woke (Config.CallYield)
+	las     atomic.Pointer[[]*loopAnswers]
+	lasMu   sync.Mutex
 
 	stats statusCounters
 
@@ -104,7 +108,7 @@ var respPool bytebufferpool.Pool
 
 func newForwarder(s *Server) *forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forwarder{s: s, quit: make(chan struct{}), ctx: ctx, stopCtx: cancel, methods: map[string]*method{}}
+	f := &forwarder{s: s, quit: make(chan struct{}), ctx: ctx, stopCtx: cancel, methods: map[string]*method{}, yield: s.cfg.CallYield}
 	for i := range f.lanes {
 		f.lanes[i] = make(chan *job, s.cfg.QueueSize)
 	}
@@ -262,9 +266,34 @@ func (f *forwarder) submit(c *conn, seq uint16, body []byte) {
 	j.enqueued, j.deadline = now, now.Add(timeout)
 	c.inflight.Add(1)
 	f.busy.Add(1)
+	ln := f.lanes[lane(m.prio)]
+	var la *loopAnswers
+	if f.yield {
+		la = f.loopAnswers(c.gc.EventLoop())
+		la.mu.Lock()
+		la.waiting = true
+		la.mu.Unlock()
+	}
 	select {
-	case f.lanes[lane(m.prio)] <- j:
+	case ln <- j:
+		if la != nil && len(ln) == 0 {
+			// An idle worker took the job straight from the loop and is now
+			// this P's next goroutine, but it would only run once the loop
+			// finishes its whole batch of events (and the other P runs the
+			// other loop): that wait was most of a call's queueing time on
+			// an idle pool. Yield so the call starts now; a busy pool
+			// buffered the job (len > 0) and the loop carries on. A call
+			// that finishes meanwhile (an in-process backend) leaves its
+			// answer in la, written below without a wake-up of the loop.
+			runtime.Gosched()
+		}
+		if la != nil {
+			f.drainAnswers(la)
+		}
 	default:
+		if la != nil {
+			f.drainAnswers(la)
+		}
 		c.inflight.Add(-1)
 		f.busy.Add(-1)
 		f.release(j)
@@ -453,8 +482,92 @@ func (s *Server) newAnswer(c *conn) *answer {
 	return a
 }
 
-// queue hands the answer to c's event loop.
+// loopAnswers collects the answers for one event loop's connections that
+// finish while that loop is yielding to them in submit; the loop writes them
+// itself when it resumes, so they need no task and no eventfd wake-up.
+type loopAnswers struct {
+	el      gnet.EventLoop
+	mu      sync.Mutex
+	waiting bool      // the loop is in submit and will drain ready
+	ready   []*answer // guarded by mu
+	spare   []*answer // the loop's, swapped with ready when draining
+}
+
+// loopAnswers returns el's answer list, made on first use (loops are few,
+// and a linear search over them costs less than a map).
+func (f *forwarder) loopAnswers(el gnet.EventLoop) *loopAnswers {
+	if las := f.las.Load(); las != nil {
+		for _, la := range *las {
+			if la.el == el {
+				return la
+			}
+		}
+	}
+	f.lasMu.Lock()
+	defer f.lasMu.Unlock()
+	var cur []*loopAnswers
+	if las := f.las.Load(); las != nil {
+		cur = *las
+	}
+	for _, la := range cur {
+		if la.el == el {
+			return la
+		}
+	}
+	la := &loopAnswers{el: el}
+	next := append(append([]*loopAnswers(nil), cur...), la)
+	f.las.Store(&next)
+	return la
+}
+
+// drainAnswers ends the loop's wait in submit and writes what arrived. On
+// the loop.
+func (f *forwarder) drainAnswers(la *loopAnswers) {
+	la.mu.Lock()
+	la.waiting = false
+	got := la.ready
+	la.ready = la.spare[:0]
+	la.mu.Unlock()
+	for i, a := range got {
+		got[i] = nil
+		c := a.c
+		if c.state.Load() == stateClosed || c.closeCode.Load() != 0 ||
+			c.gc.OutboundBuffered()+len(a.bb.B) > f.s.cfg.MaxOutbound {
+			// Rare cases (closing, orphaned, a slow consumer to close) go
+			// the usual way, as a task, never closing a connection from
+			// inside another's OnTraffic.
+			a.execute()
+			continue
+		}
+		a.deliver(true)
+	}
+	la.spare = got[:0]
+}
+
+// queue hands the answer to c's event loop: straight into its list when
+// the loop is yielding to this very call, else as a task.
 func (a *answer) queue() {
+	if la := a.s.fwd.loopAnswersIfYield(a.c); la != nil {
+		la.mu.Lock()
+		if la.waiting {
+			la.ready = append(la.ready, a)
+			la.mu.Unlock()
+			return
+		}
+		la.mu.Unlock()
+	}
+	a.execute()
+}
+
+func (f *forwarder) loopAnswersIfYield(c *conn) *loopAnswers {
+	if !f.yield {
+		return nil
+	}
+	return f.loopAnswers(c.gc.EventLoop())
+}
+
+// execute runs the answer as a task on c's loop.
+func (a *answer) execute() {
 	if err := a.c.gc.EventLoop().Execute(context.Background(), a); err != nil {
 		a.deliver(false) // the loop is gone
 	}

@@ -179,6 +179,12 @@ func parseAuth(b []byte) (a authBody, ok bool) {
 // handshake leaves little garbage behind (its garbage would otherwise sit
 // between the long-lived connection objects allocated at the same time).
 func (s *Server) appendAuthOK(dst []byte, c *conn) []byte {
+	return s.appendAuthOKWith(dst, c, s.nodesFor(c, false))
+}
+
+// appendAuthOKWith is appendAuthOK with the node list given (nodes: a
+// serialized SignedNodeList, or nil; fleet.go).
+func (s *Server) appendAuthOKWith(dst []byte, c *conn, nodes []byte) []byte {
 	p := s.pol.Load().ps.For(c.network)
 	minS := secs(p.Min)
 	half := max(minS/2, 1)
@@ -210,6 +216,10 @@ func (s *Server) appendAuthOK(dst []byte, c *conn) []byte {
 	dst = protowire.AppendString(dst, s.cfg.Node)
 	dst = protowire.AppendTag(dst, 6, protowire.VarintType)
 	dst = protowire.AppendVarint(dst, uint64(s.cfg.MaxBody))
+	if nodes != nil { // the fleet's node list (fleet.go)
+		dst = protowire.AppendTag(dst, 7, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, nodes)
+	}
 	codec.PutHeader(dst[off:], codec.CmdAuthOK, 0, 0, len(dst)-off-codec.HeaderSize)
 	return dst
 }

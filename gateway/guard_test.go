@@ -8,7 +8,6 @@ import (
 
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/heartbeat"
-	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/shake"
 )
 
@@ -52,42 +51,12 @@ func TestGuardHeartbeatOnLoopZeroAllocs(t *testing.T) {
 // batch encoded and written per connection): 0 allocs once the tables have
 // grown.
 func TestGuardPushDeliveryZeroAllocs(t *testing.T) {
-	s, err := New(Config{Keys: testKeys, NATS: "nats://unused"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := s.push
 	const n = 300
-	el := benchLoop{}
-	conns := make([]*benchConn, n)
-	for i := range conns {
-		conns[i] = &benchConn{el: el}
-		c := &conn{gc: conns[i], uid: uint64(i + 1), device: "phone"}
-		c.state.Store(stateAuthed)
-		s.sessions.add(c)
-	}
-	payload := []byte("0123456789abcdef")
-	uids := make([]uint64, 100)
-	var msg []byte
+	deliver, conns := pushWindow(t, n)
 	v := uint64(1)
 	window := func() {
-		for k := range uint64(2) {
-			for g := 0; g < n; g += len(uids) {
-				for i := range uids {
-					uids[i] = uint64(g + i + 1)
-				}
-				msg = push.AppendDeliver(msg[:0], push.KindNotify, 1, v+k, 1, "", payload, uids)
-				d, err := push.ParseDeliver(msg)
-				if err != nil {
-					panic(err)
-				}
-				p.Deliver(&d)
-			}
-		}
+		deliver(v)
 		v += 2
-		bt := p.co.Take()
-		p.flush(bt)
-		p.co.Recycle(bt)
 	}
 	window()
 	window()

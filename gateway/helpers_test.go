@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,7 +12,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -165,20 +168,24 @@ func (w *wire) call(seq uint16, method string, body []byte) *pb.Response {
 	return &r
 }
 
-// checkFor polls fn until it returns nil or timeout passes.
+// checkFor polls fn until it returns nil or timeout passes (testutil.CheckFor).
 func checkFor(t testing.TB, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
+	testutil.CheckFor(t, timeout, fn)
+}
+
+// slowEcho is an embedded backend whose "slow" method answers with the
+// request body after 100 ms (echo answers at once).
+func slowEcho() *backend.Embedded {
+	be := backend.NewEmbedded()
+	be.Handle("slow", func(ctx context.Context, r *backend.Request) ([]byte, error) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
 		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return r.Body, nil
+	})
+	return be
 }
 
 func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }

@@ -346,14 +346,7 @@ func TestAuthCorners(t *testing.T) {
 // Item 12: a client that half-closes right after its calls still gets
 // every answer, then the close.
 func TestHalfCloseGetsAnswers(t *testing.T) {
-	be := backend.NewEmbedded()
-	be.Handle("slow", func(ctx context.Context, r *backend.Request) ([]byte, error) {
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-		}
-		return r.Body, nil
-	})
+	be := slowEcho()
 	s := startServer(t, func(c *Config) { c.Backend = be })
 	for trial := 0; trial < 10; trial++ {
 		w := dialWire(t, s.Addr())

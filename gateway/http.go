@@ -75,6 +75,7 @@ func (s *Server) ServeHTTP(cfg HTTPConfig, reusePort bool) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/call/{method...}", s.httpCall) // "..." so empty and odd names get the JSON 400
+	mux.HandleFunc("GET /v1/nodes", s.handleNodes)          // the fleet's signed node list (fleet.go)
 	if cfg.Example != nil {
 		files := http.StripPrefix("/example/", http.FileServerFS(cfg.Example))
 		mux.HandleFunc("GET /example/{file...}", func(w http.ResponseWriter, r *http.Request) {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -167,7 +168,7 @@ func startHAProxy(t *testing.T, gw string) (tcpAddr, wssAddr string, roots *x509
 // client over wss (TLS ended by haproxy) authenticate and call, and the
 // gateway sees each client's own address and source port, not haproxy's.
 func TestHAProxyInFront(t *testing.T) {
-	logs := &syncBuf{}
+	logs := &testutil.SyncBuffer{}
 	s := startServer(t, func(c *Config) {
 		c.ProxyProtocolFrom = loopbackNets
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))

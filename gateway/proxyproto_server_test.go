@@ -2,13 +2,11 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,28 +14,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
 
 var loopbackNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
-
-// syncBuf collects log output from the loops.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // sessionPeer is the client address the gateway holds for uid's session
 // (what its log lines, the flapping line and its audit report).
@@ -54,7 +35,7 @@ func sessionPeer(t testing.TB, s *Server, uid uint64) netip.AddrPort {
 }
 
 func TestProxyProtocolRealAddress(t *testing.T) {
-	logs := &syncBuf{}
+	logs := &testutil.SyncBuffer{}
 	s := startServer(t, func(c *Config) {
 		c.ProxyProtocolFrom = loopbackNets
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -157,7 +138,7 @@ func TestProxyProtocolRequiredFromBalancers(t *testing.T) {
 func TestProxyProtocolRefusedFromElsewhere(t *testing.T) {
 	for name, nets := range map[string][]netip.Prefix{"off": nil, "other network": {netip.MustParsePrefix("10.0.0.0/8")}} {
 		t.Run(name, func(t *testing.T) {
-			logs := &syncBuf{}
+			logs := &testutil.SyncBuffer{}
 			s := startServer(t, func(c *Config) {
 				c.ProxyProtocolFrom = nets
 				c.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -190,7 +171,7 @@ func mustMarshal(t testing.TB, m proto.Message) []byte {
 }
 
 func TestProxyProtocolFlapLine(t *testing.T) {
-	logs := &syncBuf{}
+	logs := &testutil.SyncBuffer{}
 	s := startServer(t, func(c *Config) {
 		c.ProxyProtocolFrom = loopbackNets
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))

@@ -46,15 +46,20 @@ type pusher struct {
 	slow       prometheus.Counter
 	notifies   prometheus.Counter
 	flushDelay prometheus.Observer
+	lostN      prometheus.Counter // push_lost.go
 }
 
 // pushSeen is the highest version written per type on one connection.
-// Allocated on a connection's first push; owned by its event loop.
+// Allocated on a connection's first push; owned by its event loop. It stays
+// 64 bytes (TestGuardBytesPerConnection): the offline path's bookkeeping
+// (dirty, at; push_lost.go) lives in what was the padding of n.
 type pushSeen struct {
-	n    int
-	typ  [4]uint32
-	ver  [4]uint64
-	more map[uint32]uint64
+	n     uint8
+	dirty uint8  // bit i: typ[i] written and not yet confirmed (bit 7: one in more); push_lost.go
+	at    uint32 // wheel tick of the newest write that set a dirty bit
+	typ   [4]uint32
+	ver   [4]uint64
+	more  map[uint32]uint64
 }
 
 // fresh reports whether version is newer than what c has seen for typ, and
@@ -63,17 +68,19 @@ func (p *pushSeen) fresh(typ uint32, version uint64) bool {
 	if typ == 0 {
 		return true
 	}
-	for i := 0; i < p.n; i++ {
+	for i := range int(p.n) {
 		if p.typ[i] == typ {
 			if version <= p.ver[i] {
 				return false
 			}
 			p.ver[i] = version
+			p.dirty |= 1 << i
 			return true
 		}
 	}
-	if p.n < len(p.typ) {
+	if int(p.n) < len(p.typ) {
 		p.typ[p.n], p.ver[p.n] = typ, version
+		p.dirty |= 1 << p.n
 		p.n++
 		return true
 	}
@@ -84,6 +91,7 @@ func (p *pushSeen) fresh(typ uint32, version uint64) bool {
 		return false
 	}
 	p.more[typ] = version
+	p.dirty |= dirtyMore
 	return true
 }
 
@@ -121,7 +129,8 @@ func newPusher(s *Server) *pusher {
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "longlink_push_flush_delay_seconds", Help: "From the router receiving the API call to the flush of its window here.",
 		Buckets: []float64{.001, .0025, .005, .01, .02, .03, .05, .1, .25, .5, 1}})
 	p.flushDelay = h
-	for _, c := range []prometheus.Collector{p.delivered, p.coalesced, p.stale, p.slow, p.notifies, h} {
+	p.lostN = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_push_lost_reported_total", Help: "Pushes (newest per type) a closed connection may not have received, reported to the offline path (Config.PushLost)."})
+	for _, c := range []prometheus.Collector{p.delivered, p.coalesced, p.stale, p.slow, p.notifies, h, p.lostN} {
 		s.metrics.reg.MustRegister(c)
 	}
 	return p
@@ -322,6 +331,7 @@ func (lb *loopBatch) Run(context.Context) error {
 	p := lb.p
 	s := p.s
 	delivered, stale := 0, 0
+	lost, now := s.cfg.PushLost, s.wheel.Now() // push_lost.go
 	for _, it := range lb.items {
 		c := it.c
 		if c.state.Load() != stateAuthed || c.closeCode.Load() != 0 {
@@ -329,6 +339,9 @@ func (lb *loopBatch) Run(context.Context) error {
 		}
 		if c.push == nil {
 			c.push = &pushSeen{}
+		}
+		if lost {
+			p.confirm(c)
 		}
 		frames := lb.frames[it.f0:it.f1]
 		fresh := 0
@@ -344,6 +357,9 @@ func (lb *loopBatch) Run(context.Context) error {
 			continue
 		}
 		delivered += fresh
+		if lost {
+			c.push.at = now
+		}
 		if fresh == len(frames) {
 			writeFrames(c, lb.buf[frames[0].off:frames[len(frames)-1].end])
 		} else {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -87,7 +88,7 @@ func (s *Server) initSecure() {
 		Name: "longlink_bad_records_total", Help: "Sealed records that failed authentication (connection closed with 3010).",
 	})
 	s.sec.hsTime = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "longlink_handshake_seconds", Help: "Time the loop spent in one server handshake (3 X25519 operations).",
+		Name: "longlink_handshake_seconds", Help: "Time spent in one server handshake (2 X25519 operations and an ephemeral key).",
 		Buckets: []float64{25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3},
 	})
 	s.metrics.reg.MustRegister(s.sec.handshakes, s.sec.records, s.sec.hsTime)
@@ -198,8 +199,8 @@ func (s *Server) beforeAuth(c *conn, f codec.Frame) (code codec.Code, done bool)
 	return codec.OK, false
 }
 
-// onHello starts the server handshake. Its ~3 X25519 operations (~0.1 ms
-// each on the reference host: BenchmarkServerHandshake) would hold the loop
+// onHello starts the server handshake. Its two X25519 ladders and ephemeral
+// key (~0.12 ms on the reference host: BenchmarkServerHandshake) would hold the loop
 // for every other connection's heartbeat, so by default they run on a
 // bounded pool (HandshakeWorkers, fewer than the cores the loops need) and
 // the result comes back to the loop through AsyncWritev; bytes the client
@@ -212,11 +213,11 @@ func (s *Server) onHello(c *conn, f codec.Frame) codec.Code {
 		return codec.CodeProtocol
 	}
 	if s.cfg.HandshakeWorkers < 0 { // on the loop
-		return s.applyHello(c, s.serverHandshake(ring, c, f.Body))
+		return s.applyHello(c, s.serverHandshake(ring, c, f.Body, s.peerForNodes(c)))
 	}
 	s.sec.poolOnce.Do(s.startHandshakePool)
 	select {
-	case s.sec.jobs <- hsJob{c: c, ring: ring, hello: bytes.Clone(f.Body), queued: time.Now()}:
+	case s.sec.jobs <- hsJob{c: c, ring: ring, hello: bytes.Clone(f.Body), queued: time.Now(), peer: s.peerForNodes(c)}:
 		c.inHello = true
 		return codec.OK
 	default:
@@ -237,6 +238,7 @@ type hsJob struct {
 	ring   *secure.KeyRing
 	hello  []byte
 	queued time.Time
+	peer   netip.AddrPort // read on the loop: the fleet's node list in AUTH_OK (fleet.go)
 }
 
 // hsResult is a finished server handshake, to apply on the loop.
@@ -249,18 +251,56 @@ type hsResult struct {
 	network pb.Network
 }
 
+// startHandshakePool starts the workers (at Start, so the ephemeral store
+// fills before the first burst). A worker with no job pre-generates
+// ephemeral keys (secure.Pregenerate) until the store is full, then blocks
+// for work: the store is filled only from idle time. When workers and loops
+// do not fit in the Ps (HandshakeWorkers+Loops > GOMAXPROCS), a worker
+// yields after each job (runtime.Gosched): with a full queue it would
+// otherwise hold its P until the scheduler preempts it (up to 10 ms) while
+// a loop back from epoll_wait waits for a P to answer heartbeats. When they
+// fit, yielding would only hand the worker's P to other goroutines and slow
+// the handshakes.
 func (s *Server) startHandshakePool() {
+	yield := s.cfg.HandshakeWorkers+s.cfg.Loops > runtime.GOMAXPROCS(0)
+	run := func(j hsJob) {
+		s.runHandshake(j)
+		if yield {
+			runtime.Gosched()
+		}
+	}
 	for range s.cfg.HandshakeWorkers {
 		go func() {
 			for {
 				select {
 				case j := <-s.sec.jobs:
-					s.runHandshake(j)
+					run(j)
+					continue
+				case <-s.done:
+					return
+				default:
+				}
+				if secure.Pregenerate() {
+					continue
+				}
+				select {
+				case j := <-s.sec.jobs:
+					run(j)
 				case <-s.done:
 					return
 				}
 			}
 		}()
+	}
+}
+
+// startSecure runs at Start.
+func (s *Server) startSecure() {
+	if s.cfg.EphemeralStore > 0 {
+		secure.SetEphemeralStore(s.cfg.EphemeralStore)
+	}
+	if s.cfg.Encryption != EncryptionOff && s.cfg.HandshakeWorkers > 0 {
+		s.sec.poolOnce.Do(s.startHandshakePool)
 	}
 }
 
@@ -274,29 +314,41 @@ func (s *Server) runHandshake(j hsJob) {
 		s.sec.handshakes.WithLabelValues("shed").Inc()
 		res = hsResult{out: s.wrapWS(c, s.connAdm.busyFrame(0)), code: codec.CodeServerBusy}
 	} else {
-		res = s.serverHandshake(j.ring, c, j.hello)
+		res = s.serverHandshake(j.ring, c, j.hello, j.peer)
 	}
 	_ = c.gc.AsyncWritev(nil, func(gc gnet.Conn, err error) error {
 		if err != nil {
 			return nil // closed meanwhile
 		}
-		c.inHello = false
-		if code := s.applyHello(c, res); code != codec.OK {
-			if s.closeOnLoop(c, code) == gnet.Close {
-				return gc.Close()
-			}
-			return nil
-		}
-		if s.OnTraffic(gc) == gnet.Close { // bytes that arrived during the handshake
+		return s.finishHello(gc, c, res)
+	})
+}
+
+// finishHello applies a pool handshake's result on c's loop. Writing
+// HELLO_OK can fail (the client reset the connection while its handshake
+// was queued, common in a storm), and then gnet closes the connection inside
+// Write, OnClose included: nothing more may be done with it.
+func (s *Server) finishHello(gc gnet.Conn, c *conn, res hsResult) error {
+	c.inHello = false
+	code := s.applyHello(c, res)
+	if gc.Context() == nil {
+		return nil // closed by the failed write
+	}
+	if code != codec.OK {
+		if s.closeOnLoop(c, code) == gnet.Close {
 			return gc.Close()
 		}
 		return nil
-	})
+	}
+	if s.OnTraffic(gc) == gnet.Close { // bytes that arrived during the handshake
+		return gc.Close()
+	}
+	return nil
 }
 
 // serverHandshake does the crypto and the token check; it touches nothing
 // shared, so it may run on any goroutine.
-func (s *Server) serverHandshake(ring *secure.KeyRing, c *conn, hello []byte) hsResult {
+func (s *Server) serverHandshake(ring *secure.KeyRing, c *conn, hello []byte, peer netip.AddrPort) hsResult {
 	t0 := time.Now()
 	defer func() { s.sec.hsTime.Observe(time.Since(t0).Seconds()) }()
 	sh, payload, err := ring.Accept(hello, nil)
@@ -328,7 +380,7 @@ func (s *Server) serverHandshake(ring *secure.KeyRing, c *conn, hello []byte) hs
 	}
 	var answer []byte
 	if code == codec.OK {
-		answer = s.appendAuthOK(make([]byte, 0, 128), tmp)
+		answer = s.appendAuthOKWith(make([]byte, 0, 128), tmp, s.nodesAt(peer, c.id, false)) // off the loop: the address was read on it
 	} else {
 		answer = errorFrame(code)
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/panjf2000/gnet/v2"
@@ -73,4 +74,50 @@ func TestEncryptedHeartbeatOnLoopZeroAlloc(t *testing.T) {
 	if fc.written != i*(codec.HeaderSize+secure.Overhead) {
 		t.Fatalf("wrote %d bytes for %d heartbeats: not all answered", fc.written, i)
 	}
+}
+
+// resetConn is a connection the client reset: gnet's Write fails and closes
+// it (OnClose runs, the context is cleared) before returning.
+type resetConn struct{ fakeConn }
+
+func (r *resetConn) Write([]byte) (int, error) {
+	r.ctx = nil
+	return 0, errors.New("connection reset by peer")
+}
+
+// A pool handshake whose HELLO_OK write finds the connection reset must stop
+// there: the million-connection run crashed workers in OnTraffic on the
+// cleared context (interface conversion panic) before finishHello checked.
+func TestFinishHelloOnResetConnection(t *testing.T) {
+	s, err := New(Config{Keys: testKeys, ServerKeys: testServerRing})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range []codec.Code{codec.OK, codec.CodeBadToken} {
+		rc := &resetConn{}
+		c := &conn{gc: rc, inHello: true}
+		rc.ctx = c
+		_, srv := secureTestStates(t)
+		if err := s.finishHello(rc, c, hsResult{out: []byte("HELLO_OK"), st: srv, code: code, uid: 1, device: "d"}); err != nil {
+			t.Fatalf("code %v: %v", code, err)
+		}
+		if c.inHello {
+			t.Fatal("inHello left set")
+		}
+	}
+}
+
+func secureTestStates(tb testing.TB) (cli, srv *secure.State) {
+	auth := codec.AppendFrame(nil, codec.CmdAuth, 0, 0, nil)
+	ch, hello, _ := secure.Hello(secure.SuiteChaChaPoly, testServerKey.ID, testServerKey.Public[:], auth, nil)
+	sh, _, err := testServerRing.Accept(hello, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	helloOK, srv, _ := sh.Finish(nil, auth)
+	_, cli, err = ch.Finish(helloOK)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cli, srv
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -431,8 +432,18 @@ func TestSecureHandshakeOnLoopAndShed(t *testing.T) {
 		}
 	})
 	t.Run("queue_full", func(t *testing.T) {
-		s, _ := secureServer(t, EncryptionRequired, func(c *Config) { c.HandshakeQueue = 1 })
+		be, _ := countingBackend()
+		s, err := New(Config{Listen: "127.0.0.1:0", Keys: testKeys, Loops: 1, Backend: be,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ServerKeys: testServerRing,
+			Encryption: EncryptionRequired, HandshakeQueue: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
 		s.sec.poolOnce.Do(func() {}) // no workers: the queue stays full
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
 		tok := token(t, 2, "", time.Hour)
 		first := dialWire(t, s.Addr())
 		_, hello := helloFrame(t, testServerKey, tok, "")
@@ -449,15 +460,60 @@ func TestSecureHandshakeOnLoopAndShed(t *testing.T) {
 	})
 }
 
+// The handshake workers start with the server and fill the ephemeral key
+// store from idle time, before the first HELLO; a handshake then takes one
+// key from it (two X25519 left on the hot path: BenchmarkServerHandshake*;
+// secure's TestPregenerated checks each key is used once).
+func TestHandshakeWorkersPregenerate(t *testing.T) {
+	s, _ := secureServer(t, EncryptionRequired, nil)
+	checkFor(t, 5*time.Second, func() error {
+		if n := secure.Pregenerated(); n != secure.EphemeralTarget() {
+			return errorf("store holds %d of %d", n, secure.EphemeralTarget())
+		}
+		return nil
+	})
+	w, _ := dialSecure(t, s.Addr(), token(t, 1, "", time.Hour), "", true)
+	if r := w.call(1, "echo", []byte("x")); string(r.Body) != "x" {
+		t.Fatalf("echo %v", r)
+	}
+}
+
+// TestEphemeralStoreShare: Config.EphemeralStore (a worker process's share)
+// bounds the pre-generated keys: the workers stop at it, not at 1,024.
+func TestEphemeralStoreShare(t *testing.T) {
+	defer secure.SetEphemeralStore(secure.EphemeralStore)
+	s, _ := secureServer(t, EncryptionRequired, func(c *Config) { c.EphemeralStore = 64 })
+	if secure.EphemeralTarget() != 64 {
+		t.Fatalf("target %d, want 64", secure.EphemeralTarget())
+	}
+	_, hello := helloFrame(t, testServerKey, "x", "")
+	for i := 0; secure.Pregenerated() > 32 && i < 2*secure.EphemeralStore; i++ { // drain what earlier tests left, then let the workers refill
+		if sh, _, err := testServerRing.Accept(hello[codec.HeaderSize:], nil); err == nil {
+			_, _, _ = sh.Finish(nil, nil)
+		}
+	}
+	dialSecure(t, s.Addr(), token(t, 1, "", time.Hour), "", true) // a job wakes a worker: it refills after it
+	checkFor(t, 5*time.Second, func() error {
+		if n := secure.Pregenerated(); n != 64 {
+			return errorf("store holds %d, want 64", n)
+		}
+		return nil
+	})
+	time.Sleep(50 * time.Millisecond)
+	if n := secure.Pregenerated(); n != 64 {
+		t.Fatalf("store grew to %d past its share", n)
+	}
+}
+
 // Per-connection cost of encryption: the 8-byte sec pointer keeps conn in
 // its 144-byte size class (136 bytes before), and an encrypted connection
-// adds one secure.State object (96-byte class): +96 B, goal <= 128 B.
+// adds one secure.State object (80-byte class): +80 B, goal <= 128 B.
 func TestEncryptedConnBytes(t *testing.T) {
 	if n := unsafe.Sizeof(conn{}); n > 144 {
 		t.Fatalf("conn is %d bytes: over the 144-byte size class", n)
 	}
-	if n := unsafe.Sizeof(secure.State{}); n > 96 {
-		t.Fatalf("secure.State is %d bytes: over the 96-byte size class", n)
+	if n := unsafe.Sizeof(secure.State{}); n > 80 {
+		t.Fatalf("secure.State is %d bytes: over the 80-byte size class", n)
 	}
 }
 
@@ -602,14 +658,7 @@ func TestTokenKeysReload(t *testing.T) {
 // their answers, sealed in order like every other record (closing.go's
 // orphaned socket seals too).
 func TestSecureHalfCloseGetsSealedAnswers(t *testing.T) {
-	be := backend.NewEmbedded()
-	be.Handle("slow", func(ctx context.Context, r *backend.Request) ([]byte, error) {
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-		}
-		return r.Body, nil
-	})
+	be := slowEcho()
 	s := startServer(t, func(c *Config) { c.Backend, c.ServerKeys, c.Encryption = be, testServerRing, "required" })
 	w, _ := dialSecure(t, s.Addr(), token(t, 9, "", time.Hour), "d", true)
 	var b []byte

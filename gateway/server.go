@@ -48,8 +48,9 @@ type Server struct {
 	connAdm  *connAdmission
 	switches *switchboard
 	presence *presence
-	push     *pusher // nil when Config.NATS is empty
-	shake    *shaker // SHAKE and OPEN (shake.go)
+	push     *pusher                    // nil when Config.NATS is empty
+	fleetP   atomic.Pointer[fleetState] // nil unless Config.Fleet (fleet.go)
+	shake    *shaker                    // SHAKE and OPEN (shake.go)
 	sec      secureState
 	secKeys  atomic.Pointer[secure.KeyRing] // nil: encryption off (secure.go)
 
@@ -142,6 +143,7 @@ func (s *Server) Start() error {
 	s.wheel.Start()
 	s.fwd.start()
 	s.presence.start()
+	s.startSecure()
 	go func() {
 		err := gnet.Run(s, "tcp://"+s.cfg.Listen,
 			gnet.WithNumEventLoop(s.cfg.Loops),
@@ -162,6 +164,10 @@ func (s *Server) Start() error {
 		s.presence.stop()
 		s.push.close()
 		return fmt.Errorf("gateway: listen %s: %w", s.cfg.Listen, s.runErr)
+	}
+	if err := s.startFleet(); err != nil {
+		_ = s.Close()
+		return err
 	}
 	s.log.Info("gateway listening", "addr", s.addr, "node", s.cfg.Node, "loops", s.cfg.Loops)
 	return nil
@@ -205,7 +211,7 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	if s.draining.Load() {
 		c.closeCode.Store(uint32(codec.CodeShutdown))
-		_, _ = gc.Write(s.goAwayFrame())
+		_, _ = gc.Write(s.drainFrame(c))
 		return nil, s.linger(c) // so an AUTH already on its way is read, not answered by a reset
 	}
 	if !s.connAdm.accept(s.wheel.Len()) {
@@ -243,6 +249,8 @@ func (s *Server) OnClose(gc gnet.Conn, err error) gnet.Action {
 		s.sessions.remove(c)
 		s.metrics.sessions.Dec()
 		s.presence.offline(c)
+		s.push.lost(c, err) // push_lost.go
+		s.connAdm.closed(c.uid, time.Now())
 	}
 	reason := "client"
 	if code := codec.Code(c.closeCode.Load()); code != 0 {
@@ -474,7 +482,11 @@ func (s *Server) checkAuth(c *conn, body []byte) codec.Code {
 // session table; sendOK writes AUTH_OK (an encrypted connection got it in
 // HELLO_OK already).
 func (s *Server) admit(c *conn, sendOK bool) codec.Code {
-	if ban, flapping := s.connAdm.flapping(c.uid, time.Now()); flapping {
+	held := 0
+	if s.connAdm.flapOn() {
+		held = s.sessions.count(c.uid)
+	}
+	if ban, flapping := s.connAdm.flapping(c.uid, time.Now(), held); flapping {
 		s.connLog.Warn("flapping: connection refused", "conn", c.id, "uid", c.uid, "remote", s.remote(c), "ban", ban)
 		s.metrics.connRefused.WithLabelValues("flapping").Inc()
 		c.closeCode.Store(uint32(codec.CodeServerBusy))
@@ -577,6 +589,7 @@ func (s *Server) SessionUsers() int { return s.sessions.users() }
 func (s *Server) Close() error {
 	var err error
 	s.stopOnce.Do(func() {
+		s.stopFleet()  // leave the fleet: no list names this worker any more
 		s.push.close() // say goodbye first: routers stop sending here
 		s.engMu.Lock()
 		eng := s.eng

@@ -97,6 +97,18 @@ func (s *sessions) each(uid uint64, device string, fn func(*conn)) int {
 	return n
 }
 
+// count returns the number of uid's connections.
+func (s *sessions) count(uid uint64) int {
+	sh := s.shard(uid)
+	n := 0
+	sh.mu.Lock()
+	for p := sh.m[uid]; p != nil; p = p.next {
+		n++
+	}
+	sh.mu.Unlock()
+	return n
+}
+
 // users returns the number of users with at least one connection.
 func (s *sessions) users() int {
 	n := 0

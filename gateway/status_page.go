@@ -15,7 +15,7 @@ import (
 // application/json, else the HTML console. The supervisor serves its merged
 // Status with it, so both pages are the same.
 func WriteStatus(w http.ResponseWriter, r *http.Request, st Status) {
-	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+	if r.URL.Query().Get("format") == "json" || accepts(r, "application/json") {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(st)
 		return

@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/longlink/longlink/backend/remote"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -186,47 +186,15 @@ func TestAuditRingKeepsLastLines(t *testing.T) {
 	}
 }
 
-// findChromium returns the browser to drive, or "" if none is installed.
-func findChromium(t *testing.T) string {
-	for _, c := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(c); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("CI must install chromium (see .ci/run)")
-	}
-	t.Skip("chromium not installed")
-	return ""
-}
-
-// chromium runs headless Chromium on url with extra flags and returns stdout.
-func chromium(t *testing.T, browser, url string, flags ...string) []byte {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir(), "--window-size=1400,1800"}, flags...)
-	cmd := exec.CommandContext(ctx, browser, append(args, url)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("chromium %v: %v\n%s", flags, err, stderr.String())
-	}
-	return out
-}
-
 // TestStatusConsoleInChromium loads /status of a real gateway in headless
 // Chromium: the DOM it renders has every chart with its title and axis
 // unit, the links table, the switches and the audit lines; a screenshot is
 // taken. LONGLINK_UPDATE_SCREENSHOT=1 keeps it in docs/img/status.png.
 func TestStatusConsoleInChromium(t *testing.T) {
-	browser := findChromium(t)
+	browser := testutil.FindChromium(t)
 	f := startConsole(t, 6*time.Second)
 	url := "http://" + f.admin + "/status"
-	dom := string(chromium(t, browser, url, "--dump-dom"))
+	dom := string(testutil.RunChromium(t, browser, url, "--dump-dom"))
 	for _, want := range []string{
 		`Connections <tspan class="unit">(count)</tspan>`,
 		`Calls <tspan class="unit">(calls/s)</tspan>`,
@@ -256,7 +224,7 @@ func TestStatusConsoleInChromium(t *testing.T) {
 	}
 
 	shot := filepath.Join(t.TempDir(), "status.png")
-	chromium(t, browser, url, "--screenshot="+shot)
+	testutil.RunChromium(t, browser, url, "--screenshot="+shot)
 	raw, err := os.ReadFile(shot)
 	if err != nil {
 		t.Fatal(err)

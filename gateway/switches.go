@@ -314,7 +314,8 @@ func (b *switchboard) broadcastConfig(level int, sw Switches) {
 		frames[i] = b.configFrame(level, n)
 	}
 	var goAway []byte
-	if level == MaxDegrade && sw.Redirect != "" {
+	fleetRedirect := level == MaxDegrade && s.fl() != nil // GOAWAY 3014 with each client's node list (fleet.go)
+	if level == MaxDegrade && sw.Redirect != "" && !fleetRedirect {
 		body, _ := proto.Marshal(&pb.GoAway{Code: uint32(codec.CodeShutdown), ReconnectAfterMs: 0, Redirect: sw.Redirect, Message: "degraded: please use another gateway"})
 		goAway = codec.AppendFrame(nil, codec.CmdGoAway, 0, 0, body)
 	}
@@ -323,6 +324,16 @@ func (b *switchboard) broadcastConfig(level int, sw Switches) {
 			return
 		}
 		_ = s.sendAsync(c, frames[networkIndex(c.network)], nil)
+		if fleetRedirect {
+			if s.otherHosts() { // GOAWAY 3014 built on c's loop (the list depends on its address)
+				s.redirectOnLoop(c, sw.Redirect, "degraded: please use another gateway", 0, nil)
+				return
+			}
+			if goAway == nil && sw.Redirect != "" { // nowhere else in the fleet: the operator's address
+				body, _ := proto.Marshal(&pb.GoAway{Code: uint32(codec.CodeShutdown), Redirect: sw.Redirect, Message: "degraded: please use another gateway"})
+				goAway = codec.AppendFrame(nil, codec.CmdGoAway, 0, 0, body)
+			}
+		}
 		if goAway != nil {
 			_ = s.sendAsync(c, goAway, nil)
 		}
@@ -385,7 +396,7 @@ func BearerIs(r *http.Request, want string) bool {
 
 // protectedAdmin reports whether an admin path changes or reveals switches.
 func protectedAdmin(path string) bool {
-	for _, p := range []string{"/switches", "/heartbeat/", "/shake/", "/workers/", "/debug/"} {
+	for _, p := range []string{"/switches", "/heartbeat/", "/shake/", "/workers/", "/debug/", "/fleet"} {
 		if strings.HasPrefix(path, p) {
 			return true
 		}

@@ -39,6 +39,9 @@ type Entry[T any] struct {
 // Owner returns the value the entry was added with.
 func (e *Entry[T]) Owner() *T { return e.owner }
 
+// LastTouch returns the tick of the last Touch (or Add). Goroutine-safe.
+func (e *Entry[T]) LastTouch() uint32 { return e.last.Load() }
+
 // Wheel is a hashed timing wheel of idle deadlines.
 type Wheel[T any] struct {
 	tick   time.Duration // static

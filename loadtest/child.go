@@ -29,6 +29,9 @@ type childSpec struct {
 
 	// client workers
 	Target       string     `json:"target,omitempty"`     // ip:port
+	Targets      []string   `json:"targets,omitempty"`    // ip:port each (fleet seeds; Target is the first)
+	FleetPins    []string   `json:"fleet_pins,omitempty"` // verify node lists
+	Reconnect    bool       `json:"reconnect,omitempty"`  // reconnect dropped connections
 	Floor        bool       `json:"floor,omitempty"`      // the target is the floor server (raw 16-byte echo, no protocol)
 	WS           bool       `json:"ws,omitempty"`         // connect with a WebSocket upgrade (gateway only)
 	Encrypt      bool       `json:"encrypt,omitempty"`    // HELLO handshake, sealed records (gateway only)

@@ -47,7 +47,7 @@ const (
 )
 
 // conn is one client connection: 104 bytes (88 before the two --encrypt
-// pointers; an encrypted one adds a 96-byte secure.State), no goroutine, no
+// pointers; an encrypted one adds an 80-byte secure.State), no goroutine, no
 // timer.
 type conn struct {
 	t0    int64  // unix ns: connect started, then AUTH sent, then (slow) stopped reading
@@ -64,9 +64,14 @@ type conn struct {
 	slow  bool // stopped reading (slow scenario)
 
 	// --encrypt (secure.go): the handshake until HELLO_OK, then the record
-	// state (96 bytes on the heap: two keys, two counters).
+	// state (80 bytes on the heap: two keys, two counters).
 	hs  *secure.ClientHandshake
 	sec *secure.State
+
+	// --reconnect (fleet.go): when it went down, when to retry, where.
+	downAt, retryAt int64
+	tgt             uint16
+	tries           uint8
 }
 
 // engine is one client worker's epoll loop over its connections.
@@ -116,6 +121,8 @@ type engine struct {
 	dt      int64 // ns since the previous tick
 	scen    []workerScenario
 	stopped bool
+
+	fleet fleetState
 }
 
 func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
@@ -140,6 +147,12 @@ func runClient(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 		return fmt.Errorf("target %q: %v", spec.Target, err)
 	}
 	e.target, e.family = sockaddr(ap.Addr(), ap.Port())
+	if err := e.initFleet(); err != nil {
+		return err
+	}
+	for i := range e.conns {
+		e.conns[i].tgt = e.firstTarget(i)
+	}
 	if spec.Encrypt {
 		if e.pin, err = secure.ParsePin(spec.ServerKey); err != nil {
 			return err
@@ -292,7 +305,7 @@ func (e *engine) startConn(i int) {
 	c.t0 = e.now
 	c.hbAt, c.rpcAt, c.code = 0, 0, 0
 	c.part, c.out = nil, nil
-	c.hs, c.sec = nil, nil
+	c.sec = nil // c.hs may hold this connection's prepared handshake (secure.go)
 	c.slow = false
 	c.state = stConnecting
 	e.inflight++
@@ -301,7 +314,7 @@ func (e *engine) startConn(i int) {
 		e.fail(i, "dial:epoll:"+errnoName(err))
 		return
 	}
-	if err := unix.Connect(fd, e.target); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+	if err := unix.Connect(fd, e.fleet.targets[c.tgt]); err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		e.fail(i, "dial:"+errnoName(err))
 	}
 }
@@ -316,6 +329,9 @@ func (e *engine) fail(i int, reason string) {
 	e.errorf(reason)
 	e.closeFD(c, true)
 	c.state = stDead
+	if e.spec.Reconnect && c.downAt != 0 && !e.stopped {
+		e.scheduleReconnect(i, false) // a reconnect that failed: back off, elsewhere
+	}
 }
 
 // drop ends an established connection.
@@ -334,6 +350,10 @@ func (e *engine) drop(i int, reason string) {
 	}
 	e.closeFD(c, true)
 	c.state = stDead
+	if e.spec.Reconnect && !e.stopped {
+		c.tries = 0
+		e.scheduleReconnect(i, c.code == uint16(codec.CodeRedirect) && len(e.fleet.list) > 0)
+	}
 }
 
 func (e *engine) closeFD(c *conn, rst bool) {
@@ -348,7 +368,10 @@ func (e *engine) closeFD(c *conn, rst bool) {
 	unix.Close(int(c.fd))
 	c.fd = 0
 	c.part, c.out = nil, nil
-	c.hs, c.sec = nil, nil
+	if c.sec == nil {
+		c.hs = nil // a handshake in flight dies with its connection; a prepared one waits for the next
+	}
+	c.sec = nil
 }
 
 func (e *engine) closeAll() {
@@ -366,6 +389,11 @@ func (e *engine) up(i int) {
 	e.lastUp = e.now
 	if e.phase == "reconnect" {
 		e.reconnected++
+	}
+	if c.downAt != 0 {
+		e.record("reconnect", c.downAt)
+		e.extra["fleet_reconnects"]++
+		c.downAt, c.tries = 0, 0
 	}
 	c.state = stUp
 	for _, s := range e.scen {
@@ -571,6 +599,12 @@ func (e *engine) frame(i int, f codec.Frame) bool {
 			return true
 		}
 		e.record("auth", c.t0)
+		if len(e.fleet.pins) > 0 {
+			var ok pb.AuthOK
+			if proto.Unmarshal(f.Body, &ok) == nil {
+				e.takeList(ok.Nodes)
+			}
+		}
 		if e.policy == nil {
 			var ok pb.AuthOK
 			if proto.Unmarshal(f.Body, &ok) == nil && ok.Heartbeat != nil {
@@ -623,6 +657,7 @@ func (e *engine) frame(i int, f codec.Frame) bool {
 		if c.code == 0 {
 			c.code = uint16(codec.CodeShutdown)
 		}
+		e.takeList(m.Nodes)
 		e.errorf("goaway:" + codec.Code(c.code).String())
 	case codec.CmdPush:
 		e.pushRecv++
@@ -841,6 +876,9 @@ func (e *engine) tick() {
 	}
 	for _, s := range e.scen {
 		s.tick(e)
+	}
+	if len(e.fleet.retryQ) > 0 {
+		e.retries()
 	}
 }
 

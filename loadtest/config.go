@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/client"
 )
 
 // Config is one invocation of the load tool. DefaultConfig gives the values
@@ -20,6 +21,7 @@ import (
 type Config struct {
 	Target       string        // host:port of the gateway (ignored with Floor)
 	Admin        string        // host:port of the gateway's admin server ("" = don't read /metrics)
+	AdminEvery   time.Duration // how often /metrics is read during the run (at least 1s)
 	Conns        int           // connections to open
 	Rate         float64       // connections opened per second over all workers (0 = as fast as possible)
 	Duration     time.Duration // bound of one leg (the run, or each of floor and gateway with CompareFloor)
@@ -54,6 +56,15 @@ type Config struct {
 	WS           bool          // connect with a WebSocket upgrade (GET /ws), frames in binary messages
 	Encrypt      bool          // HELLO handshake (Noise NK) and sealed records
 	ServerKey    string        // --encrypt: the server key pin (default: the active key of <data>/server-keys.json)
+
+	// Fleet (docs/fleet.md): Targets spreads first connects round-robin
+	// over several gateway hosts (the seeds); FleetPins verifies the node
+	// lists in AUTH_OK and GOAWAY 3014; Reconnect reconnects dropped
+	// connections, to the newest verified list's hosts when there is one,
+	// and reports the reconnect time (drop to AUTH_OK).
+	Targets   []string
+	FleetPins []string
+	Reconnect bool
 
 	// ChildCommand is the argv that starts this binary as a worker; the
 	// default re-executes os.Executable() with "loadtest". Tests leave it.
@@ -92,6 +103,7 @@ func DefaultConfig() Config {
 func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.Target, "target", c.Target, "gateway `host:port` to load (loopback only unless --allow-remote)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "gateway admin `host:port`; its /metrics gives the gateway's memory and CPU")
+	fs.DurationVar(&c.AdminEvery, "admin-every", c.AdminEvery, "how often --admin's /metrics is read during the run (default and minimum 1s); a gateway with many --workers merges every worker's page on each read (~0.2 s of CPU at 60 workers), so slow it down for such runs")
 	fs.IntVar(&c.Conns, "conns", c.Conns, "connections to open and hold")
 	fnVar(fs, "rate", "connections opened per second, e.g. 5000 or 5000/s; 0 = as fast as possible", func() string { return strconv.FormatFloat(c.Rate, 'g', -1, 64) }, func(s string) error {
 		v, err := parseRate(s)
@@ -159,6 +171,15 @@ func (c *Config) Bind(fs *flag.FlagSet) {
 	fs.Uint64Var(&c.UIDBase, "uid-base", c.UIDBase, "first user id; connection i authenticates as uid-base+i")
 	fs.BoolVar(&c.Quiet, "quiet", c.Quiet, "no live progress line")
 	fs.BoolVar(&c.WS, "ws", c.WS, "WebSocket clients: upgrade with GET /ws on --target, then each frame in a masked binary message (the floor leg stays TCP)")
+	fnVar(fs, "targets", "gateway hosts (seeds), comma-separated host:port: first connects go round-robin over them (default --target)", func() string { return strings.Join(c.Targets, ",") }, func(s string) error {
+		c.Targets = splitList(s)
+		return nil
+	})
+	fnVar(fs, "fleet-pins", "fleet node-list pins, comma-separated <id>:<64 hex> (`longlink keys --fleet`): verified lists from AUTH_OK and GOAWAY 3014 choose where --reconnect goes", func() string { return strings.Join(c.FleetPins, ",") }, func(s string) error {
+		c.FleetPins = splitList(s)
+		return nil
+	})
+	fs.BoolVar(&c.Reconnect, "reconnect", c.Reconnect, "reconnect dropped connections (0.25-0.75 s jittered backoff, doubling to 30 s; at once after a GOAWAY 3014 with a list), following the node lists; the summary and JSON give the reconnect time")
 	fs.BoolVar(&c.Encrypt, "encrypt", c.Encrypt, "encrypted clients: HELLO (Noise NK) with AUTH in the first flight, then sealed records (the floor leg stays plain)")
 	fs.StringVar(&c.ServerKey, "server-key", c.ServerKey, "with --encrypt: the gateway key `PIN` (id:hex, from `longlink keys`; default: the active key of <data>/server-keys.json)")
 }
@@ -287,14 +308,27 @@ func (c *Config) normalize() error {
 	if c.RPCBody < 0 || c.SlowBody < 0 {
 		return errors.New("body sizes must not be negative")
 	}
+	if len(c.Targets) > 0 {
+		c.Target = c.Targets[0]
+	}
 	if !c.Floor || c.CompareFloor {
-		host, _, err := net.SplitHostPort(c.Target)
-		if err != nil {
-			return fmt.Errorf("--target %q: %v", c.Target, err)
+		for _, t := range append([]string{c.Target}, c.Targets...) {
+			host, _, err := net.SplitHostPort(t)
+			if err != nil {
+				return fmt.Errorf("--target %q: %v", t, err)
+			}
+			if !c.AllowRemote && !isLoopbackHost(host) {
+				return fmt.Errorf("--target %q is not a loopback address; pass --allow-remote to load a remote host", t)
+			}
 		}
-		if !c.AllowRemote && !isLoopbackHost(host) {
-			return fmt.Errorf("--target %q is not a loopback address; pass --allow-remote to load a remote host", c.Target)
+	}
+	for _, p := range c.FleetPins {
+		if _, err := client.ParseFleetPin(p); err != nil {
+			return fmt.Errorf("--fleet-pins: %v", err)
 		}
+	}
+	if len(c.FleetPins) > 0 && (c.Floor || c.WS || c.Encrypt) {
+		return errors.New("--fleet-pins: plain TCP gateway legs only (not with --floor, --ws or --encrypt)")
 	}
 	if c.Admin != "" {
 		host, _, err := net.SplitHostPort(c.Admin)
@@ -410,4 +444,14 @@ func (c *Config) stepsString() string {
 		out[i] = st.Name + ":" + st.Dur.String() + ":" + strconv.FormatFloat(st.Rate, 'g', -1, 64)
 	}
 	return strings.Join(out, ",")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

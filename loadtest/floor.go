@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -60,7 +62,11 @@ func runFloor(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 		events                               = make([]unix.EpollEvent, 512)
 		listening                            = true
 		stopped                              bool
-		pushNext                             = -1 // next index into fds of a push round; -1: none
+		pushNext                             = -1    // next index into fds of a push round; -1: none
+		pushRate                             float64 // paced pushes per second (push-rate command); 0: none
+		pacedFrom                            time.Time
+		pacedDone                            int64
+		pacedNext                            int
 	)
 	remove := func(fd int) {
 		if fd < len(pos) && pos[fd] > 0 {
@@ -85,6 +91,9 @@ func runFloor(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 	next := time.Now().Add(time.Second)
 	for !stopped {
 		wait := 100
+		if pushRate > 0 {
+			wait = 10 // paced pushes: at least 100 rounds a second
+		}
 		if pushNext >= 0 {
 			wait = 0 // a push round is under way: poll, don't sleep
 		}
@@ -134,15 +143,38 @@ func runFloor(spec *childSpec, cmds <-chan string, out *statsWriter) error {
 		}
 		select {
 		case c := <-cmds:
-			switch c {
-			case "stop":
+			switch {
+			case c == "stop":
 				stopped = true
-			case "push":
+			case c == "push":
 				if pushNext < 0 {
 					pushNext = 0
 				}
+			case strings.HasPrefix(c, "push-rate "):
+				// Paced pushes for the rest of the run, like the gateway leg's
+				// notifies, so both sides' figure is whole-process CPU per
+				// delivered push.
+				if v, err := strconv.ParseFloat(strings.TrimPrefix(c, "push-rate "), 64); err == nil && v > 0 {
+					pushRate, pacedFrom, pacedDone = v, time.Now(), 0
+				}
 			}
 		default:
+		}
+		if pushRate > 0 && len(fds) > 0 {
+			due := int64(time.Since(pacedFrom).Seconds()*pushRate) - pacedDone
+			var m [floorMsg]byte
+			m[0] = floorPush
+			for ; due > 0; due-- {
+				pacedNext %= len(fds)
+				binary.BigEndian.PutUint64(m[1:9], uint64(time.Now().UnixNano()))
+				if _, err := unix.Write(int(fds[pacedNext]), m[:]); err != nil {
+					pushBlocked++
+				} else {
+					pushWrites++
+				}
+				pacedNext++
+				pacedDone++
+			}
 		}
 		if pushNext >= 0 {
 			// A connection closed mid-round moves the last one into its

@@ -164,7 +164,12 @@ func legCharts(r *Report) htmlLeg {
 	hl.Charts = append(hl.Charts,
 		chart("latency p99 per second", "ms", xs, lat),
 		chart("memory", "MiB", xs, []line{
-			{"server rss", palette[0], get(func(s Sample) float64 { return float64(s.ServerRSS) / (1 << 20) })},
+			{"server rss", palette[0], get(func(s Sample) float64 {
+				if s.ServerRSS <= 0 { // not read this second (--admin-every) or the read failed
+					return math.NaN()
+				}
+				return float64(s.ServerRSS) / (1 << 20)
+			})},
 			{"server anon", palette[2], get(func(s Sample) float64 {
 				if s.ServerAnon <= 0 {
 					return math.NaN()
@@ -174,7 +179,12 @@ func legCharts(r *Report) htmlLeg {
 			{"load tool rss", palette[3], get(func(s Sample) float64 { return float64(s.ToolRSS) / (1 << 20) })},
 		}),
 		chart("CPU", "cores", xs, []line{
-			{"server", palette[0], get(func(s Sample) float64 { return s.ServerCPU })},
+			{"server", palette[0], get(func(s Sample) float64 {
+				if s.ServerConns < 0 {
+					return math.NaN()
+				}
+				return s.ServerCPU
+			})},
 			{"load tool", palette[3], get(func(s Sample) float64 { return s.ToolCPU })},
 		}))
 	var lnames []string
@@ -228,7 +238,7 @@ td:first-child,th:first-child{text-align:left}
 <tr><td>reconnect (accept+auth) rate</td><td>{{r .Main.Report.RatioReconnectRate}}</td><td>higher</td></tr>
 <tr><td>heartbeat p99</td><td>{{r .Main.Report.RatioHeartbeatP99}}</td><td>lower</td></tr>
 <tr><td>CPU per shake (floor: per echo)</td><td>{{r .Main.Report.RatioCPUPerShake}}</td><td>lower</td></tr>
-<tr><td>CPU per pushed notify (floor: per 16-byte write)</td><td>{{r .Main.Report.RatioCPUPerPush}}</td><td>lower</td></tr>
+<tr><td>CPU per pushed notify (whole-process CPU per delivered push, both sides)</td><td>{{r .Main.Report.RatioCPUPerPush}}</td><td>lower</td></tr>
 </table>{{end}}
 <h2>Parameters</h2>
 <table><tr><th>parameter</th><th>value</th></tr>

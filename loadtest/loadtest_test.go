@@ -4,10 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +21,7 @@ import (
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/internal/testutil/gatewaytest"
 	"github.com/longlink/longlink/secure"
 )
 
@@ -150,16 +155,9 @@ func testGatewayCfg(t *testing.T, cfg gateway.Config) (addr, admin, keys string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Listen, cfg.Keys, cfg.Loops = "127.0.0.1:0", ks, 1
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	s, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
+	cfg.Keys, cfg.Loops = ks, 1
+	cfg.Listen, cfg.Logger = "", nil // gatewaytest's: 127.0.0.1:0, quiet
+	s := gatewaytest.Start(t, cfg)
 	admin, err = s.ServeAdmin("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -546,16 +544,24 @@ func TestWSClientFraming(t *testing.T) {
 	}
 }
 
-// --encrypt against a gateway that requires encryption: every connection
-// handshakes (HELLO), heartbeats and calls go sealed, and a plaintext run
-// against the same gateway is refused with 4010.
-func TestGatewayEncrypted(t *testing.T) {
+// encryptedGateway is testGatewayCfg with one server key and encryption
+// required; k is the key the clients pin.
+func encryptedGateway(t *testing.T) (addr, admin, keys string, k secure.ServerKey) {
+	t.Helper()
 	k, err := secure.GenerateKey(1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ring, _ := secure.NewKeyRing([]secure.ServerKey{k}, 1)
-	addr, admin, keys := testGatewayCfg(t, gateway.Config{ServerKeys: ring, Encryption: gateway.EncryptionRequired})
+	addr, admin, keys = testGatewayCfg(t, gateway.Config{ServerKeys: ring, Encryption: gateway.EncryptionRequired})
+	return addr, admin, keys, k
+}
+
+// --encrypt against a gateway that requires encryption: every connection
+// handshakes (HELLO), heartbeats and calls go sealed, and a plaintext run
+// against the same gateway is refused with 4010.
+func TestGatewayEncrypted(t *testing.T) {
+	addr, admin, keys, k := encryptedGateway(t)
 	cfg := small(200, 3*time.Second, "heartbeat", "rpc")
 	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
 	cfg.Encrypt, cfg.ServerKey = true, k.Pin()
@@ -573,5 +579,57 @@ func TestGatewayEncrypted(t *testing.T) {
 	r = run(t, plain)
 	if r.ConnsEstablished != 0 || r.Errors["auth:encryption_required"] != 20 {
 		t.Errorf("plaintext against required: held %d, errors %v", r.ConnsEstablished, r.Errors)
+	}
+}
+
+// --encrypt with the reconnect scenario: the connections prepare their next
+// handshake after the ramp (secure.Prepare), so every reconnect of the storm
+// starts from a prepared one (one X25519 in the tool) and still handshakes.
+func TestGatewayEncryptedReconnectPrepared(t *testing.T) {
+	addr, admin, keys, k := encryptedGateway(t)
+	cfg := small(200, 3*time.Second, "reconnect")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
+	cfg.Encrypt, cfg.ServerKey = true, k.Pin()
+	r := run(t, cfg)
+	t.Log("\n" + summary(r))
+	if r.Failure != "" || r.Reconnected != 200 || r.ConnsFailed != 0 {
+		t.Fatalf("reconnected %d failed %d failure %q errors %v", r.Reconnected, r.ConnsFailed, r.Failure, r.Errors)
+	}
+	if n := r.Counters["encrypt_prepared_hellos"]; n != 200 {
+		t.Fatalf("%d of 200 reconnects used a prepared handshake (counters %v)", n, r.Counters)
+	}
+}
+
+// TestAdminEvery: with --admin-every the gateway's /metrics is read at
+// that pace (plus the reads before the ramp, at the steady state and at
+// the end), and the run still has the gateway's memory and CPU figures.
+func TestAdminEvery(t *testing.T) {
+	addr, admin, keys := testGateway(t)
+	var reads atomic.Int64
+	target, err := url.Parse("http://" + admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			reads.Add(1)
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	cfg := small(100, 6*time.Second, "idle")
+	cfg.Target, cfg.Admin, cfg.Keys = addr, strings.TrimPrefix(proxy.URL, "http://"), keys
+	cfg.AdminEvery = 3 * time.Second
+	r := run(t, cfg)
+	if r.Failure != "" || r.ConnsEstablished != 100 {
+		t.Fatalf("held %d, failure %q", r.ConnsEstablished, r.Failure)
+	}
+	// 1 Hz would be ~6 reads in the run plus the fixed ones; at 3 s, 2.
+	if n := reads.Load(); n > 6 {
+		t.Errorf("%d /metrics reads in a 6 s run with --admin-every 3s", n)
+	}
+	if r.GatewayRSS <= 0 || r.GatewayConns != 100 || r.GatewayCPUCores <= 0 {
+		t.Errorf("gateway figures lost: rss %d conns %d cpu %.3f", r.GatewayRSS, r.GatewayConns, r.GatewayCPUCores)
 	}
 }

@@ -14,7 +14,12 @@ func TestGatewayOverloadSteps(t *testing.T) {
 	gcfg.Admission.Priorities = gateway.DefaultPriorities()
 	gcfg.Admission.Priorities["sleep.hi"] = 1
 	addr, admin, keys := testGatewayCfg(t, gcfg)
-	cfg := small(400, 5*time.Second, "overload")
+	// Steps switch on the tool's 1-second tick, late on a loaded host, and
+	// the admission sheds the low lane for a few seconds after the
+	// overload (readmitting 10 %, 20 %, 40 %… more per 1 s window): 14 s of
+	// steady state leave the recovery step ~9 s (CI once saw sleep.lo still
+	// all shed 3.5 s in).
+	cfg := small(400, 14*time.Second, "overload")
 	cfg.Target, cfg.Admin, cfg.Keys = addr, admin, keys
 	cfg.CallBody = "5"
 	cfg.Settle = 500 * time.Millisecond

@@ -7,9 +7,10 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/longlink/longlink/internal/testutil"
 )
 
 // Every ratio the JSON carries is printed in the text summary and the HTML
@@ -55,24 +56,6 @@ func TestReportShowsEveryRatioAndParams(t *testing.T) {
 	}
 }
 
-// syncBuf is a bytes.Buffer safe for the leg's concurrent writers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // With stderr not a terminal (CI, a log file) the tool still says how the run
 // goes, as plain lines every few seconds.
 func TestProgressLinesWithoutTerminal(t *testing.T) {
@@ -81,7 +64,7 @@ func TestProgressLinesWithoutTerminal(t *testing.T) {
 	cfg.Quiet = false
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var log syncBuf
+	var log testutil.SyncBuffer
 	if _, err := Run(ctx, cfg, &log); err != nil {
 		t.Fatalf("Run: %v\n%s", err, log.String())
 	}

@@ -139,6 +139,23 @@ func (reconnectScenario) command(e *engine, cmd string) {
 	}
 }
 
+// With --encrypt a connection prepares its next handshake once it is up in
+// the ramp, and after the storm (prepareNext), so the storm's reconnects do
+// one X25519 each in the tool, as clients that prepared while idle do.
+func (reconnectScenario) up(e *engine, i int) {
+	if e.phase == "ramp" {
+		e.prepareNext(i)
+	}
+}
+
+func (reconnectScenario) phaseDone(e *engine, phase string) {
+	if phase == "reconnect" {
+		for i := range e.conns {
+			e.prepareNext(i)
+		}
+	}
+}
+
 // reconnectTrigger tells every worker to reconnect at once, a quarter of the
 // way into the steady state (at least half a second in).
 type reconnectTrigger struct{ sent bool }

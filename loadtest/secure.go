@@ -10,8 +10,9 @@ import (
 
 // --encrypt: the client side of docs/protocol.md "Encryption" on the
 // tool's epoll engine. Per connection it keeps two pointers; during the
-// handshake flynn/noise's state (a few KB, for one round trip), after it a
-// secure.State (96 bytes).
+// handshake a secure.ClientHandshake (~400 B, for one round trip), after it a
+// secure.State (80 bytes), and in the reconnect scenario also the next
+// connection's prepared handshake (prepareNext).
 
 func (c *Config) normalizeEncrypt() error {
 	if !c.Encrypt {
@@ -31,15 +32,45 @@ func (c *Config) normalizeEncrypt() error {
 	return err
 }
 
-// helloFrame wraps the AUTH frame in a HELLO for connection i.
+// helloFrame wraps the AUTH frame in a HELLO for connection i, with the
+// handshake prepared for it if there is one (one X25519 left), else a new
+// one (three).
 func (e *engine) helloFrame(i int, auth []byte) []byte {
-	hs, body, err := secure.Hello(secure.SuiteChaChaPoly, e.pin.ID, e.pin.Public[:], auth, nil)
+	c := &e.conns[i]
+	var body []byte
+	err := secure.ErrUsed
+	if c.hs != nil {
+		if body, err = c.hs.Hello(auth); err == nil {
+			e.extra["encrypt_prepared_hellos"]++
+		}
+	}
 	if err != nil {
+		c.hs, body, err = secure.Hello(secure.SuiteChaChaPoly, e.pin.ID, e.pin.Public[:], auth, nil)
+	}
+	if err != nil {
+		c.hs = nil
 		e.fail(i, "encrypt:hello")
 		return nil
 	}
-	e.conns[i].hs = hs
 	return codec.AppendFrame(nil, codec.CmdHello, codec.FlagEncrypted, 0, body)
+}
+
+// prepareNext prepares connection i's next handshake (secure.Prepare: its
+// ephemeral key and es), as a client that expects to reconnect does while
+// idle: the reconnect scenario's connections, after the ramp's connects and
+// after the storm (not during it: a real client's CPU is its own, the
+// tool's is the gateway host's). ~400 B per connection until used.
+func (e *engine) prepareNext(i int) {
+	c := &e.conns[i]
+	if !e.spec.Encrypt || c.sec == nil || c.hs != nil {
+		return
+	}
+	hs, err := secure.Prepare(secure.SuiteChaChaPoly, e.pin.ID, e.pin.Public[:], nil)
+	if err != nil {
+		e.errorf("encrypt:prepare")
+		return
+	}
+	c.hs = hs
 }
 
 // parseSealed is parse for an encrypted connection: HELLO_OK (or a
@@ -47,7 +78,7 @@ func (e *engine) helloFrame(i int, auth []byte) []byte {
 func (e *engine) parseSealed(i int, data []byte) (int, bool) {
 	c := &e.conns[i]
 	off := 0
-	if c.hs != nil {
+	if c.sec == nil { // the handshake: c.hs is in flight
 		f, n, err := codec.Split(data, codec.MaxBodyLimit)
 		if err != nil {
 			e.errorf("protocol:" + err.Error())

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,6 +41,7 @@ type leg struct {
 	cfg      *Config
 	kind     string // "gateway" or "floor"
 	target   string // ip:port
+	targets  []string
 	log      io.Writer
 	progress bool      // a live line on a terminal
 	logLines bool      // not a terminal (CI, a log file): a plain progress line every logEvery
@@ -62,6 +65,7 @@ type leg struct {
 	baseSrv, lastSrv     serverUsage
 	prevC                counters
 	prevSrv              serverUsage
+	prevSrvT             time.Time // when prevSrv was read (the last time /metrics was due)
 	prevT                time.Time
 	prevTool             float64
 	pushSent             bool
@@ -183,6 +187,16 @@ func runLeg(ctx context.Context, cfg *Config, kind string, log io.Writer) (*Repo
 			return nil, fmt.Errorf("%w: target %s resolves to non-loopback %s", errUsage, cfg.Target, addr.IP)
 		}
 		l.target = addr.String()
+		for _, t := range cfg.Targets {
+			a, err := net.ResolveTCPAddr("tcp", t)
+			if err != nil {
+				return nil, fmt.Errorf("target %s: %v", t, err)
+			}
+			if !cfg.AllowRemote && !a.IP.IsLoopback() {
+				return nil, fmt.Errorf("%w: target %s resolves to non-loopback %s", errUsage, t, a.IP)
+			}
+			l.targets = append(l.targets, a.String())
+		}
 	}
 	for _, n := range cfg.Scenarios {
 		if d := scenarios[n]; d.parent != nil {
@@ -356,7 +370,7 @@ func (l *leg) startClients() error {
 			n++
 		}
 		spec := &childSpec{
-			Target: l.target, Floor: l.kind == "floor", WS: cfg.WS && l.kind != "floor", Encrypt: cfg.Encrypt && l.kind != "floor", ServerKey: cfg.ServerKey, Sources: sources, First: first, Conns: n,
+			Target: l.target, Targets: l.targets, FleetPins: cfg.FleetPins, Reconnect: cfg.Reconnect && l.kind != "floor", Floor: l.kind == "floor", WS: cfg.WS && l.kind != "floor", Encrypt: cfg.Encrypt && l.kind != "floor", ServerKey: cfg.ServerKey, Sources: sources, First: first, Conns: n,
 			Rate: cfg.Rate / float64(cfg.Procs), Inflight: cfg.Inflight,
 			Heartbeat: int64(cfg.Heartbeat), Storm: int64(cfg.Storm), Timeout: int64(cfg.Timeout),
 			Scenarios: cfg.Scenarios, RPCRate: cfg.RPCRate / float64(cfg.Procs), Method: cfg.Method,
@@ -485,6 +499,7 @@ func (l *leg) loop(ctx context.Context) error {
 	defer tk.Stop()
 	l.prevT = l.start
 	l.prevSrv = l.serverUsage(ctx, nil)
+	l.prevSrvT = l.start
 	l.firstSrv = l.prevSrv
 	stopAt := l.deadline.Add(-100 * time.Millisecond)
 	var err error
@@ -506,7 +521,7 @@ func (l *leg) loop(ctx context.Context) error {
 			l.baseSrvAt, l.baseSrvC = now, c
 		}
 		if final || now.Sub(l.prevT) >= time.Second-50*time.Millisecond {
-			l.sample(ctx, now)
+			l.sample(ctx, now, final)
 		}
 		l.mu.Lock()
 		err = l.fatal
@@ -516,6 +531,14 @@ func (l *leg) loop(ctx context.Context) error {
 		}
 		for _, h := range l.hooks {
 			h.second(l, now)
+		}
+		if l.kind == "floor" && !l.pushSent && !l.steadyAt.IsZero() && slices.Contains(l.cfg.Scenarios, "push") {
+			// The push scenario: the floor pushes at the gateway leg's
+			// notify rate for the whole steady state, so both legs give
+			// whole-process CPU per delivered push (like for like).
+			l.pushSent = true
+			rate := envOr("LONGLINK_PUSH_RATE", 20000) / float64(max(1, len(l.floors)))
+			l.broadcast(l.floors, "push-rate "+strconv.FormatFloat(rate, 'f', -1, 64))
 		}
 		if l.kind == "floor" && !l.pushSent && !l.steadyAt.IsZero() &&
 			(now.Sub(l.steadyAt) >= l.deadline.Sub(l.steadyAt)/2 || stopAt.Sub(now) < 1200*time.Millisecond) {
@@ -535,9 +558,15 @@ func (l *leg) loop(ctx context.Context) error {
 }
 
 // sample records one time-series point and detects the steady state.
-func (l *leg) sample(ctx context.Context, now time.Time) {
+// The gateway's /metrics is read when --admin-every is due (and at the
+// end); other samples carry no server figures.
+func (l *leg) sample(ctx context.Context, now time.Time, final bool) {
 	c, times, errs, _ := l.sum()
-	srv := l.serverUsage(ctx, c)
+	srv := serverUsage{Conns: -1} // not read this second
+	scraped := l.kind == "floor" || final || now.Sub(l.prevSrvT) >= max(time.Second, l.cfg.AdminEvery)-50*time.Millisecond
+	if scraped {
+		srv = l.serverUsage(ctx, c)
+	}
 	tool := l.toolUsage()
 	dt := now.Sub(l.prevT).Seconds()
 	if dt <= 0 {
@@ -565,8 +594,9 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		ToolRSS:       tool.RSS,
 		ToolCPU:       (tool.CPU - l.prevTool) / dt,
 	}
-	if srv.OK && l.prevSrv.OK {
-		s.ServerCPU = (srv.CPU - l.prevSrv.CPU) / dt
+	cpuKnown := srv.OK && l.prevSrv.OK // two good reads in a row: a CPU rate between them
+	if cpuKnown {
+		s.ServerCPU = (srv.CPU - l.prevSrv.CPU) / max(1e-3, now.Sub(l.prevSrvT).Seconds())
 	}
 	for name, h := range iv {
 		if !strings.HasPrefix(name, "ov:") { // per method in s.Methods
@@ -578,7 +608,10 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		l.peakOpen = c["open"]
 	}
 	l.series = append(l.series, s)
-	l.prevC, l.prevSrv, l.prevT, l.prevTool = c, srv, now, tool.CPU
+	l.prevC, l.prevT, l.prevTool = c, now, tool.CPU
+	if scraped {
+		l.prevSrv, l.prevSrvT = srv, now
+	}
 	l.lastTool = tool
 	if srv.OK || !l.lastSrv.OK {
 		// Keep the last good read: one timed-out scrape must not wipe the
@@ -595,7 +628,10 @@ func (l *leg) sample(ctx context.Context, now time.Time) {
 		line := fmt.Sprintf("[%s] %4.0fs open %d/%d fail %d conn/s %.0f hb/s %.0f rpc/s %.0f",
 			l.kind, s.T, s.Open, l.cfg.Conns, s.Failed, s.ConnectPerS, s.HeartbeatPerS, s.RPCPerS)
 		if srv.OK {
-			line += fmt.Sprintf(" | server rss %s cpu %.2f", mib(srv.RSS), s.ServerCPU)
+			line += " | server rss " + mib(srv.RSS)
+			if cpuKnown {
+				line += fmt.Sprintf(" cpu %.2f", s.ServerCPU)
+			}
 		}
 		line += fmt.Sprintf(" | tool rss %s", mib(tool.RSS))
 		if l.steadyAt.IsZero() {

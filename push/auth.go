@@ -33,10 +33,11 @@ const (
 	RolePusher  Role = "pusher"  // logic services: the push ingress subjects only
 	RoleAdmin   Role = "admin"   // operators: everything (stream purge/delete included)
 	RoleStore   Role = "store"   // `longlink logic --store nats://…`: the replicated logic store's stream only
+	RoleOffline Role = "offline" // the offline sender and the router's enqueuer: device tokens, the offline queue (offline/)
 )
 
 // Roles lists every role, in the order docs/push.md gives them.
-var Roles = []Role{RoleRouter, RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleStore, RoleAdmin}
+var Roles = []Role{RoleRouter, RoleGateway, RoleOpener, RoleLedger, RolePusher, RoleStore, RoleOffline, RoleAdmin}
 
 // Subjects the roles are granted (kept here, beside the subjects
 // themselves, so a new subject cannot be used without deciding who may).
@@ -49,7 +50,20 @@ const (
 	logicStream   = "LONGLINK_LOGIC" // backend/logic's JetStream store, default stream
 	logicSubjects = "lgc.>"          // ...and its default subject prefix
 	openService   = "longlink.shake.open"
-	jsAPI         = "$JS.API."
+	// Offline notification (offline/): device registrations, the queue,
+	// the operator's switches.
+	DeviceBucket    = "LONGLINK_DEVICES"
+	deviceStream    = "KV_" + DeviceBucket
+	OfflineStream   = "LONGLINK_OFFLINE"
+	OfflineSubjects = "longlink.offline.>"
+	OfflineDurable  = "sender"
+	SwitchBucket    = "LONGLINK_OFFLINE_SWITCHES"
+	switchStream    = "KV_" + SwitchBucket
+	fleetState      = "longlink.fleet.state.>" // fleet.SubjectState: hosts' announcements
+	fleetAdmin      = "longlink.fleet.admin.>" // fleet.SubjectAdmin: operators' requests (only admin publishes)
+	fleetKeys       = "longlink.fleet.keys"    // fleet.SubjectKeys: "keys published, fetch now"
+	fleetKeysKV     = "KV_LONGLINK_FLEET_KEYS" // fleet.KeysBucket's stream: the distributed key files
+	jsAPI           = "$JS.API."
 )
 
 // InboxPrefix is the reply-subject prefix of a role's connections
@@ -81,16 +95,28 @@ func Permissions(r Role) (*server.Permissions, error) {
 	switch r {
 	case RoleRouter:
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: []string{SubjectAll, SubjectResync, nodeSubjectBase + ">"}},
-			Subscribe: &server.SubjectPermission{Allow: []string{SubjectPresence, SubjectNotify, SubjectMulticast, SubjectBroadcast, inbox}},
+			// The host's top process also reads the distributed key files
+			// (fleet.KeyFollower: read-only; only admin writes them).
+			Publish: &server.SubjectPermission{Allow: []string{SubjectAll, SubjectResync, nodeSubjectBase + ">",
+				jsAPI + "INFO", jsAPI + "STREAM.INFO." + fleetKeysKV, jsAPI + "STREAM.MSG.GET." + fleetKeysKV,
+				jsAPI + "DIRECT.GET." + fleetKeysKV, jsAPI + "DIRECT.GET." + fleetKeysKV + ".>"}},
+			// fleetState: forget a dead host's users as soon as it leaves the fleet view.
+			Subscribe: &server.SubjectPermission{Allow: []string{SubjectPresence, SubjectNotify, SubjectMulticast, SubjectBroadcast, SubjectDevices, SubjectLost, fleetState, fleetKeys, inbox}},
 			Response:  resp, // answers pushers' requests
 		}, nil
 	case RoleGateway:
 		// A worker faces the internet: it may announce presence and claim
-		// packets, never push to another node's users.
+		// packets, never push to another node's users. In a fleet it
+		// announces its state, hears the others', and answers (never
+		// sends) admin requests; it cannot write the fleet's keys.
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: append([]string{SubjectPresence, openService}, claimWriter...)},
-			Subscribe: &server.SubjectPermission{Allow: []string{nodeSubjectBase + ">", SubjectAll, SubjectResync, inbox}},
+			// $KV.LONGLINK_DEVICES.>: device.register writes (and deletes)
+			// registrations, write-only: a worker cannot read the tokens.
+			// SubjectLost: pushes a closed connection may not have received
+			// (lost.go); the router hands them to the offline path.
+			Publish:   &server.SubjectPermission{Allow: append([]string{SubjectPresence, SubjectLost, openService, "$KV." + DeviceBucket + ".>", fleetState}, claimWriter...)},
+			Subscribe: &server.SubjectPermission{Allow: []string{nodeSubjectBase + ">", SubjectAll, SubjectResync, fleetState, fleetAdmin, inbox}},
+			Response:  resp, // answers the router's device queries (devices.go) and admin requests
 		}, nil
 	case RoleOpener:
 		return &server.Permissions{
@@ -137,6 +163,22 @@ func Permissions(r Role) (*server.Permissions, error) {
 				jsAPI + "DIRECT.GET." + logicStream, jsAPI + "DIRECT.GET." + logicStream + ".>",
 				logicSubjects,
 			}},
+			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
+		}, nil
+	case RoleOffline:
+		// Its own streams only: create, read, update (no purge or delete of
+		// a stream), its consumers, its KV keys; device queries; nothing of
+		// push delivery, shake or the logic.
+		st, c := jsAPI+"STREAM.", jsAPI+"CONSUMER."
+		allow := []string{jsAPI + "INFO", OfflineSubjects, "$JS.ACK." + OfflineStream + ".>", "$JS.FC.>", SubjectDevices,
+			"$KV." + DeviceBucket + ".>", "$KV." + SwitchBucket + ".>"}
+		for _, s := range []string{deviceStream, OfflineStream, switchStream} {
+			allow = append(allow, st+"INFO."+s, st+"CREATE."+s, st+"UPDATE."+s, st+"MSG.GET."+s,
+				jsAPI+"DIRECT.GET."+s, jsAPI+"DIRECT.GET."+s+".>",
+				c+"CREATE."+s, c+"CREATE."+s+".>", c+"DURABLE.CREATE."+s+".>", c+"INFO."+s+".>", c+"MSG.NEXT."+s+".>", c+"DELETE."+s+".>")
+		}
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: allow},
 			Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
 		}, nil
 	case RoleAdmin:

@@ -24,60 +24,31 @@ import (
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/client"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 	"github.com/longlink/longlink/push"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
+// checkFor polls fn until it returns nil or timeout passes (testutil.CheckFor).
 func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, fn)
 }
 
-var buildOnce struct {
-	sync.Once
-	path string
-	err  error
-}
-
-// binary builds cmd/longlink once per test run.
-func binary(t *testing.T) string {
+// runLonglink starts the longlink binary with args (its output on the
+// test's stderr) and kills it at cleanup.
+func runLonglink(t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "longlink-push-e2e")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		buildOnce.path = filepath.Join(dir, "longlink")
-		out, err := exec.Command("go", "build", "-o", buildOnce.path, "../cmd/longlink").CombinedOutput()
-		if err != nil {
-			buildOnce.err = fmt.Errorf("build: %v\n%s", err, out)
-		}
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
+	cmd := exec.Command(testutil.Longlink(t), args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	return buildOnce.path
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	return cmd
 }
 
 // gatewayProc runs `longlink gateway --workers N` with push on.
@@ -103,22 +74,14 @@ func newGatewayProc(t *testing.T) *gatewayProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &gatewayProc{addr: fmt.Sprintf("127.0.0.1:%d", freePort(t)), grpc: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), keys: keys, dir: dir}
+	return &gatewayProc{addr: testutil.FreeAddr(t), grpc: testutil.FreeAddr(t),
+		admin: testutil.FreeAddr(t), keys: keys, dir: dir}
 }
 
 func startGateway(t *testing.T, workers int, extra ...string) *gatewayProc {
 	t.Helper()
 	g := newGatewayProc(t)
-	cmd := exec.Command(binary(t), append(gatewayArgs(g, workers), extra...)...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
-	})
+	runLonglink(t, append(gatewayArgs(g, workers), extra...)...)
 	checkFor(t, 20*time.Second, func() error {
 		for _, a := range []string{g.addr, g.grpc} {
 			c, err := net.DialTimeout("tcp", a, time.Second)
@@ -395,7 +358,7 @@ func TestWorkersNATSClusterNodeKilled(t *testing.T) {
 	const n = 3
 	cports := make([]int, n)
 	for i := range cports {
-		cports[i] = freePort(t)
+		cports[i] = testutil.FreePort(t)
 	}
 	// The cluster authenticates, as an operator's would: the router and
 	// the workers come in as their roles' users (passwords from the
@@ -470,7 +433,7 @@ func TestGatewayWithDefaultPortsHeld(t *testing.T) {
 func TestPushCLIAndToken(t *testing.T) {
 	g := startGateway(t, 1)
 	run := func(args ...string) (string, error) {
-		cmd := exec.Command(binary(t), append([]string{"push", "--addr", g.grpc, "--timeout", "5s"}, args...)...)
+		cmd := exec.Command(testutil.Longlink(t), append([]string{"push", "--addr", g.grpc, "--timeout", "5s"}, args...)...)
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -505,19 +468,11 @@ func TestGatewayStartsWithNATSDown(t *testing.T) {
 }
 
 func gatewayStartsWithNATSDown(t *testing.T, workers int) {
-	natsPort := freePort(t)
+	natsPort := testutil.FreePort(t)
 	natsAddr := fmt.Sprintf("127.0.0.1:%d", natsPort)
 	g := newGatewayProc(t)
 	args := gatewayArgs(g, workers)
-	cmd := exec.Command(binary(t), append(args, "--nats", "nats://"+natsAddr)...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGKILL)
-		_ = cmd.Wait()
-	})
+	runLonglink(t, append(args, "--nats", "nats://"+natsAddr)...)
 	hc := &http.Client{Timeout: 2 * time.Second}
 	get := func(path string) (int, string, error) {
 		resp, err := hc.Get("http://" + g.admin + path)

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,9 +27,18 @@ type EmbeddedConfig struct {
 	// server accepts anyone, which is allowed only on a loopback listener
 	// (tests); StartHub always sets one.
 	Secret Secret
-	// PlaintextOK allows a non-loopback listener (which has no TLS here).
+	// PlaintextOK allows a non-loopback listener without TLS.
 	PlaintextOK bool
-	Logger      *slog.Logger // nats-server's log (default slog.Default()); notices at debug
+	// TLS, when set, serves the client listener with TLS (a standalone
+	// node, `longlink nats`); TLSVerify also asks clients for certificates.
+	TLS       *tls.Config
+	TLSVerify bool
+	// ClusterTLS, when set, secures the routes (both directions).
+	ClusterTLS *tls.Config
+	// Monitor is an optional host:port for nats-server's HTTP monitoring
+	// (/varz, /jsz, /healthz).
+	Monitor string
+	Logger  *slog.Logger // nats-server's log (default slog.Default()); notices at debug
 }
 
 // StartEmbedded runs a NATS server inside this process and waits until it
@@ -46,7 +56,7 @@ func startEmbedded(cfg EmbeddedConfig) (*server.Server, *natsLogger, error) {
 	}
 	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	loop := isLoopbackHost(host)
-	if !loop && !cfg.PlaintextOK {
+	if !loop && !cfg.PlaintextOK && cfg.TLS == nil {
 		return nil, nil, fmt.Errorf("push: embedded NATS listen %s: not a loopback address, and the embedded server has no TLS (use an external NATS cluster with TLS, or --nats-plaintext-ok on a private network)", addr)
 	}
 	if cfg.Secret == nil && !loop {
@@ -71,6 +81,16 @@ func startEmbedded(cfg EmbeddedConfig) (*server.Server, *natsLogger, error) {
 		MaxPending:    256 << 20,
 		WriteDeadline: 10 * time.Second,
 	}
+	if cfg.TLS != nil {
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = cfg.TLS, true, cfg.TLSVerify, 5
+	}
+	if cfg.Monitor != "" {
+		mh, mp, err := splitHostPort(cfg.Monitor, "127.0.0.1", 8222)
+		if err != nil {
+			return nil, nil, fmt.Errorf("push: NATS monitor listen %q: %w", cfg.Monitor, err)
+		}
+		opts.HTTPHost, opts.HTTPPort = mh, mp
+	}
 	if cfg.Secret != nil {
 		if opts.Users, err = cfg.Secret.users(); err != nil {
 			return nil, nil, err
@@ -88,6 +108,14 @@ func startEmbedded(cfg EmbeddedConfig) (*server.Server, *natsLogger, error) {
 			return nil, nil, fmt.Errorf("push: NATS cluster listen %q: %w", cfg.ClusterListen, err)
 		}
 		opts.Cluster = server.ClusterOpts{Name: "longlink", Host: ch, Port: cp}
+		// A partitioned peer (packets dropped, no reset) keeps its route,
+		// and the interest behind it, until pings go unanswered: with the
+		// server's default of 2 min x 2 a cut host swallowed the requests
+		// routed to it (JetStream direct gets) for over a minute. 5 s x 3.
+		opts.PingInterval, opts.MaxPingsOut = 5*time.Second, 3
+		if cfg.ClusterTLS != nil {
+			opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = cfg.ClusterTLS, 5
+		}
 		var routeUser *url.Userinfo
 		if cfg.Secret != nil { // routes authenticate too: a route may publish anything
 			opts.Cluster.Username, opts.Cluster.Password = "route", cfg.Secret.Password("route")

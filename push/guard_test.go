@@ -10,18 +10,7 @@ func TestGuardCoalescerAndRegistryZeroAllocs(t *testing.T) {
 	c := NewCoalescer()
 	payload := []byte("0123456789abcdef")
 	const users = 1000
-	uids := make([]uint64, 100)
-	msgs := make([]Deliver, users/len(uids))
-	for m := range msgs {
-		for i := range uids {
-			uids[i] = uint64(m*len(uids) + i)
-		}
-		d, err := ParseDeliver(AppendDeliver(nil, KindNotify, uint32(m&3), 1, 1, "", payload, uids))
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs[m] = d
-	}
+	msgs := routerMessages(t, users, payload)
 	window := func() {
 		for m := range msgs {
 			c.AddDeliver(&msgs[m])

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,12 @@ type Node struct {
 	Dropped    atomic.Uint64 // presence deltas dropped on a full queue
 	Reconnects atomic.Uint64 // NATS reconnects seen
 	BadMsgs    atomic.Uint64 // malformed router messages
+
+	// Lost-push reports (lost.go): the queue, made on first use, and what a
+	// full queue dropped.
+	lost        chan lostRec
+	lostOnce    sync.Once
+	LostDropped atomic.Uint64
 }
 
 type presEvent struct {
@@ -116,6 +123,14 @@ func StartNode(cfg NodeConfig, sink Sink) (*Node, error) {
 			return nil, err
 		}
 		_ = sub.SetPendingLimits(1<<20, 256<<20)
+		n.subs = append(n.subs, sub)
+	}
+	if ds, ok := sink.(DeviceSink); ok { // the offline sender asks which devices are here (devices.go)
+		sub, err := nc.Subscribe(n.subj+devicesSuffix, func(m *nats.Msg) { answerDevices(m, ds) })
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
 		n.subs = append(n.subs, sub)
 	}
 	if nc.IsConnected() { // else degraded: the subscriptions are sent when it connects

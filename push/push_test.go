@@ -183,18 +183,7 @@ func BenchmarkCoalescerAddDeliver(b *testing.B) {
 	c := NewCoalescer()
 	payload := []byte("0123456789abcdef")
 	const users = 4096
-	uids := make([]uint64, 100)
-	msgs := make([]Deliver, users/len(uids))
-	for m := range msgs {
-		for i := range uids {
-			uids[i] = uint64(m*len(uids) + i)
-		}
-		d, err := ParseDeliver(AppendDeliver(nil, KindNotify, uint32(m&3), 1, 1, "", payload, uids))
-		if err != nil {
-			b.Fatal(err)
-		}
-		msgs[m] = d
-	}
+	msgs := routerMessages(b, users, payload)
 	for range 2 { // grow both batches' tables once
 		for m := range msgs {
 			c.AddDeliver(&msgs[m])
@@ -210,7 +199,29 @@ func BenchmarkCoalescerAddDeliver(b *testing.B) {
 			c.Recycle(c.Take())
 		}
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(uids)), "ns/user")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*usersPerMessage), "ns/user")
+}
+
+// usersPerMessage is how many users each of routerMessages' messages names.
+const usersPerMessage = 100
+
+// routerMessages are router messages (notifies of payload) to users 0 to
+// users-1, usersPerMessage a message, types 0 to 3 in turn.
+func routerMessages(tb testing.TB, users int, payload []byte) []Deliver {
+	tb.Helper()
+	uids := make([]uint64, usersPerMessage)
+	msgs := make([]Deliver, users/len(uids))
+	for m := range msgs {
+		for i := range uids {
+			uids[i] = uint64(m*len(uids) + i)
+		}
+		d, err := ParseDeliver(AppendDeliver(nil, KindNotify, uint32(m&3), 1, 1, "", payload, uids))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		msgs[m] = d
+	}
+	return msgs
 }
 
 func BenchmarkCoalescerAdd(b *testing.B) {

@@ -55,6 +55,8 @@ type Router struct {
 	recentMu sync.Mutex
 	recent   [2]*Batch // generations of recently routed notifies, for the presence race
 
+	offline atomic.Pointer[offlineHook] // SetOffline; nil: notifies to absent devices are dropped
+
 	subs []*nats.Subscription
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -81,6 +83,7 @@ type routerMetrics struct {
 	rejected  *prometheus.CounterVec
 	presence  *prometheus.CounterVec
 	nodeDrops prometheus.Counter
+	lost      prometheus.Counter // lost.go
 	all       []prometheus.Collector
 }
 
@@ -122,6 +125,8 @@ func NewRouter(cfg RouterConfig) (*Router, error) {
 		sub(r.nc.QueueSubscribe(SubjectNotify, routerQueue, r.onNotify)),
 		sub(r.nc.QueueSubscribe(SubjectMulticast, routerQueue, r.onMulticast)),
 		sub(r.nc.QueueSubscribe(SubjectBroadcast, routerQueue, r.onBroadcast)),
+		sub(r.nc.QueueSubscribe(SubjectDevices, routerQueue, r.onDevices)),
+		sub(r.nc.QueueSubscribe(SubjectLost, routerQueue, r.onLost)), // lost.go
 	)
 	if err == nil {
 		for _, s := range r.subs {
@@ -150,6 +155,7 @@ func (r *Router) initMetrics() {
 	r.m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_push_rejected_total", Help: "Push requests refused, by reason."}, []string{"reason"})
 	r.m.presence = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "longlink_push_presence_messages_total", Help: "Presence messages applied, by kind."}, []string{"kind"})
 	r.m.nodeDrops = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_push_node_drops_total", Help: "Times a node's users were dropped from the registry (restart, goodbye, silence)."})
+	r.m.lost = prometheus.NewCounter(prometheus.CounterOpts{Name: "longlink_push_lost_total", Help: "Pushes reported by workers as possibly unreceived on a closed connection (newest per type), handed to the offline path."})
 	users := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "longlink_push_registry_users", Help: "Users in the router's user→node registry."}, func() float64 { return float64(r.reg.Users()) })
 	// Known label values at 0 from start-up (dashboards show 0, not "No data").
 	for _, kind := range []string{"notify", "multicast", "broadcast"} {
@@ -164,7 +170,7 @@ func (r *Router) initMetrics() {
 		r.m.presence.WithLabelValues(kind)
 	}
 	r.m.presence.WithLabelValues("malformed")
-	r.m.all = []prometheus.Collector{r.m.requests, r.m.routed, r.m.offline, r.m.nodeMsgs, r.m.replayed, r.m.rejected, r.m.presence, r.m.nodeDrops, users}
+	r.m.all = []prometheus.Collector{r.m.requests, r.m.routed, r.m.offline, r.m.nodeMsgs, r.m.replayed, r.m.rejected, r.m.presence, r.m.nodeDrops, r.m.lost, users}
 	if rg := r.cfg.Registerer; rg != nil {
 		for _, c := range r.m.all {
 			_ = rg.Register(c)
@@ -217,6 +223,9 @@ func (r *Router) Notify(uid uint64, device string, typ uint32, version uint64, p
 	var nodes [8]uint16
 	found := r.reg.Lookup(uid, nodes[:0])
 	r.remember(uid, device, typ, version, payload, now)
+	if h := r.offline.Load(); h != nil {
+		h.Notified(uid, device, typ, version, payload, len(found) > 0)
+	}
 	rep := &pb.PushReply{}
 	if len(found) == 0 {
 		r.m.offline.Inc()
@@ -252,9 +261,13 @@ func (r *Router) Multicast(uids []uint64, typ uint32, version uint64, payload []
 	pairs := make([]nodeUID, 0, len(uids))
 	var nodes [8]uint16
 	rep := &pb.PushReply{}
+	h := r.offline.Load()
 	for _, u := range uids {
 		found := r.reg.Lookup(u, nodes[:0])
 		r.remember(u, "", typ, version, payload, now)
+		if h != nil {
+			h.Notified(u, "", typ, version, payload, len(found) > 0)
+		}
 		if len(found) == 0 {
 			rep.Offline++
 			continue
@@ -413,11 +426,14 @@ func (r *Router) onPresence(m *nats.Msg) {
 			r.reg.Add(uid, n.idx, int(d))
 			if d > 0 {
 				r.replay(uid, n.idx)
+			} else if d < 0 {
+				r.offlineLeft(uid) // devices.go
 			}
 		}
 	case PresSnapshot:
 		if p.Flags&SnapFirst != 0 {
 			r.reg.DropNode(n.idx)
+			r.offlineReset()
 		}
 		for i := 0; i < p.N(); i++ {
 			uid, c := p.Rec(i)
@@ -436,6 +452,7 @@ func (r *Router) askSnapshot(n *nodeInfo) {
 
 func (r *Router) dropNode(n *nodeInfo) {
 	r.reg.DropNode(n.idx)
+	r.offlineReset()
 	n.inc.Store(0)
 	r.m.nodeDrops.Inc()
 }
@@ -472,6 +489,7 @@ func (r *Router) sweep() {
 			r.log.Warn("push: node silent; dropping its users", "node", n.name)
 			n.inc.Store(0)
 			r.reg.DropNode(n.idx)
+			r.offlineReset()
 			r.m.nodeDrops.Inc()
 		}
 	}
@@ -525,4 +543,19 @@ func (r *Router) onBroadcast(m *nats.Msg) {
 	}
 	rep, err := r.Broadcast(q.Type, q.Version, q.Payload)
 	r.reply(m, rep, err)
+}
+
+// ForgetNode drops a node's users at once (the fleet view saw its host
+// leave, docs/fleet.md), instead of waiting for NodeTimeout. A node that
+// is in fact alive re-announces itself and sends a snapshot.
+func (r *Router) ForgetNode(name string) bool {
+	r.nodesMu.RLock()
+	n := r.byName[name]
+	r.nodesMu.RUnlock()
+	if n == nil || n.inc.Load() == 0 {
+		return false
+	}
+	r.log.Warn("push: node's host left the fleet; dropping its users", "node", name)
+	r.dropNode(n)
+	return true
 }

@@ -3,16 +3,13 @@ package secure
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 
-	"github.com/flynn/noise"
+	"github.com/longlink/longlink/internal/keyfile"
 	"golang.org/x/crypto/curve25519"
 )
 
@@ -75,26 +72,36 @@ func ParsePin(s string) (PinnedKey, error) {
 // the one `longlink keys` prints for new clients. Immutable; reloading
 // builds a new ring.
 type KeyRing struct {
-	keys   map[uint32]noise.DHKey
+	keys   map[uint32]staticKey
 	pub    map[uint32][32]byte
 	active uint32
+	file   keyfile.Set // the keys in the key file's form, for Rotate, Retire and SaveKeyRing
 }
+
+// staticKey is a loaded server key pair.
+type staticKey = keyPair
+
+// keyFormat is the server key file (JSON, mode 0600):
+//
+//	{"active": 2, "keys": [{"id": 1, "private": "<64 hex>"}, {"id": 2, "private": "..."}]}
+var keyFormat = keyfile.Format{Owner: "secure", Field: "private", Noun: "private key", Size: 32}
 
 // NewKeyRing builds a ring; active must be one of keys.
 func NewKeyRing(keys []ServerKey, active uint32) (*KeyRing, error) {
-	r := &KeyRing{keys: map[uint32]noise.DHKey{}, pub: map[uint32][32]byte{}, active: active}
+	set := keyfile.Set{Active: active, Keys: make([]keyfile.Key, len(keys))}
+	for i, k := range keys {
+		set.Keys[i] = keyfile.Key{ID: k.ID, Secret: slices.Clone(k.Private[:])}
+	}
+	if err := keyFormat.Check(set); err != nil {
+		return nil, err
+	}
+	r := &KeyRing{keys: map[uint32]staticKey{}, pub: map[uint32][32]byte{}, active: active, file: set}
 	for _, k := range keys {
-		if _, dup := r.keys[k.ID]; dup {
-			return nil, fmt.Errorf("secure: duplicate key id %d", k.ID)
-		}
 		if err := k.derive(); err != nil {
 			return nil, fmt.Errorf("secure: key %d: %w", k.ID, err)
 		}
-		r.keys[k.ID] = noise.DHKey{Private: slices.Clone(k.Private[:]), Public: slices.Clone(k.Public[:])}
+		r.keys[k.ID] = staticKey{priv: k.Private, pub: k.Public}
 		r.pub[k.ID] = k.Public
-	}
-	if _, ok := r.keys[active]; !ok {
-		return nil, fmt.Errorf("secure: active key id %d is not in the key file", active)
 	}
 	return r, nil
 }
@@ -125,15 +132,15 @@ func (r *KeyRing) Pins() []string {
 
 func (p PinnedKey) String() string { return fmt.Sprintf("%d:%x", p.ID, p.Public) }
 
-// keyFile is the on-disk format (JSON, mode 0600):
-//
-//	{"active": 2, "keys": [{"id": 1, "private": "<64 hex>"}, {"id": 2, "private": "..."}]}
-type keyFile struct {
-	Active uint32 `json:"active"`
-	Keys   []struct {
-		ID      uint32 `json:"id"`
-		Private string `json:"private"`
-	} `json:"keys"`
+// Rotate returns a ring with a new active key (the next id) beside the old
+// ones.
+func (r *KeyRing) Rotate() (*KeyRing, error) {
+	return fromSet(keyFormat.Rotate(r.file, nil))
+}
+
+// Retire returns a ring without key id (never the active one).
+func (r *KeyRing) Retire(id uint32) (*KeyRing, error) {
+	return fromSet(keyFormat.Retire(r.file, id))
 }
 
 // LoadKeyRing reads a key file written by SaveKeys. The file must not be
@@ -146,62 +153,65 @@ func LoadKeyRing(path string) (*KeyRing, error) {
 	return NewKeyRing(keys, active)
 }
 
-// LoadKeys reads a key file's keys and active id.
+// LoadOrCreateKeyRing reads path, creating it with one new key (id 1) if
+// absent; created reports which.
+func LoadOrCreateKeyRing(path string) (r *KeyRing, created bool, err error) {
+	set, created, err := keyFormat.LoadOrCreate(path)
+	if err != nil {
+		return nil, false, err
+	}
+	r, err = fromSet(set, nil)
+	return r, created && err == nil, err
+}
+
+// LoadKeys reads a key file's keys and active id. A missing file's error
+// matches os.ErrNotExist.
 func LoadKeys(path string) ([]ServerKey, uint32, error) {
-	fi, err := os.Stat(path)
+	set, err := keyFormat.Load(path)
 	if err != nil {
 		return nil, 0, err
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, 0, fmt.Errorf("secure: %s is mode %v: server keys must be 0600", path, fi.Mode().Perm())
-	}
-	b, err := os.ReadFile(path)
+	keys, err := serverKeys(set)
 	if err != nil {
-		return nil, 0, err
-	}
-	var f keyFile
-	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, 0, fmt.Errorf("secure: %s: %w", path, err)
 	}
-	if len(f.Keys) == 0 {
-		return nil, 0, errors.New("secure: " + path + ": no keys")
-	}
-	keys := make([]ServerKey, 0, len(f.Keys))
-	for _, fk := range f.Keys {
-		b, err := hex.DecodeString(fk.Private)
-		if err != nil || len(b) != 32 {
-			return nil, 0, fmt.Errorf("secure: %s: key %d: private key must be 64 hex digits", path, fk.ID)
+	return keys, set.Active, nil
+}
+
+// serverKeys are the key pairs of a checked key file's content.
+func serverKeys(set keyfile.Set) ([]ServerKey, error) {
+	keys := make([]ServerKey, len(set.Keys))
+	for i, fk := range set.Keys {
+		keys[i].ID = fk.ID
+		copy(keys[i].Private[:], fk.Secret)
+		if err := keys[i].derive(); err != nil {
+			return nil, fmt.Errorf("key %d: %w", fk.ID, err)
 		}
-		k := ServerKey{ID: fk.ID}
-		copy(k.Private[:], b)
-		if err := k.derive(); err != nil {
-			return nil, 0, err
-		}
-		keys = append(keys, k)
 	}
-	return keys, f.Active, nil
+	return keys, nil
+}
+
+// fromSet builds the ring of a key file's content as keyFormat returned it
+// (LoadOrCreate, Rotate, ...), or passes its error on.
+func fromSet(set keyfile.Set, err error) (*KeyRing, error) {
+	if err != nil {
+		return nil, err
+	}
+	keys, err := serverKeys(set)
+	if err != nil {
+		return nil, fmt.Errorf("secure: %w", err)
+	}
+	return NewKeyRing(keys, set.Active)
 }
 
 // SaveKeys writes keys to path with mode 0600 (atomically: temp file, rename).
 func SaveKeys(path string, keys []ServerKey, active uint32) error {
-	var f keyFile
-	f.Active = active
-	for _, k := range keys {
-		f.Keys = append(f.Keys, struct {
-			ID      uint32 `json:"id"`
-			Private string `json:"private"`
-		}{k.ID, hex.EncodeToString(k.Private[:])})
-	}
-	b, err := json.MarshalIndent(f, "", "  ")
+	r, err := NewKeyRing(keys, active)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, 0o600); err != nil { // WriteFile keeps an existing file's mode
-		return err
-	}
-	return os.Rename(tmp, path)
+	return SaveKeyRing(path, r)
 }
+
+// SaveKeyRing writes a ring's keys to path like SaveKeys.
+func SaveKeyRing(path string, r *KeyRing) error { return keyFormat.Save(path, r.file) }

@@ -14,17 +14,19 @@ import (
 // Record limits: a connection closes (ErrExhausted, code 3012) once either
 // direction has used this many nonces, far below the 2^64-1 Noise allows.
 // AES-GCM follows TLS 1.3's per-key limit (RFC 8446 §5.5, 2^24.5 records);
-// ChaCha20-Poly1305 has no practical bound, 2^40 keeps a margin.
-var recordLimit = [3]uint64{SuiteChaChaPoly: 1 << 40, SuiteAESGCM: 1 << 24}
+// ChaCha20-Poly1305 has no practical bound: 2^31 records each way (68 years
+// of a record a second) lets the counters be 32 bits, which keeps State in
+// the 80-byte size class, with 2^31 records of margin before they could wrap.
+var recordLimit = [3]uint32{SuiteChaChaPoly: 1 << 31, SuiteAESGCM: 1 << 24}
 
 // State is one connection's record layer after the handshake: the two
-// transport keys and their nonce counters, nothing else (64+16+8 bytes, plus
-// the AES ciphers for the rarely negotiated AES suite). It is not safe for
-// concurrent use: the gateway touches it only on the connection's loop.
+// transport keys and their nonce counters, nothing else (64+8+8 bytes: the
+// 80-byte size class; the rarely negotiated AES suite adds its expanded
+// ciphers, and its presence is the suite). It is not safe for concurrent
+// use: the gateway touches it only on the connection's loop.
 type State struct {
 	sendKey, recvKey [32]byte
-	sendN, recvN     uint64
-	suite            uint8
+	sendN, recvN     uint32
 	aes              *aesPair // SuiteAESGCM only
 }
 
@@ -33,7 +35,7 @@ type State struct {
 type aesPair struct{ send, recv cipher.AEAD }
 
 func newState(suite uint8, send, recv [32]byte) (*State, error) {
-	st := &State{sendKey: send, recvKey: recv, suite: suite}
+	st := &State{sendKey: send, recvKey: recv}
 	if suite == SuiteAESGCM {
 		s, err := newGCM(send)
 		if err != nil {
@@ -59,15 +61,20 @@ func newGCM(k [32]byte) (cipher.AEAD, error) {
 }
 
 // Suite returns the negotiated cipher suite.
-func (s *State) Suite() uint8 { return s.suite }
+func (s *State) Suite() uint8 {
+	if s.aes != nil {
+		return SuiteAESGCM
+	}
+	return SuiteChaChaPoly
+}
 
 // Counters returns the number of records sealed and opened so far.
-func (s *State) Counters() (sent, received uint64) { return s.sendN, s.recvN }
+func (s *State) Counters() (sent, received uint64) { return uint64(s.sendN), uint64(s.recvN) }
 
 // Exhausted reports whether either counter reached the suite's limit: the
 // connection must close (after one last record) and the client reconnect.
 func (s *State) Exhausted() bool {
-	lim := recordLimit[s.suite]
+	lim := recordLimit[s.Suite()]
 	return s.sendN >= lim || s.recvN >= lim
 }
 
@@ -90,13 +97,13 @@ var scratchPool = sync.Pool{New: func() any {
 // get borrows a scratch with the nonce for counter n set (Noise's nonce: 4
 // zero bytes, then the counter, little-endian for ChaChaPoly and big-endian
 // for AESGCM) and, for ChaChaPoly, returns the AEAD keyed with k.
-func (s *State) get(n uint64, k *[32]byte) (*scratch, cipher.AEAD) {
+func (s *State) get(n uint32, k *[32]byte) (*scratch, cipher.AEAD) {
 	sc := scratchPool.Get().(*scratch)
-	if s.suite == SuiteAESGCM {
-		binary.BigEndian.PutUint64(sc.nonce[4:], n)
+	if s.aes != nil {
+		binary.BigEndian.PutUint64(sc.nonce[4:], uint64(n))
 		return sc, nil
 	}
-	binary.LittleEndian.PutUint64(sc.nonce[4:], n)
+	binary.LittleEndian.PutUint64(sc.nonce[4:], uint64(n))
 	if !chachaRekeyable {
 		a, err := chacha20poly1305.New(k[:])
 		if err != nil {
@@ -118,7 +125,7 @@ func put(sc *scratch) {
 // the length bytes as associated data. It does not allocate when dst has
 // room for len(frame)+Overhead more bytes.
 func (s *State) Seal(dst, frame []byte) []byte {
-	if s.sendN == ^uint64(0) { // never reached: Exhausted closes long before
+	if s.sendN == ^uint32(0) { // never reached: Exhausted closes long before
 		panic("secure: send nonce space exhausted")
 	}
 	n := len(frame) + TagSize
@@ -157,7 +164,7 @@ func (s *State) Open(buf []byte, maxFrame int) (frame []byte, n int, err error) 
 	if len(buf) < end {
 		return nil, 0, nil
 	}
-	if s.recvN == ^uint64(0) {
+	if s.recvN == ^uint32(0) {
 		return nil, 0, ErrExhausted
 	}
 	ct := buf[RecordHeader:end]

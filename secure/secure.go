@@ -1,13 +1,14 @@
 // Package secure owns longlink's transport encryption: the HELLO handshake
 // (Noise NK over X25519 with SHA-256, ChaCha20-Poly1305 by default or
-// AES-256-GCM, through github.com/flynn/noise), the record layer that seals
+// AES-256-GCM: noise.go, on circl's X25519 and x/crypto, cross-checked against
+// github.com/flynn/noise by TestCrossFlynn), the record layer that seals
 // every byte after it, and the server's static key ring with key ids.
 //
 // The wire format is specified in docs/protocol.md ("Encryption"); the test
 // vectors there are checked by TestVectors, so the page cannot drift.
 //
 // After the handshake a connection keeps only a State: two 32-byte keys and
-// two 64-bit counters (flynn's objects are dropped). Seal and Open run
+// two 64-bit counters (the handshake object is dropped). Seal and Open run
 // without allocation; Open decrypts in place.
 package secure
 

@@ -1,8 +1,6 @@
 package supervisor
 
 import (
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -11,6 +9,8 @@ import (
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/internal/testutil"
+	"github.com/longlink/longlink/internal/testutil/gatewaytest"
 )
 
 var testKeys = func() *auth.KeySet {
@@ -24,23 +24,11 @@ var testKeys = func() *auth.KeySet {
 // startServer runs a gateway on 127.0.0.1:0 with logging off.
 func startServer(t testing.TB, mod func(*gateway.Config)) *gateway.Server {
 	t.Helper()
-	cfg := gateway.Config{
-		Listen: "127.0.0.1:0", Keys: testKeys, Loops: 2,
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WheelTick: 20 * time.Millisecond,
-	}
+	cfg := gateway.Config{Keys: testKeys, Loops: 2, WheelTick: 20 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Close() })
-	return s
+	return gatewaytest.Start(t, cfg)
 }
 
 // gather returns a gateway's own series (its registry, as its /metrics).
@@ -57,20 +45,10 @@ func gather(t testing.TB, s *gateway.Server) []*dto.MetricFamily {
 	return fams
 }
 
-// checkFor polls fn until it returns nil or timeout passes.
+// checkFor polls fn until it returns nil or timeout passes (testutil.CheckFor).
 func checkFor(t testing.TB, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.CheckFor(t, timeout, fn)
 }
 
 func findLink(st gateway.Status, name string) (gateway.Link, bool) {

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,14 +10,13 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/internal/testutil"
 )
 
 // TestSupervisorStatusMergesWorkers: under --workers, /status has one row
@@ -107,46 +105,14 @@ func twoWorkerSupervisor(t *testing.T) (*supervisor, []*gateway.Server) {
 	return sv, servers
 }
 
-// findChromium returns the browser to drive, or "" if none is installed.
-func findChromium(t *testing.T) string {
-	for _, c := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(c); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("CI must install chromium (see .ci/run)")
-	}
-	t.Skip("chromium not installed")
-	return ""
-}
-
-// chromium runs headless Chromium on url with extra flags and returns stdout.
-func chromium(t *testing.T, browser, url string, flags ...string) []byte {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	args := append([]string{"--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir(), "--window-size=1400,1800"}, flags...)
-	cmd := exec.CommandContext(ctx, browser, append(args, url)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("chromium %v: %v\n%s", flags, err, stderr.String())
-	}
-	return out
-}
-
 // TestSupervisorStatusPageInChromium: the supervisor's /status page, in
 // headless Chromium, has the worker rows.
 func TestSupervisorStatusPageInChromium(t *testing.T) {
-	browser := findChromium(t)
+	browser := testutil.FindChromium(t)
 	sv, _ := twoWorkerSupervisor(t)
 	sup := httptest.NewServer(sv.handler())
 	defer sup.Close()
-	if d := string(chromium(t, browser, sup.URL+"/status", "--dump-dom")); !strings.Contains(d, `<table id="workers">`) || !strings.Contains(d, "<td>edge-1/w1</td>") {
+	if d := string(testutil.RunChromium(t, browser, sup.URL+"/status", "--dump-dom")); !strings.Contains(d, `<table id="workers">`) || !strings.Contains(d, "<td>edge-1/w1</td>") {
 		t.Errorf("supervisor page has no worker rows:\n%s", d)
 	}
 }

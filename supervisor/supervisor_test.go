@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +17,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/longlink/longlink/backend/remote"
-	"github.com/longlink/longlink/gateway"
 )
 
 // series finds one series' value in merged families; labels as "k=v,...".
@@ -167,23 +165,7 @@ func TestEveryWorkerGaugeIsClassified(t *testing.T) {
 // workers at degrade 2 reports degrade 2, one admission level and one
 // heartbeat policy, and the sum of their connections.
 func TestSupervisorMetricsTwoWorkers(t *testing.T) {
-	dir := t.TempDir()
-	sv := &supervisor{log: slog.New(slog.NewTextHandler(io.Discard, nil)), started: time.Now()}
-	var servers []*gateway.Server
-	for i := range 2 {
-		s := startServer(t, nil)
-		sock := filepath.Join(dir, fmt.Sprintf("w%d.sock", i))
-		if _, err := s.ServeAdmin("unix:" + sock); err != nil {
-			t.Fatal(err)
-		}
-		sw := s.Switches()
-		sw.Degrade = 2
-		if err := s.SetSwitches(sw, "test"); err != nil {
-			t.Fatal(err)
-		}
-		sv.workers = append(sv.workers, &workerProc{index: i, sock: sock})
-		servers = append(servers, s)
-	}
+	sv, servers := twoWorkerSupervisor(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var d net.Dialer

@@ -17,6 +17,14 @@
 // ChaCha20-Poly1305), AUTH in the first flight; then every message carries
 // sealed records. A forged server fails the handshake; there is no
 // fallback to plaintext.
+//
+// In a fleet (docs/fleet.md) give { seeds: [ws URLs…], fleetPins: ["<id>:<64 hex>"] }:
+// signed node lists from AUTH_OK, CONFIG, a GOAWAY 3014 redirect or
+// c.fetchNodes(".../v1/nodes") are verified with WebCrypto Ed25519, the
+// newest kept (optionally in { storage: localStorage }); connect() races the
+// list's ws_url addresses (race 2, 250 ms apart), bans failing ones (1 s
+// doubling to 5 min) and falls back to the seeds; onReconnect(ms, url) and
+// c.reconnects report reconnect times.
 
 const MAGIC = 0xd7, VERSION = 1;
 export const Cmd = Object.freeze({
@@ -50,10 +58,10 @@ function fieldVarint(num, v, out) {
   varint(num << 3, out);
   varint(v, out);
 }
-// parse returns {fieldNumber: value}: BigInt-safe Numbers for varints
-// (as Number when exact), Uint8Array for length-delimited fields.
-export function parseFields(buf) {
-  const f = {};
+// scanFields calls fn(fieldNumber, value) for each field of buf, in order:
+// varints as a Number when exact (else a BigInt), length-delimited fields
+// as a Uint8Array; fixed 32- and 64-bit fields are skipped.
+function scanFields(buf, fn) {
   let i = 0;
   const rv = () => {
     let shift = 0n, n = 0n, b;
@@ -69,15 +77,22 @@ export function parseFields(buf) {
     const key = Number(rv()), num = key >> 3, typ = key & 7;
     if (typ === 0) {
       const v = rv();
-      f[num] = v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+      fn(num, v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v);
     } else if (typ === 2) {
       const n = Number(rv());
-      f[num] = buf.subarray(i, i + n);
+      if (i + n > buf.length) throw new Error("truncated field");
+      fn(num, buf.subarray(i, i + n));
       i += n;
     } else if (typ === 1) i += 8;
     else if (typ === 5) i += 4;
     else throw new Error("unsupported wire type " + typ);
   }
+}
+
+// parseFields returns {fieldNumber: value} (the last value of a repeated field).
+export function parseFields(buf) {
+  const f = {};
+  scanFields(buf, (n, v) => { f[n] = v; });
   return f;
 }
 
@@ -201,25 +216,207 @@ export class LonglinkError extends Error {
   get reconnect() { return this.code < 4000 || this.code >= 5000; }
 }
 
+// --- fleet: signed node lists (docs/fleet.md "Clients") ---
+// parseAll is parseFields keeping every value of repeated fields.
+function parseAll(buf) {
+  const f = {};
+  scanFields(buf, (n, v) => { (f[n] ??= []).push(v); });
+  return f;
+}
+const one = (f, n) => f[n]?.[f[n].length - 1];
+const str = (v) => (v ? dec.decode(v) : "");
+const LIST_CONTEXT = enc.encode("longlink node list v1");
+const BAN_MIN_MS = 1000, BAN_MAX_MS = 300000, REDIRECT_AVOID_MS = 30000;
+const b64 = (u8) => btoa(String.fromCharCode(...u8));
+const unb64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+
+// parseFleetPin reads "<key id>:<64 hex digits>" (`longlink keys --fleet`).
+export function parseFleetPin(s) {
+  const m = /^(\d+):([0-9a-fA-F]{64})$/.exec(String(s).trim());
+  if (!m) throw new Error(`fleet pin ${JSON.stringify(s)}: want <key id>:<64 hex digits>`);
+  return { id: Number(m[1]), key: Uint8Array.from(m[2].match(/../g), (h) => parseInt(h, 16)) };
+}
+
+// verifyNodeList checks a SignedNodeList (bytes, or {list, key_id,
+// signature} as GET /v1/nodes answers in JSON) against the pins with
+// WebCrypto's Ed25519; it resolves with the decoded list or rejects.
+export async function verifyNodeList(signed, pins) {
+  let list, keyId, sig;
+  if (signed instanceof Uint8Array) {
+    const f = parseAll(signed);
+    list = one(f, 1) ?? new Uint8Array(0); keyId = one(f, 2) ?? 0; sig = one(f, 3) ?? new Uint8Array(0);
+  } else {
+    list = unb64(signed.list); keyId = signed.key_id; sig = unb64(signed.signature);
+  }
+  const pin = pins.find((p) => p.id === keyId);
+  if (!pin) throw new LonglinkError(0, `node list signed by key ${keyId}, which is not pinned`);
+  const k = await subtle.importKey("raw", pin.key, { name: "Ed25519" }, false, ["verify"]);
+  if (!(await subtle.verify({ name: "Ed25519" }, k, sig, cat(LIST_CONTEXT, new Uint8Array([0]), list)))) {
+    throw new LonglinkError(0, "node list signature does not verify");
+  }
+  const l = parseAll(list);
+  return {
+    nodes: (l[1] ?? []).slice(0, 5).map((n) => {
+      const f = parseAll(n);
+      return { addr: str(one(f, 1)), wsUrl: str(one(f, 2)), host: str(one(f, 3)), weight: one(f, 4) ?? 0, region: str(one(f, 5)), carrier: str(one(f, 6)) };
+    }),
+    ttlS: one(l, 2) ?? 0, backoffMinMs: one(l, 3) ?? 0, backoffMaxMs: one(l, 4) ?? 0, issuedMs: one(l, 5) ?? 0,
+    region: str(one(l, 6)), carrier: str(one(l, 7)), race: one(l, 8) ?? 0, raceStaggerMs: one(l, 9) ?? 0,
+    signed: signed instanceof Uint8Array ? signed : null,
+  };
+}
+
 export class LonglinkClient {
-  constructor(url, { token, device = "web", onPush, onState, reconnect = true, pongTimeoutMs = 10000, serverKey } = {}) {
-    Object.assign(this, { url, token, device, onPush, onState, reconnect, pongTimeoutMs });
+  // url is a seed WebSocket URL (seeds may add more). Fleet options:
+  // fleetPins (pins of the node-list keys), race (2), raceStaggerMs (250),
+  // storage (a localStorage-like object caching the newest list),
+  // onNodeList(list), onReconnect(ms, url).
+  constructor(url, { token, device = "web", onPush, onState, reconnect = true, pongTimeoutMs = 10000, serverKey,
+    seeds = [], fleetPins = [], race = 2, raceStaggerMs = 250, storage, onNodeList, onReconnect } = {}) {
+    Object.assign(this, { url, token, device, onPush, onState, reconnect, pongTimeoutMs, race, raceStaggerMs, storage, onNodeList, onReconnect });
     this.pin = serverKey ? parsePin(serverKey) : null;
     this.pending = new Map();
     this.seq = 0;
     this.attempt = 0;
     this.closed = false;
+    this.seeds = [...(url ? [url] : []), ...seeds.filter((s) => s !== url)];
+    this.fleetPins = fleetPins.map(parseFleetPin);
+    this.bans = new Map();
+    this.list = null;
+    this.reconnects = { count: 0, lastMs: 0 };
+    this.listReady = Promise.resolve();
+    const cached = storage?.getItem?.("longlink.nodes");
+    if (cached) this.listReady = this.acceptNodeList(unb64(cached)).catch(() => false);
   }
 
-  // connect opens the socket and authenticates; resolves with the AUTH_OK fields.
-  connect() {
+  // acceptNodeList takes a signed list if it verifies and is newer than the
+  // one held; resolves true when it replaced it.
+  async acceptNodeList(signed) {
+    const l = await verifyNodeList(signed, this.fleetPins);
+    if (this.list && l.issuedMs <= this.list.issuedMs) return false;
+    this.list = l;
+    if (l.backoffMinMs) this.backoffMinMs = l.backoffMinMs;
+    if (l.backoffMaxMs) this.backoffMaxMs = l.backoffMaxMs;
+    if (l.signed) try { this.storage?.setItem?.("longlink.nodes", b64(l.signed)); } catch { /* full or denied */ }
+    this.onNodeList?.(l);
+    return true;
+  }
+
+  // fetchNodes gets a list from GET /v1/nodes (JSON; the gateway's HTTP
+  // port must allow this page's origin) and offers it to acceptNodeList.
+  async fetchNodes(url) {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!r.ok) throw new LonglinkError(0, `GET ${url}: ${r.status}`);
+    return this.acceptNodeList(await r.json());
+  }
+
+  // listStale: the list held is older than its ttl_s (still used).
+  get listStale() { return !!this.list && this.list.ttlS > 0 && Date.now() - this.list.issuedMs > this.list.ttlS * 1000; }
+
+  _banned(u) { return (this.bans.get(u)?.until ?? 0) > Date.now(); }
+  _ban(u) {
+    const b = this.bans.get(u) ?? { fails: 0, until: 0 };
+    b.until = Date.now() + Math.min(BAN_MAX_MS, BAN_MIN_MS * 2 ** Math.min(b.fails, 16));
+    b.fails++;
+    this.bans.set(u, b);
+  }
+  _avoid(u, ms) { const b = this.bans.get(u) ?? { fails: 0, until: 0 }; b.until = Date.now() + ms; this.bans.set(u, b); }
+
+  // _candidates: the list's unbanned ws URLs, else the unbanned seeds, else
+  // every seed (the backoff paces them).
+  _candidates() {
+    let c = (this.list?.nodes ?? []).map((n) => n.wsUrl).filter((u) => u && !this._banned(u));
+    if (!c.length) c = this.seeds.filter((u) => !this._banned(u));
+    if (!c.length) c = [...this.seeds];
+    if (this.preferred) c = [this.preferred, ...c.filter((u) => u !== this.preferred)];
+    return c;
+  }
+
+  // connect races the candidates (the first to reach AUTH_OK wins, the
+  // others are closed; each next one starts raceStaggerMs after the
+  // previous, or at once when one fails); resolves with the AUTH_OK fields.
+  async connect() {
+    await this.listReady;
+    const cands = this._candidates();
+    const race = Math.min(3, Math.max(1, this.list?.race || this.race));
+    const stagger = this.list?.raceStaggerMs || this.raceStaggerMs;
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
-      ws.binaryType = "arraybuffer";
-      this.ws = ws;
-      let authed = false, hs = null, rx = Promise.resolve();
-      this.sec = null;
-      this.tx = Promise.resolve();
+      let idx = 0, running = 0, won = false, lastErr = null, timer;
+      const attempts = [];
+      const fail = (e) => {
+        this.preferred = undefined;
+        this._state("disconnected");
+        this._scheduleReconnect();
+        reject(e);
+      };
+      const next = () => {
+        if (won || this.closed || idx >= cands.length) return;
+        const a = this._open(cands[idx++]);
+        running++;
+        attempts.push(a);
+        a.done.then((auth) => {
+          running--;
+          if (won || this.closed) { a.ws.close(1000); return; }
+          won = true;
+          clearTimeout(timer);
+          for (const o of attempts) if (o !== a) o.abort();
+          this.bans.delete(a.url);
+          a.commit();
+          this.attempt = 0;
+          this.auth = auth;
+          if (this.lostAt) {
+            this.reconnects = { count: this.reconnects.count + 1, lastMs: Date.now() - this.lostAt };
+            this.onReconnect?.(this.reconnects.lastMs, a.url);
+          }
+          this._startHeartbeat(auth.heartbeat);
+          this._state("connected");
+          resolve(auth);
+        }, (e) => {
+          running--;
+          if (won) return;
+          if (!e.aborted) this._ban(a.url);
+          if (!lastErr || (e.code && !lastErr.code)) lastErr = e;
+          if (e.code && !e.reconnect) { this.closed = true; won = true; clearTimeout(timer); for (const o of attempts) o.abort(); return fail(e); }
+          if (idx < cands.length) next();
+          else if (running === 0) fail(lastErr);
+        });
+      };
+      const tick = () => {
+        timer = setTimeout(() => {
+          if (!won && running < race) next();
+          if (!won && idx < cands.length) tick();
+        }, stagger);
+      };
+      next();
+      tick();
+    });
+  }
+
+  // _open is one attempt: socket, optional handshake, AUTH. commit() makes
+  // it the client's connection; abort() ends a loser.
+  _open(url) {
+    const ws = new WebSocket(url);
+    ws.binaryType = "arraybuffer";
+    const a = { ws, url };
+    let authed = false, committed = false, hs = null, rx = Promise.resolve(), sec = null, tx = Promise.resolve();
+    const early = [];
+    const send = (b) => {
+      if (!sec) return ws.send(b);
+      tx = tx.then(async () => ws.send(await sec.seal(b))).catch(() => {});
+    };
+    a.done = new Promise((resolve, reject) => {
+      a.abort = () => {
+        const e = new LonglinkError(0, "another address won the race");
+        e.aborted = true;
+        reject(e);
+        ws.close(1000);
+      };
+      a.commit = () => {
+        committed = true;
+        Object.assign(this, { ws, sec, tx, url });
+        this.goodbye = false;
+        for (const f of early) this._frame(f);
+      };
       ws.onopen = async () => {
         const body = [];
         fieldBytes(1, this.token, body);
@@ -234,7 +431,7 @@ export class LonglinkClient {
       // Messages are handled one at a time, in order: opening records is async.
       ws.onmessage = (ev) => { rx = rx.then(() => onMessage(new Uint8Array(ev.data))).catch((e) => { reject(e); ws.close(1000); }); };
       const onMessage = async (data) => {
-        if (this.pin && !this.sec) { // HELLO_OK, or a plaintext ERROR before the keys
+        if (this.pin && !sec) { // HELLO_OK, or a plaintext ERROR before the keys
           const [f] = frames(data);
           if (f?.cmd !== Cmd.HELLO_OK) {
             if (f?.cmd === Cmd.ERROR) reject(this._closeError(f));
@@ -242,42 +439,42 @@ export class LonglinkClient {
             return;
           }
           const r = await hs.finish(f.body).catch((e) => { this.closed = true; throw e; });
-          this.sec = new Records(r.send, r.recv);
-          this._send(frame(Cmd.HEARTBEAT, 0)); // the first record: the server admits the session now
+          sec = new Records(r.send, r.recv);
+          send(frame(Cmd.HEARTBEAT, 0)); // the first record: the server admits the session now
           data = r.payload;
-        } else if (this.sec) {
-          data = await this.sec.open(data);
+        } else if (sec) {
+          data = await sec.open(data);
         }
         for (const f of frames(data)) {
           if (!authed) {
             if (f.cmd === Cmd.AUTH_OK) {
               authed = true;
-              this.attempt = 0;
               const ok = parseFields(f.body);
               const hb = ok[4] ? parseFields(ok[4]) : {};
-              this.auth = { uid: ok[1], device: ok[2] ? dec.decode(ok[2]) : "", node: ok[5] ? dec.decode(ok[5]) : "", heartbeat: hb };
-              this._startHeartbeat(hb);
-              this._state("connected");
-              resolve(this.auth);
+              if (ok[7]) await this.acceptNodeList(new Uint8Array(ok[7])).catch(() => {});
+              resolve({ uid: ok[1], device: ok[2] ? dec.decode(ok[2]) : "", node: ok[5] ? dec.decode(ok[5]) : "", heartbeat: hb });
               continue;
             }
-            const e = this._closeError(f);
-            this.closed = this.closed || !e.reconnect;
-            reject(e);
+            reject(this._closeError(f));
             continue;
           }
-          this._frame(f);
+          if (committed) this._frame(f);
+          else early.push(f);
         }
       };
       ws.onclose = () => {
+        if (!committed) return reject(new LonglinkError(0, "connection closed before AUTH_OK"));
+        if (this.ws !== ws) return;
         this._stopHeartbeat();
         for (const [, p] of this.pending) p.reject(new LonglinkError(0, "connection lost"));
         this.pending.clear();
-        if (!authed) reject(new LonglinkError(0, "connection closed before AUTH_OK"));
+        this.lostAt = Date.now();
+        if (!this.goodbye) this._ban(url); // lost without a goodbye: the host may be gone
         this._state("disconnected");
         this._scheduleReconnect();
       };
     });
+    return a;
   }
 
   // call invokes a backend method; resolves with the answer body.
@@ -337,6 +534,7 @@ export class LonglinkClient {
         if (cc[2]) this._startHeartbeat(parseFields(cc[2]));
         if (cc[3]) this.backoffMinMs = cc[3];
         if (cc[4]) this.backoffMaxMs = cc[4];
+        if (cc[7]) this.acceptNodeList(new Uint8Array(cc[7])).catch(() => {});
         return;
       }
       case Cmd.ERROR:
@@ -344,7 +542,17 @@ export class LonglinkClient {
         const e = this._closeError(f);
         this.closed = this.closed || !e.reconnect;
         this.retryHint = e.retryAfterMs;
-        this.redirect = f.cmd === Cmd.GOAWAY ? this._redirect(f) : undefined;
+        this.goodbye = true;
+        if (f.cmd === Cmd.GOAWAY) {
+          const g = parseFields(f.body);
+          if (g[3]) this.preferred = this.url.replace(/\/\/[^/]+/, "//" + dec.decode(g[3]));
+          if (e.code === 3014) this._avoid(this.url, REDIRECT_AVOID_MS); // sent away: go elsewhere for a while
+          if (g[5]) { // a node list to follow: at once when it is fresh
+            const signed = new Uint8Array(g[5]);
+            this.listReady = this.acceptNodeList(signed).catch(() => false);
+            if (e.code === 3014) this.redirectNow = true; // follow the list at once, not after a backoff
+          }
+        }
         this.ws.close(1000);
         return;
       }
@@ -355,11 +563,6 @@ export class LonglinkClient {
     const e = parseFields(f.body);
     const retry = f.cmd === Cmd.GOAWAY ? e[2] : e[3];
     return new LonglinkError(e[1] ?? 0, e[f.cmd === Cmd.GOAWAY ? 4 : 2] ? dec.decode(e[f.cmd === Cmd.GOAWAY ? 4 : 2]) : "", retry ?? 0);
-  }
-
-  _redirect(f) {
-    const g = parseFields(f.body);
-    return g[3] ? dec.decode(g[3]) : undefined;
   }
 
   // A browser can't see NAT state, so it simply heartbeats at the server's
@@ -381,9 +584,9 @@ export class LonglinkClient {
     this.attempt++;
     const lo = this.backoffMinMs ?? 500, hi = this.backoffMaxMs ?? 60000; // the server may set them (CONFIG)
     const ceil = Math.min(hi, lo * 2 ** Math.min(this.attempt, 7));
-    const delay = Math.max(this.retryHint ?? 0, lo / 2 + Math.random() * ceil);
+    const delay = this.redirectNow ? (this.retryHint ?? 0) : Math.max(this.retryHint ?? 0, lo / 2 + Math.random() * ceil);
     this.retryHint = 0;
-    if (this.redirect) this.url = this.url.replace(/\/\/[^/]+/, "//" + this.redirect);
+    this.redirectNow = false;
     this.retryTimer = setTimeout(() => this.connect().catch(() => {}), delay);
   }
 

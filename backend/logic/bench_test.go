@@ -3,8 +3,6 @@ package logic_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"sync/atomic"
@@ -20,6 +18,7 @@ import (
 	"github.com/longlink/longlink/backend/remote"
 	"github.com/longlink/longlink/client"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/internal/testutil/gatewaytest"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -31,15 +30,7 @@ func benchGateway(b *testing.B, be backend.Backend, conns int) []*client.Client 
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Backend: be, Loops: 2, MaxFrameRate: 1 << 20,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { srv.Close() })
+	srv := gatewaytest.Start(b, gateway.Config{Keys: keys, Backend: be, Loops: 2, MaxFrameRate: 1 << 20})
 	var cs []*client.Client
 	for i := 0; i < conns; i++ {
 		tok, _ := keys.Mint(uint64(i+1), "d", time.Now().Add(time.Hour))

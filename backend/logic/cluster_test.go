@@ -1,13 +1,19 @@
 package logic
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/longlink/longlink/backend"
+	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -322,5 +328,130 @@ func TestClusterLargeGroupDiffusedInPartsOnce(t *testing.T) {
 				t.Fatalf("uid %d: item %d is %q", uid, i, it.GetMessage().GetText())
 			}
 		}
+	}
+}
+
+// TestStoreFailureIsNeverALogicalAnswer: while the replicated store cannot
+// be read (here its only node is gone), a read that failed must not look
+// like an absent key: calls fail as unavailable (2003, with a retry hint:
+// transient, and not the instance's fault, so the pool keeps it), never
+// "no such group", "not a contact" or "sync key ahead of the server",
+// which a client would not retry (or would act on: drop its key). Found by
+// TestClusterE2E's kill of the stream leader.
+func TestStoreFailureIsNeverALogicalAnswer(t *testing.T) {
+	nc := startCluster(t, 1)
+	st, err := OpenJetStream(JSConfig{Conn: nc.connect(t), Stream: "GONE", Prefix: "gone", Replicas: 1, Timeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := New(st, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var g pb.Group
+	mustCall(t, l, 1, "d", MethodGroupCreate, &pb.GroupCreateRequest{Members: []uint64{2}}, &g)
+	mustCall(t, l, 1, "d", MethodContactAdd, &pb.ContactRequest{Uid: 2}, nil)
+	mustCall(t, l, 1, "d", MethodSend, &pb.SendRequest{To: 2, Text: "x"}, nil)
+	_, key, _ := syncAll(t, l, 1, "d", nil, 0)
+	nc.nodes[0].Shutdown()
+	for _, c := range []struct {
+		method string
+		q      proto.Message
+	}{
+		{MethodSendGroup, &pb.SendGroupRequest{GroupId: g.GroupId, Text: "y", ClientMsgId: "y"}},
+		{MethodGroupAdd, &pb.GroupAddRequest{GroupId: g.GroupId, Members: []uint64{3}}},
+		{MethodContactDel, &pb.ContactRequest{Uid: 2}},
+		{MethodSync, &pb.SyncRequest{Key: key}},
+		{MethodSend, &pb.SendRequest{To: 2, Text: "z", ClientMsgId: "z"}},
+	} {
+		err := call(t, l, 1, "d", c.method, c.q, nil)
+		if kind, be := backend.Classify(err); kind != backend.KindUnavailable || be.Code != codec.CodeUnavailable || be.RetryAfter == 0 {
+			t.Errorf("%s with the store down: %v (want unavailable, 2003, with a retry hint)", c.method, err)
+		}
+	}
+}
+
+// TestInstancesStartOnANewStream: instances started together on a store
+// whose R3 stream they create all start (the stream's leader is elected
+// a moment after its creation; the first read waits for it instead of
+// failing the instance's start-up).
+func TestInstancesStartOnANewStream(t *testing.T) {
+	nc := startCluster(t, 3)
+	for round := range 3 {
+		name := fmt.Sprint("FRESH", round)
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				st, err := OpenJetStream(JSConfig{Conn: nc.connect(t), Stream: name, Prefix: strings.ToLower(name), Replicas: 3})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				l, err := New(st, Config{})
+				if err != nil {
+					t.Errorf("an instance on the new stream %s did not start: %v", name, err)
+					return
+				}
+				l.Close()
+			}()
+		}
+		wg.Wait()
+	}
+}
+
+// TestCommitWithoutRespondersIsRetried: a commit that finds no responder
+// (the stream's interest not yet on this server, as just after its
+// creation; here the stream is deleted and re-created) is re-run while
+// the store's timeout lasts, so the write succeeds once the stream is
+// back; past the timeout it is a transient 2003, not a logical answer.
+func TestCommitWithoutRespondersIsRetried(t *testing.T) {
+	nc := startCluster(t, 1)
+	conn := nc.connect(t)
+	st, err := OpenJetStream(JSConfig{Conn: conn, Stream: "GONE", Prefix: "gone", Replicas: 1, Timeout: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := js.Stream(ctx, "GONE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.CachedInfo().Config
+	write := func() error {
+		return st.Update(func(tx Tx) error { return tx.Put("t", 1, []byte("k"), []byte("v")) })
+	}
+	if err := js.DeleteStream(ctx, "GONE"); err != nil {
+		t.Fatal(err)
+	}
+	back := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		_, err := js.CreateStream(ctx, cfg)
+		back <- err
+	}()
+	if err := write(); err != nil {
+		t.Fatalf("a write while the stream came back: %v", err)
+	}
+	if err := <-back; err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, "GONE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = write()
+	if k, _ := backend.Classify(err); k != backend.KindUnavailable {
+		t.Fatalf("a write with no stream for good: %v (want unavailable)", err)
+	}
+	if d := time.Since(start); d < 3*time.Second {
+		t.Fatalf("gave up after %v, before the store's 3s timeout", d)
 	}
 }

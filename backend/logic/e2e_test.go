@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,44 +22,9 @@ import (
 	"github.com/longlink/longlink/backend/logic"
 	"github.com/longlink/longlink/client"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-var build struct {
-	sync.Once
-	path string
-	err  error
-}
-
-// binary builds cmd/longlink once per test run.
-func binary(t *testing.T) string {
-	t.Helper()
-	build.Do(func() {
-		dir, err := os.MkdirTemp("", "longlink-logic-e2e")
-		if err != nil {
-			build.err = err
-			return
-		}
-		build.path = filepath.Join(dir, "longlink")
-		if out, err := exec.Command("go", "build", "-o", build.path, "../../cmd/longlink").CombinedOutput(); err != nil {
-			build.err = fmt.Errorf("build: %v\n%s", err, out)
-		}
-	})
-	if build.err != nil {
-		t.Fatal(build.err)
-	}
-	return build.path
-}
 
 type proc struct {
 	cmd  *exec.Cmd
@@ -75,7 +41,7 @@ func start(t *testing.T, args ...string) *proc {
 
 func (p *proc) start(t *testing.T) {
 	t.Helper()
-	p.cmd = exec.Command(binary(t), p.args...)
+	p.cmd = exec.Command(testutil.Longlink(t), p.args...)
 	p.cmd.Stdout, p.cmd.Stderr = os.Stderr, os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -89,19 +55,16 @@ func (p *proc) kill() {
 	}
 }
 
+// until polls fn until it returns nil, failing with what and fn's last
+// error after timeout.
 func until(t *testing.T, what string, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
+	testutil.CheckFor(t, timeout, func() error {
+		if err := fn(); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func dialable(addr string) error {
@@ -123,6 +86,9 @@ type user struct {
 	msgs   []*pb.Message
 }
 
+// onDisconnect, when set, hears every client's disconnection and why.
+var onDisconnect atomic.Pointer[func(uid uint64, err error)]
+
 func connect(t *testing.T, addr string, keys *auth.KeySet, uid uint64, device string) *user {
 	t.Helper()
 	tok, err := keys.Mint(uid, device, time.Now().Add(time.Hour))
@@ -133,6 +99,17 @@ func connect(t *testing.T, addr string, keys *auth.KeySet, uid uint64, device st
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	u.c, err = client.Dial(ctx, client.Options{Addr: addr, Token: tok, Device: device, BackoffMin: 50 * time.Millisecond, BackoffMax: 300 * time.Millisecond,
+		OnState: func(s client.State, err error) {
+			if s != client.Disconnected || err == nil {
+				return
+			}
+			if os.Getenv("LONGLINK_E2E_VERBOSE") != "" {
+				fmt.Fprintf(os.Stderr, "uid %d %s: disconnected: %v\n", uid, device, err)
+			}
+			if f := onDisconnect.Load(); f != nil {
+				(*f)(uid, err)
+			}
+		},
 		OnPush: func(p *pb.Push) {
 			select {
 			case u.pushes <- p:
@@ -261,14 +238,14 @@ func TestE2E(t *testing.T) {
 		t.Skip("builds and runs processes")
 	}
 	t0 := time.Now()
-	binary(t)
+	testutil.Longlink(t)
 	t.Logf("built in %v", time.Since(t0))
 	dir := t.TempDir()
 	keys, _, err := auth.LoadOrCreate(auth.KeyFile(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
-	gwAddr, natsAddr, logicAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	gwAddr, natsAddr, logicAddr := testutil.FreeAddr(t), testutil.FreeAddr(t), testutil.FreeAddr(t)
 	lg := start(t, "logic", "--listen", logicAddr, "--data", filepath.Join(dir, "logic"), "--secret", filepath.Join(dir, "logic.secret"), "--nats", "nats://"+natsAddr,
 		"--nats-secret", filepath.Join(dir, "nats.secret"), "--metrics", "", "--log-level", "error")
 	gw := start(t, "gateway", "--workers", "2", "--listen", gwAddr, "--admin", "", "--http", "", "--data", dir,
@@ -441,7 +418,7 @@ func TestE2EEmbedded(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			addr := freeAddr(t)
+			addr := testutil.FreeAddr(t)
 			gw := start(t, "gateway", "--workers", workers, "--listen", addr, "--admin", "", "--http", "", "--data", dir,
 				"--nats-listen", "127.0.0.1:0", "--push-grpc", "", "--log-level", "error", "--loops", "1")
 			until(t, "gateway up", 30*time.Second, func() error { return dialable(addr) })
@@ -460,7 +437,7 @@ func TestE2EEmbedded(t *testing.T) {
 			a.c.Close()
 			// A new port: a single gateway process does not set SO_REUSEADDR,
 			// so its old port is busy while the killed connections linger.
-			addr = freeAddr(t)
+			addr = testutil.FreeAddr(t)
 			for i, arg := range gw.args {
 				if arg == "--listen" {
 					gw.args[i+1] = addr

@@ -17,6 +17,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/longlink/longlink/backend"
+	"github.com/longlink/longlink/codec"
 )
 
 // JSConfig configures the replicated JetStream store.
@@ -68,6 +71,12 @@ const (
 
 // errConflict: another writer changed a key this transaction read.
 var errConflict = errors.New("logic: store write conflict")
+
+// errNotDelivered: the commit found no responder (the stream's interest
+// has not yet reached this server: a stream just created, a leader just
+// elected). Nothing of the batch was stored without its commit, so the
+// transaction is re-run, for up to the store's timeout.
+var errNotDelivered = errors.New("logic: store commit not delivered (no responders)")
 
 // OpenJetStream opens (creating or updating) the store's stream.
 func OpenJetStream(cfg JSConfig) (Store, error) {
@@ -122,25 +131,56 @@ func OpenJetStream(cfg JSConfig) (Store, error) {
 		}
 		return nil, fmt.Errorf("logic: JetStream stream %s: %w%s", cfg.Stream, err, hint)
 	}
-	return &jsStore{
+	st := &jsStore{
 		nc: cfg.Conn, own: cfg.OwnConn, stream: cfg.Stream, prefix: cfg.Prefix, timeout: cfg.Timeout,
 		api: "$JS.API.STREAM.MSG.GET." + cfg.Stream,
 		del: "$JS.API.STREAM.MSG.DELETE." + cfg.Stream,
-	}, nil
+	}
+	// A stream just created (or whose leader is being elected) is not
+	// readable for a few seconds: wait for its leader to answer a read,
+	// or the first transaction (New's) fails and the instance does not
+	// start.
+	var rerr error
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if _, _, rerr = st.msgGet(cfg.Prefix+".h.0", false, 0); rerr == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("logic: JetStream stream %s has no leader answering: %w", cfg.Stream, rerr)
+	}
+	return st, nil
 }
 
 func (s *jsStore) Update(fn func(Tx) error) error { return s.UpdateNow(fn) }
 
 // UpdateNow runs fn and commits, re-running it on a conflict.
 func (s *jsStore) UpdateNow(fn func(Tx) error) error {
+	var undelivered time.Time
 	for try := 0; ; try++ {
 		t := s.newTx(true)
 		err := fn(t)
-		if err == nil {
-			err = t.err
+		if t.err != nil {
+			// A failed read makes the key look absent, so fn may have
+			// concluded something logical from it ("no such group"): the
+			// store's failure is the answer, a transient one.
+			err = unavailable(t.err)
 		}
 		if err == nil {
 			err = t.commit()
+			if errors.Is(err, errNotDelivered) {
+				if undelivered.IsZero() {
+					undelivered = time.Now()
+				}
+				if time.Since(undelivered) < s.timeout {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+			}
+			if err != nil && !errors.Is(err, errConflict) {
+				err = unavailable(err)
+			}
 		}
 		if !errors.Is(err, errConflict) || try >= jsMaxTries {
 			return err
@@ -153,10 +193,24 @@ func (s *jsStore) UpdateNow(fn func(Tx) error) error {
 
 func (s *jsStore) View(fn func(Tx) error) error {
 	t := s.newTx(false)
-	if err := fn(t); err != nil {
+	err := fn(t)
+	if t.err != nil {
+		return unavailable(t.err) // as in UpdateNow: not what fn made of a failed read
+	}
+	return err
+}
+
+// unavailable classifies a store failure (a read or commit that failed or
+// timed out, while the stream has no leader or no quorum) for the callers:
+// transient, code 2003 with a retry hint. The gateway's pool does not
+// eject an instance for it (every instance shares the store), and the
+// client retries (a send with its client_msg_id: a commit whose answer
+// was lost may have been applied).
+func unavailable(err error) error {
+	if k, _ := backend.Classify(err); err == nil || k != backend.KindSystem {
 		return err
 	}
-	return t.err
+	return &backend.Error{Kind: backend.KindUnavailable, Code: codec.CodeUnavailable, Msg: "logic store unavailable: " + err.Error(), RetryAfter: 1000}
 }
 
 func (s *jsStore) Close() error {
@@ -372,6 +426,9 @@ func (t *jsTx) commit() error {
 		}
 		m.Header.Set("Nats-Batch-Commit", "1")
 		rep, err := t.s.nc.RequestMsg(m, t.s.timeout)
+		if errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("%w: %w", errNotDelivered, err)
+		}
 		if err != nil {
 			// Unknown outcome (the batch may have committed): the caller
 			// fails; client_msg_id makes its retry safe.

@@ -617,7 +617,14 @@ func (l *Logic) fanoutLoop() {
 			}
 			n, err := l.fanoutOnce()
 			if err != nil {
-				l.log.Error("group write diffusion failed; retrying", "err", err)
+				if errors.Is(err, errConflict) {
+					// Several instances on one replicated store diffuse the
+					// same queue, and diffusion writes race members' own
+					// sends: expected, and retried.
+					l.log.Debug("group write diffusion conflicted; retrying", "err", err)
+				} else {
+					l.log.Error("group write diffusion failed; retrying", "err", err)
+				}
 				select {
 				case <-l.stop:
 					return

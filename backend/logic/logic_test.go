@@ -13,6 +13,7 @@ import (
 
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -164,15 +165,10 @@ func TestSendAndSync(t *testing.T) {
 	}
 }
 
+// waitFor polls cond for up to 10 s (testutil.WaitFor).
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, what, 10*time.Second, cond)
 }
 
 func TestPagingInOrder(t *testing.T) {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/longlink/longlink/internal/testutil"
 )
 
 // TestMain lets the test binary be a NATS node of its own (for kill -9):
@@ -76,7 +78,7 @@ func startProcCluster(t *testing.T, n int) *procCluster {
 	base := t.TempDir()
 	for i := range n {
 		c.specs = append(c.specs, nodeSpec{Name: fmt.Sprint("n", i), Dir: filepath.Join(base, fmt.Sprint("n", i)),
-			Port: freePort(t), ClusterPort: freePort(t), HTTPPort: freePort(t)})
+			Port: testutil.FreePort(t), ClusterPort: testutil.FreePort(t), HTTPPort: testutil.FreePort(t)})
 	}
 	for i := range n {
 		for j := range n {
@@ -154,6 +156,7 @@ type jsz struct {
 			} `json:"cluster"`
 			State struct {
 				LastSeq uint64 `json:"last_seq"`
+				Msgs    uint64 `json:"messages"`
 			} `json:"state"`
 		} `json:"stream_detail"`
 	} `json:"account_details"`
@@ -172,9 +175,16 @@ func (c *procCluster) jsz(i int) (jsz, error) {
 
 // stream returns node i's view of a stream: its leader and last sequence.
 func (c *procCluster) stream(i int, name string) (leader string, last uint64, ok bool) {
+	leader, last, _, ok = c.streamState(i, name)
+	return leader, last, ok
+}
+
+// streamState is node i's view of a stream: its leader, last sequence and
+// message count.
+func (c *procCluster) streamState(i int, name string) (leader string, last, msgs uint64, ok bool) {
 	z, err := c.jsz(i)
 	if err != nil {
-		return "", 0, false
+		return "", 0, 0, false
 	}
 	for _, ad := range z.AccountDetails {
 		for _, s := range ad.Streams {
@@ -182,21 +192,22 @@ func (c *procCluster) stream(i int, name string) (leader string, last uint64, ok
 				if s.Cluster != nil {
 					leader = s.Cluster.Leader
 				}
-				return leader, s.State.LastSeq, true
+				return leader, s.State.LastSeq, s.State.Msgs, true
 			}
 		}
 	}
-	return "", 0, false
+	return "", 0, 0, false
 }
 
 // waitStreams waits for a meta leader on every node (stream "" ) or for
-// every running node to hold stream at the same last sequence >= min.
+// every running node to hold stream at the same last sequence >= min and
+// the same message count.
 func (c *procCluster) waitStreams(stream string, min uint64) {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ok := true
-		var seq uint64
+		var seq, msgs uint64
 		for i := range c.specs {
 			if c.cmds[i] == nil {
 				continue
@@ -206,11 +217,11 @@ func (c *procCluster) waitStreams(stream string, min uint64) {
 				ok = ok && err == nil && z.MetaCluster != nil && z.MetaCluster.Leader != ""
 				continue
 			}
-			_, last, found := c.stream(i, stream)
-			if !found || last < min || (seq != 0 && last != seq) {
+			_, last, n, found := c.streamState(i, stream)
+			if !found || last < min || (seq != 0 && (last != seq || n != msgs)) {
 				ok = false
 			}
-			seq = last
+			seq, msgs = last, n
 		}
 		if ok {
 			return
@@ -218,8 +229,8 @@ func (c *procCluster) waitStreams(stream string, min uint64) {
 		if time.Now().After(deadline) {
 			var views []string
 			for i := range c.specs {
-				l, last, found := c.stream(i, stream)
-				views = append(views, fmt.Sprintf("n%d: leader %q last %d found %v running %v", i, l, last, found, c.cmds[i] != nil))
+				l, last, n, found := c.streamState(i, stream)
+				views = append(views, fmt.Sprintf("n%d: leader %q last %d messages %d found %v running %v", i, l, last, n, found, c.cmds[i] != nil))
 			}
 			c.t.Fatalf("nodes did not converge on stream %q (want last >= %d): %s", stream, min, strings.Join(views, "; "))
 		}

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/longlink/longlink/internal/testutil"
 )
 
 // natsCluster is n embedded NATS servers with JetStream, clustered on
@@ -38,7 +39,7 @@ func startCluster(t testing.TB, n int) *natsCluster {
 	// before it has peers).
 	for i := range n {
 		c.dirs = append(c.dirs, filepath.Join(base, fmt.Sprint("n", i)))
-		c.ports[i], c.cport[i] = server.RANDOM_PORT, freePort(t)
+		c.ports[i], c.cport[i] = server.RANDOM_PORT, testutil.FreePort(t)
 	}
 	if n == 1 {
 		c.cport[0] = 0
@@ -116,15 +117,6 @@ func (c *natsCluster) start(i int) {
 	c.nodes[i] = ns
 	c.ports[i] = portOf(ns.ClientURL())
 	c.mu.Unlock()
-}
-
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func portOf(u string) int {

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/longlink/longlink/backend"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 )
 
@@ -68,26 +69,8 @@ func rawLogic(t *testing.T, addr string, opts ...grpc.DialOption) (pb.LogicServi
 	return pb.NewLogicServiceClient(cc), cc
 }
 
-// lockedBuf is a log sink safe to read while the server writes.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestServerRefusesCallersWithoutTheSecret(t *testing.T) {
-	var audit lockedBuf
+	var audit testutil.SyncBuffer
 	addr := serveAuthed(t, ServerAuth{Secret: testSecret, Logger: slog.New(slog.NewTextHandler(&audit, nil))})
 	cli, cc := rawLogic(t, addr)
 	call := &pb.CallRequest{Uid: 42, Method: "echo", Body: []byte("as user 42")}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	"github.com/longlink/longlink/backend"
@@ -320,6 +321,12 @@ func (c *Client) Call(ctx context.Context, req *backend.Request) ([]byte, error)
 		}
 		tried |= 1 << in.idx
 		last = in
+		if in.ejected.Load() {
+			// Every untried instance is ejected and this one is tried
+			// anyway: dial it now rather than fail fast from gRPC's
+			// reconnect backoff (up to 2 s) if it has come back.
+			redial(ctx, in.cc)
+		}
 		if !in.idOK.Load() {
 			if err := c.verify(ctx, in); err != nil {
 				if e := c.mixed.Load(); e != nil {
@@ -344,6 +351,13 @@ func (c *Client) Call(ctx context.Context, req *backend.Request) ([]byte, error)
 				c.ok(in)
 				c.m.logical.WithLabelValues(method, in.addr).Inc()
 				return nil, &backend.Error{Kind: backend.KindLogical, Code: code, Msg: rep.Message}
+			case code == codec.CodeUnavailable:
+				// The instance answered: what it depends on (the store every
+				// instance shares) is down. Neither ejected nor retried
+				// elsewhere, which would fail alike and spend the budget.
+				c.m.system.WithLabelValues(method, in.addr, "unavailable").Inc()
+				c.m.final.WithLabelValues(method, in.addr).Inc()
+				return nil, &backend.Error{Kind: backend.KindUnavailable, Code: codec.CodeUnavailable, Msg: rep.Message, RetryAfter: max(rep.RetryAfterMs, 100)}
 			case code == codec.CodeBusy:
 				c.m.system.WithLabelValues(method, in.addr, "overloaded").Inc()
 				c.eject(in, time.Duration(rep.RetryAfterMs)*time.Millisecond, "overloaded")
@@ -433,6 +447,7 @@ func (c *Client) prober() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ProbeTimeout)
+			redial(ctx, in.cc) // a probe dials now: the instance may be back
 			rep, err := in.cli.Ping(ctx, &pb.PingRequest{})
 			cancel()
 			if err == nil && !rep.Overloaded {
@@ -449,6 +464,19 @@ func (c *Client) prober() {
 			in.until.Store(time.Now().Add(d).UnixNano())
 		}
 	}
+}
+
+// redial ends cc's reconnect backoff and waits (briefly) for the new
+// attempt to start, so that the next call waits for its outcome instead
+// of failing fast on the last one's.
+func redial(ctx context.Context, cc *grpc.ClientConn) {
+	if cc.GetState() != connectivity.TransientFailure {
+		return
+	}
+	cc.ResetConnectBackoff()
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	cc.WaitForStateChange(wctx, connectivity.TransientFailure)
 }
 
 // storeCheckInterval is how often the prober asks every instance for its

@@ -3,6 +3,8 @@ package remote
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -35,7 +37,12 @@ type testInstance struct {
 
 func startInstance(t *testing.T, name string, maxInflight int) *testInstance {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startInstanceOn(t, name, "127.0.0.1:0", maxInflight)
+}
+
+func startInstanceOn(t *testing.T, name, addr string, maxInflight int) *testInstance {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +61,10 @@ func startInstance(t *testing.T, name string, maxInflight int) *testInstance {
 			return nil, errors.New("disk on fire")
 		}
 		return []byte(ti.name), nil
+	})
+	ti.be.Handle("storeless", func(context.Context, *backend.Request) ([]byte, error) {
+		ti.calls.Add(1)
+		return nil, &backend.Error{Kind: backend.KindUnavailable, Code: codec.CodeUnavailable, Msg: "store down", RetryAfter: 1000}
 	})
 	ti.be.Handle("nope", func(context.Context, *backend.Request) ([]byte, error) {
 		return nil, backend.Logical(1234, "no such thing")
@@ -187,6 +198,31 @@ func TestSystemFailureRetriesElsewhereAndEjects(t *testing.T) {
 	}
 }
 
+// An instance answering "unavailable" (its store is down: every instance
+// shares it) is alive: the pool returns the answer with its retry hint, does
+// not retry it elsewhere and does not eject the instance, so its users stay
+// home and calls resume there as soon as the store does.
+func TestUnavailableAnswerNeitherRetriedNorEjected(t *testing.T) {
+	a, b := startInstance(t, "a", 0), startInstance(t, "b", 0)
+	cl := newClient(t, Config{FailThreshold: 2}, a, b)
+	var uid uint64
+	for uid = 1; cl.Owner(uid) != a.addr; uid++ {
+	}
+	for i := 0; i < 5; i++ {
+		_, err := cl.Call(context.Background(), &backend.Request{UID: uid, Method: "storeless"})
+		var be *backend.Error
+		if !errors.As(err, &be) || be.Kind != backend.KindUnavailable || be.Code != codec.CodeUnavailable || be.RetryAfter != 1000 || be.Msg != "store down" {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if cl.Owner(uid) != a.addr {
+		t.Fatal("an instance whose store is down was ejected")
+	}
+	if a.calls.Load() != 5 || b.calls.Load() != 0 || value(cl.m.retries) != 0 {
+		t.Fatalf("calls a %d, b %d, retries %v: want every call on a, none retried", a.calls.Load(), b.calls.Load(), value(cl.m.retries))
+	}
+}
+
 func TestRetryBudget(t *testing.T) {
 	a, b := startInstance(t, "a", 0), startInstance(t, "b", 0)
 	a.failing.Store(true)
@@ -281,6 +317,34 @@ func TestDownInstance(t *testing.T) {
 		t.Fatal("dead instance not marked down")
 	}
 }
+
+// An instance that comes (back) up is used at once: gRPC's reconnect
+// backoff (up to 2 s) does not keep failing calls to it. Here it is the only
+// instance, down for a while (ejected, its channel in backoff), then up:
+// the very next call succeeds.
+func TestInstanceUpAgainIsUsedAtOnce(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	cl, err := NewClient(Config{Addrs: []string{addr}, Auth: ClientAuth{Secret: testSecret}, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if _, err := who(cl, 1); err == nil {
+			t.Fatal("a call to a down instance succeeded")
+		}
+	}
+	startInstanceOn(t, "a", addr, 0)
+	start := time.Now()
+	if w, err := who(cl, 1); err != nil || w != "a" {
+		t.Fatalf("the first call after the instance came up: %q %v", w, err)
+	}
+	t.Logf("answered %v after the instance came up", time.Since(start))
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func TestParseURL(t *testing.T) {
 	got, err := ParseURL("grpc://a:1, b:2,")

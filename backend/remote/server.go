@@ -47,8 +47,8 @@ func (s *Server) Register(g *grpc.Server) { pb.RegisterLogicServiceServer(g, s) 
 // overloadRetryMS is the retry hint of an overloaded answer.
 const overloadRetryMS = 200
 
-// Call implements LogicService: logical and busy answers travel in the
-// reply, system failures as gRPC errors.
+// Call implements LogicService: logical, busy and unavailable answers
+// travel in the reply, system failures as gRPC errors.
 func (s *Server) Call(ctx context.Context, q *pb.CallRequest) (*pb.CallReply, error) {
 	select {
 	case s.sem <- struct{}{}:
@@ -65,6 +65,8 @@ func (s *Server) Call(ctx context.Context, q *pb.CallRequest) (*pb.CallReply, er
 		return &pb.CallReply{Code: uint32(be.Code), Message: be.Msg}, nil
 	case backend.KindBusy:
 		return &pb.CallReply{Code: uint32(codec.CodeBusy), Message: be.Msg, RetryAfterMs: be.RetryAfter}, nil
+	case backend.KindUnavailable: // what the backend depends on (its store) is down, not this instance
+		return &pb.CallReply{Code: uint32(codec.CodeUnavailable), Message: be.Msg, RetryAfterMs: be.RetryAfter}, nil
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return nil, status.Error(codes.DeadlineExceeded, err.Error())

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/fleet"
 )
 
 const adminSummary = "read and set a running gateway's switches (degrade, quotas, policies, shake, drain)"
@@ -33,6 +34,15 @@ Commands:
                               degrade {"min_interval_ms":5000,"probability_permille":200},
                               down {"instance":3,"down":true}, keys {"allow":[..],"deny":[..]}
   drain N                     drain and restart worker N (with --workers)
+  evacuate --rate N/s [--jitter]  empty this host at N connections/s (GOAWAY 3014 with
+                              node lists without it; it stays unlisted until "evacuate stop")
+  evacuate stop               end an evacuation: the host is listed again
+  fleet                       the fleet view as this host sees it
+  lists                       send every client its fresh node list (CONFIG) now
+
+With --host ID (one host) or --fleet (every host) the command goes over NATS
+(--nats, as the NATS admin role) instead of to --admin; every worker answers
+with one JSON line and writes its own audit line.
 
 Every change is applied at once, logged as an audit line by the gateway, and
 persisted across restarts. The admin token is read from <data>/admin.token.
@@ -44,6 +54,10 @@ func runAdmin(args []string) int {
 	addr := fs.String("admin", "127.0.0.1:7101", "the gateway's admin address")
 	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory holding admin.token")
 	tokenFile := fs.String("token-file", "", "admin token file (default <data>/admin.token)")
+	host := fs.String("host", "", "send the command to this fleet host over NATS")
+	all := fs.Bool("fleet", false, "send the command to every fleet host over NATS")
+	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS URLs for --host and --fleet")
+	na := addNATSAuthFlags(fs)
 	if !parseFlags(fs, args) {
 		return 2
 	}
@@ -91,7 +105,38 @@ func runAdmin(args []string) int {
 		os.Stdout.Write(out)
 		return 0
 	}
+	if *host != "" || *all {
+		if *host != "" && *all {
+			fmt.Fprintln(os.Stderr, "longlink admin: --host or --fleet, not both")
+			return 2
+		}
+		ca, err := na.resolve(*natsURL, *dataDir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "longlink admin:", err)
+			return 2
+		}
+		a := &adminOverNATS{urls: *natsURL, host: *host, auth: ca}
+		if *all {
+			a.host = fleet.AdminAll
+		}
+		do = a.do
+	}
 	switch rest[0] {
+	case "evacuate":
+		body, err := evacuateArgs(rest[1:])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "longlink admin evacuate:", err)
+			return 2
+		}
+		if *all && body["stop"] == nil {
+			fmt.Fprintln(os.Stderr, "longlink admin evacuate: not the whole fleet at once (its clients would have nowhere to go); one --host at a time")
+			return 2
+		}
+		return do("POST", "/fleet/evacuate", body)
+	case "fleet":
+		return do("GET", "/fleet", nil)
+	case "lists":
+		return do("POST", "/fleet/lists", nil)
 	case "status":
 		return do("GET", "/status?format=json", nil)
 	case "switches":

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/internal/testutil/gatewaytest"
 )
 
 // config print | config check - round-trips, for every section.
@@ -99,14 +99,7 @@ func TestExampleConfigChecks(t *testing.T) {
 // others are reported as needing a restart.
 func TestReloadGatewayConfig(t *testing.T) {
 	keys, _ := auth.NewKeySet(1, map[uint32][]byte{1: []byte("reload-test-key-0123456789abcdef")})
-	srv, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", Keys: keys, Loops: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	srv := gatewaytest.Start(t, gateway.Config{Keys: keys, Loops: 1})
 	file := filepath.Join(t.TempDir(), "longlink.yaml")
 	write := func(body string) {
 		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {

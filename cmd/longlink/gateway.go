@@ -15,8 +15,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/fleet"
 	"github.com/longlink/longlink/gateway"
 	"github.com/longlink/longlink/push"
+	"github.com/longlink/longlink/secure"
 	"github.com/longlink/longlink/supervisor"
 	"github.com/longlink/longlink/web"
 )
@@ -58,6 +60,7 @@ func runGateway(args []string) int {
 	})
 	fs.StringVar(&cfg.Node, "node", "", "node id of this gateway (default hostname:port, plus /wN per worker)")
 	fs.IntVar(&cfg.Loops, "loops", 0, "event loops per process (0: half the CPUs, at least 1)")
+	fs.IntVar(&cfg.HandshakeWorkers, "handshake-workers", 0, "goroutines doing the encryption handshakes' X25519 off the loops (0: the CPUs the loops leave, at least 1, each worker process its share; -1: on the loop)")
 	fs.IntVar(&cfg.MaxBody, "max-body", 64<<10, "largest accepted frame body in bytes")
 	fs.DurationVar(&cfg.AuthTimeout, "auth-timeout", 10*time.Second, "AUTH must arrive within this")
 	fs.DurationVar(&cfg.FrameTimeout, "frame-timeout", 30*time.Second, "a started frame must complete or gain --min-frame-rate bytes/s within each window this long (else 3013 frame_too_slow)")
@@ -66,6 +69,7 @@ func runGateway(args []string) int {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "with --heartbeat: close connections silent this long (default 2*heartbeat+60s)")
 	fs.IntVar(&cfg.MaxFrameRate, "max-frame-rate", 200, "frames per second per connection before it is closed as a flood")
 	fs.IntVar(&cfg.PoolSize, "pool", 256, "forwarding goroutines per process")
+	callYield := fs.Bool("call-yield", false, "the event loop yields to the forwarding goroutine a call woke, so the call starts at once instead of after the loop's batch of events (costs a thread wake-up per call: ~+70% CPU per call at 20k calls/s on 2 vCPUs)")
 	fs.IntVar(&cfg.QueueSize, "queue", 16384, "calls waiting for a forwarding goroutine before 'busy'")
 	fs.DurationVar(&cfg.CallTimeout, "call-timeout", 5*time.Second, "default deadline of a forwarded call")
 	fs.DurationVar(&cfg.DrainWindow, "drain", 10*time.Second, "on SIGTERM, spread GOAWAYs over this window")
@@ -74,6 +78,8 @@ func runGateway(args []string) int {
 	pf := addPushFlags(fs)
 	sf := addShakeFlags(fs)
 	ef := addEncryptionFlags(fs)
+	of := addOfflineFlags(fs, true)
+	ff := addFleetFlags(fs)
 	backendSpec := fs.String("backend", "embedded", "logic backend: embedded (the reference IM logic on <data>/logic.db; with --workers it runs in the supervisor), echo (test methods only), or grpc://host:port[,host:port…] (remote `longlink logic` instances)")
 	bf := addBackendFlags(fs)
 	if !parseFlags(fs, args) {
@@ -92,6 +98,7 @@ func runGateway(args []string) int {
 			cfg.Admission.Priorities[m] = n
 		}
 	}
+	cfg.CallYield = *callYield
 	log := newLogger(*logLevel, *logFormat, *workerIdx)
 	slog.SetDefault(log)
 
@@ -116,6 +123,10 @@ func runGateway(args []string) int {
 	}
 	cfg.SwitchesFile = *switchesFile
 	sf.prepareHub(*dataDir)
+	if err := of.prepare(*dataDir); err != nil {
+		fmt.Fprintln(os.Stderr, "longlink gateway:", err)
+		return 2
+	}
 	externalNATS := cfg.NATS != "" // --nats given: the shake ledger is off by default
 	var hub *push.Hub
 	if *pf.on && *workerIdx < 0 { // one push hub per host: this process, or the supervisor
@@ -126,6 +137,17 @@ func runGateway(args []string) int {
 		}
 		defer h.Close()
 		hub, cfg.NATS, cfg.Ready = h, h.NATSURL(), h.Ready
+		if *ff.on {
+			defer watchFleetForRouter(log, h, 3**ff.interval)()
+			sk := *ef.file
+			if sk == "" {
+				sk = serverKeyFile(*dataDir)
+			}
+			if *ef.mode == gateway.EncryptionOff {
+				sk = ""
+			}
+			defer followFleetKeys(log, h, map[string]string{fleet.KeyToken: auth.KeyFile(*dataDir), fleet.KeyServer: sk, fleet.KeyFleet: ff.keyFile(*dataDir)})()
+		}
 	} else if !*pf.on {
 		cfg.NATS = ""
 	} else if natsAuth, err = pf.auth.resolve(cfg.NATS, *dataDir); err != nil {
@@ -141,6 +163,12 @@ func runGateway(args []string) int {
 		}
 		defer stopLedger()
 	}
+	off, err := startOfflineHub(log, of, hub) // one per host, beside the router
+	if err != nil {
+		log.Error("cannot start offline push", "err", err)
+		return 1
+	}
+	defer off.close()
 	gb, err := openGatewayBackend(log, backendSetup{spec: *backendSpec, dataDir: *dataDir, hub: hub,
 		supervisor: *workers > 1 && *workerIdx < 0, worker: *workerIdx >= 0, flags: bf})
 	if err != nil {
@@ -148,6 +176,15 @@ func runGateway(args []string) int {
 		return 1
 	}
 	defer gb.close()
+	if off != nil {
+		gb.collectors = append(gb.collectors, off.collectors...)
+	}
+	if *workerIdx < 0 { // the fleet key file, once, before any worker
+		if err := ff.prepare(log, *dataDir); err != nil {
+			log.Error("cannot load the fleet keys", "err", err)
+			return 1
+		}
+	}
 	if *workers > 1 && *workerIdx < 0 {
 		if err := ef.apply(log, &gateway.Config{}, *dataDir, false); err != nil { // create the key file once, before the workers
 			log.Error("cannot load server keys", "err", err)
@@ -182,10 +219,26 @@ func runGateway(args []string) int {
 	}
 	cfg.Logger = log
 	cfg.Backend = gb.be
+	stopDevices, err := wrapOfflineBackend(log, of, &cfg) // device.register/unregister in the worker
+	if err != nil {
+		log.Error("cannot serve device registration", "err", err)
+		return 1
+	}
+	defer stopDevices()
+	if cfg.Fleet, err = ff.config(*dataDir, cfg.NATS); err != nil {
+		log.Error("fleet", "err", err)
+		return 2
+	}
 	if *workerIdx >= 0 {
 		cfg.ReusePort = true
 		if cfg.Loops == 0 {
 			cfg.Loops = 1 // many workers already spread over the cores
+		}
+		if cfg.HandshakeWorkers == 0 { // the cores are shared by *workers processes: size the handshake pool by this one's share
+			cfg.HandshakeWorkers = max(1, runtime.GOMAXPROCS(0) / *workers - cfg.Loops)
+		}
+		if cfg.EphemeralStore == 0 { // and the pre-generated ephemerals: 60 workers filling 1,024 each at start took seconds of the host's CPU
+			cfg.EphemeralStore = max(64, secure.EphemeralStore / *workers)
 		}
 		if cfg.Node == "" {
 			h, _ := os.Hostname()
@@ -218,7 +271,7 @@ func runGateway(args []string) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	defer ef.reloadOnHUP(log, srv, keyPath, func() { reloadGatewayConfig(log, srv, parsed, args) })()
+	defer ef.reloadOnHUP(log, srv, keyPath, func() { reloadGatewayConfig(log, srv, parsed, args); ff.reload(log, srv, *dataDir) })()
 	if httpCfg.Addr != "" {
 		httpCfg.Example = web.Files // the browser client's demo page on GET /example/
 		addr, err := srv.ServeHTTP(httpCfg, *workerIdx >= 0)

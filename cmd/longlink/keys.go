@@ -1,23 +1,25 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"syscall"
+	"time"
 
 	"github.com/longlink/longlink/auth"
+	"github.com/longlink/longlink/fleet"
 	"github.com/longlink/longlink/gateway"
+	"github.com/longlink/longlink/push"
 	"github.com/longlink/longlink/secure"
 )
 
-const keysSummary = "create or rotate the gateway's server keys (transport encryption) and print the public half clients pin"
+const keysSummary = "create or rotate the server keys (transport encryption; --fleet: the node-list signing keys) and print the pins clients hold; `keys publish` sends key files to every fleet host"
 
 func init() { register(command{name: "keys", summary: keysSummary, run: runKeys}) }
 
@@ -25,71 +27,70 @@ func init() { register(command{name: "keys", summary: keysSummary, run: runKeys}
 func serverKeyFile(dataDir string) string { return filepath.Join(dataDir, "server-keys.json") }
 
 func runKeys(args []string) int {
+	if len(args) > 0 && args[0] == "publish" {
+		return runKeysPublish(args[1:])
+	}
 	fs := newFlagSet("keys", keysSummary)
 	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory")
 	file := fs.String("file", "", "server key file (default <data>/server-keys.json; JSON, mode 0600)")
 	rotate := fs.Bool("new", false, "add a new key and make it active; older keys stay loaded for clients that pin them")
 	retire := fs.Uint("retire", 0, "remove the key with this id (not the active one)")
+	fleetKeys := fs.Bool("fleet", false, "the fleet's node-list signing keys (<data>/fleet-keys.json) instead of the server keys; pins print as <id>:<64 hex>, active first")
 	if !parseFlags(fs, args) {
 		return 2
+	}
+	if *fleetKeys {
+		return runFleetKeys(*dataDir, *file, *rotate, uint32(*retire))
 	}
 	path := *file
 	if path == "" {
 		path = serverKeyFile(*dataDir)
 	}
-	keys, active, err := secure.LoadKeys(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			fmt.Fprintln(os.Stderr, "longlink keys:", err)
-			return 1
-		}
-		keys, active, *rotate = nil, 0, true
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "longlink keys:", err)
-		return 1
-	}
-	changed := false
-	if *retire != 0 {
-		id := uint32(*retire)
-		if id == active {
-			fmt.Fprintf(os.Stderr, "longlink keys: key %d is active: rotate first (--new)\n", id)
-			return 2
-		}
-		n := len(keys)
-		keys = slices.DeleteFunc(keys, func(k secure.ServerKey) bool { return k.ID == id })
-		if len(keys) == n {
-			fmt.Fprintf(os.Stderr, "longlink keys: no key %d\n", id)
-			return 2
-		}
-		changed = true
-	}
-	if *rotate {
-		next := uint32(1)
-		for _, k := range keys {
-			next = max(next, k.ID+1)
-		}
-		k, err := secure.GenerateKey(next, nil)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "longlink keys:", err)
-			return 1
-		}
-		keys, active, changed = append(keys, k), k.ID, true
-	}
-	ring, err := secure.NewKeyRing(keys, active)
+	return editKeys(path, *rotate, uint32(*retire), secure.LoadOrCreateKeyRing, secure.SaveKeyRing,
+		func(r *secure.KeyRing) (uint32, []string) { return r.Active().ID, r.Pins() },
+		"key", "running gateways reload it on SIGHUP")
+}
+
+// editKeys is `longlink keys [--fleet]` on one key file: load it (created
+// with one key if missing), retire a key, rotate (unless just created), save
+// it if changed, and print the pins, active first (stdout: a client pins one
+// or more of them). what names the active key and hint ends the line that
+// says the file was written.
+func editKeys[R interface {
+	Rotate() (R, error)
+	Retire(id uint32) (R, error)
+}](path string, rotate bool, retire uint32, loadOrCreate func(string) (R, bool, error), save func(string, R) error, show func(R) (active uint32, pins []string), what, hint string) int {
+	ring, created, err := loadOrCreate(path)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "longlink keys:", err)
 		return 1
 	}
-	if changed {
-		if err := secure.SaveKeys(path, keys, active); err != nil {
+	changed := created
+	if retire != 0 {
+		if ring, err = ring.Retire(retire); err != nil {
+			fmt.Fprintln(os.Stderr, "longlink keys:", err)
+			return 2
+		}
+		changed = true
+	}
+	if rotate && !created {
+		if ring, err = ring.Rotate(); err != nil {
 			fmt.Fprintln(os.Stderr, "longlink keys:", err)
 			return 1
 		}
-		fmt.Fprintf(os.Stderr, "longlink keys: wrote %s (active key %d); running gateways reload it on SIGHUP\n", path, active)
+		changed = true
 	}
-	// stdout: the pins, active first; a client pins one or more of them.
-	for _, p := range ring.Pins() {
+	if changed && !created { // a created file is already saved
+		if err := save(path, ring); err != nil {
+			fmt.Fprintln(os.Stderr, "longlink keys:", err)
+			return 1
+		}
+	}
+	active, pins := show(ring)
+	if changed {
+		fmt.Fprintf(os.Stderr, "longlink keys: wrote %s (active %s %d); %s\n", path, what, active, hint)
+	}
+	for _, p := range pins {
 		fmt.Println(p)
 	}
 	return 0
@@ -117,19 +118,12 @@ func (e *encryptionFlags) apply(log *slog.Logger, cfg *gateway.Config, dataDir s
 	if *e.file == "" {
 		*e.file = serverKeyFile(dataDir)
 	}
-	ring, err := secure.LoadKeyRing(*e.file)
-	if errors.Is(err, fs.ErrNotExist) {
-		k, gerr := secure.GenerateKey(1, nil)
-		if gerr != nil {
-			return gerr
-		}
-		if err = secure.SaveKeys(*e.file, []secure.ServerKey{k}, 1); err == nil {
-			ring, err = secure.NewKeyRing([]secure.ServerKey{k}, 1)
-			log.Info("created a server key; clients pin it (longlink keys prints it)", "file", *e.file, "pin", k.Pin())
-		}
-	}
+	ring, created, err := secure.LoadOrCreateKeyRing(*e.file)
 	if err != nil {
 		return fmt.Errorf("server keys: %w", err)
+	}
+	if created {
+		log.Info("created a server key; clients pin it (longlink keys prints it)", "file", *e.file, "pin", ring.Pins()[0])
 	}
 	cfg.ServerKeys, cfg.ServerKeysFile = ring, *e.file
 	if !quiet {
@@ -178,4 +172,102 @@ func (e *encryptionFlags) reloadOnHUP(log *slog.Logger, srv *gateway.Server, tok
 		}
 	}()
 	return func() { signal.Stop(ch); close(done) }
+}
+
+// runFleetKeys is `longlink keys --fleet`: create, rotate or retire the
+// fleet signing keys and print their pins, active first.
+func runFleetKeys(dataDir, file string, rotate bool, retire uint32) int {
+	path := file
+	if path == "" {
+		path = filepath.Join(dataDir, fleet.KeyFile)
+	}
+	return editKeys(path, rotate, retire, fleet.LoadOrCreateKeys, fleet.SaveKeys,
+		func(r *fleet.KeyRing) (uint32, []string) { return r.Active(), pinStrings(r.Pins()) },
+		"fleet key", "running gateways reload it on SIGHUP (or publish it: longlink keys publish)")
+}
+
+func pinStrings(pins []fleet.Pin) []string {
+	out := make([]string, len(pins))
+	for i, p := range pins {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// runKeysPublish is `longlink keys publish`: the key files of this data
+// directory go to the fleet's KV bucket (as the NATS admin role); every
+// host's gateway writes them over its own and reloads (docs/fleet.md).
+func runKeysPublish(args []string) int {
+	fs := newFlagSet("keys publish", "publish key files to every fleet host through NATS")
+	dataDir := fs.String("data", auth.DefaultDataDir(), "data directory holding the key files")
+	natsURL := fs.String("nats", "nats://127.0.0.1:4222", "NATS URLs of the fleet's cluster")
+	replicas := fs.Int("replicas", 1, "replicas of the keys bucket when this creates it (3 on a 3-node cluster)")
+	tok := fs.Bool("token", false, "publish the token keys (<data>/keys.json)")
+	srvOn := fs.Bool("server-keys", false, "publish the server keys (<data>/server-keys.json, or --server-keys-file)")
+	srv := fs.String("server-keys-file", "", "the server key file to publish")
+	flt := fs.Bool("fleet", false, "publish the fleet signing keys (<data>/fleet-keys.json)")
+	na := addNATSAuthFlags(fs)
+	if !parseFlags(fs, args) {
+		return 2
+	}
+	all := !*tok && !*srvOn && !*flt && *srv == ""
+	files := map[string]string{}
+	if *tok || all {
+		files[fleet.KeyToken] = auth.KeyFile(*dataDir)
+	}
+	if *srvOn || *srv != "" || all {
+		files[fleet.KeyServer] = serverKeyFile(*dataDir)
+		if *srv != "" {
+			files[fleet.KeyServer] = *srv
+		}
+	}
+	if *flt || all {
+		files[fleet.KeyFleet] = filepath.Join(*dataDir, fleet.KeyFile)
+	}
+	entries := map[string][]byte{}
+	for name, path := range files {
+		err := checkKeyFile(name, path) // publish only what its own loader accepts
+		if errors.Is(err, os.ErrNotExist) && all {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "longlink keys publish: %s: %v\n", path, err)
+			return 1
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "longlink keys publish:", err)
+			return 1
+		}
+		entries[name] = b
+	}
+	if len(entries) == 0 {
+		fmt.Fprintln(os.Stderr, "longlink keys publish: no key file to publish")
+		return 2
+	}
+	ca, err := na.resolve(*natsURL, *dataDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "longlink keys publish:", err)
+		return 2
+	}
+	nc, err := push.Connect(*natsURL, "longlink keys publish", nil, ca.As(push.RoleAdmin))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "longlink keys publish:", err)
+		return 1
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	revs, err := fleet.PublishKeys(ctx, nc, *replicas, entries)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "longlink keys publish:", err)
+		return 1
+	}
+	for _, name := range fleet.KeyNames {
+		if rev, ok := revs[name]; ok {
+			fmt.Printf("%s revision %d\n", name, rev)
+		}
+	}
+	fmt.Fprintln(os.Stderr, "longlink keys publish: every fleet host writes them and reloads within seconds (see each host's audit lines)")
+	return 0
 }

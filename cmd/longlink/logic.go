@@ -142,7 +142,8 @@ func logicMain(args []string, stop <-chan os.Signal, started func(addr string)) 
 	default:
 		log.Warn("no --nats or --push-grpc: clients get no notifies and must sync on their own")
 	}
-	st, err := logic.OpenStore(*storeURL, storeTLS.apply(logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, SecretFile: *na.secret, Logger: log}))
+	st, err := logic.OpenStore(*storeURL, storeTLS.apply(logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass,
+		SecretFile: storeSecretFile(*storeURL, *na.secret, *storeCreds, *storeUser, *dataDir), Logger: log}))
 	if err != nil {
 		log.Error("cannot open the logic store", "store", redactURL(*storeURL), "err", err)
 		return 1
@@ -232,6 +233,8 @@ func logicImport(args []string, in io.Reader) int {
 		storeUser  = fs.String("store-user", "", "NATS user")
 		storePass  = fs.String("store-password", "", "NATS password (better as LONGLINK_STORE_PASSWORD)")
 		storeTLS   = addStoreTLSFlags(fs)
+		dataDir    = fs.String("data", auth.DefaultDataDir(), "a gateway host's data directory: its nats.secret authenticates a store on that host's embedded NATS (loopback)")
+		secret     = fs.String("nats-secret", "", "the NATS secret file (default: <data>/nats.secret, when the store is on loopback)")
 	)
 	if !parseFlags(fs, args) {
 		return 2
@@ -241,7 +244,8 @@ func logicImport(args []string, in io.Reader) int {
 		return 2
 	}
 	log := newLogger("warn", "text", -1)
-	st, err := logic.OpenStore(*storeURL, storeTLS.apply(logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass, Logger: log}))
+	st, err := logic.OpenStore(*storeURL, storeTLS.apply(logic.StoreOptions{Creds: *storeCreds, User: *storeUser, Password: *storePass,
+		SecretFile: storeSecretFile(*storeURL, *secret, *storeCreds, *storeUser, *dataDir), Logger: log}))
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "longlink logic import: %v\n", err)
 		return 1
@@ -257,6 +261,25 @@ func logicImport(args []string, in io.Reader) int {
 }
 
 // redactURL hides a password in a store URL for logs.
+// storeSecretFile is the NATS secret a nats:// store authenticates with:
+// --nats-secret, else, as for --nats (natsAuthFlags.resolve), the host's
+// <data>/nats.secret when every server is on loopback and no other
+// credentials are given (a store on a gateway host's embedded NATS).
+func storeSecretFile(storeURL, explicit, creds, user, dataDir string) string {
+	if explicit != "" || creds != "" || user != "" || dataDir == "" {
+		return explicit
+	}
+	servers, _, _ := strings.Cut(storeURL, "?")
+	if !strings.HasPrefix(servers, "nats://") || strings.Contains(servers, "@") || !allLoopback(servers) {
+		return ""
+	}
+	path := filepath.Join(dataDir, push.SecretFile)
+	if _, err := os.Stat(path); err != nil {
+		return ""
+	}
+	return path
+}
+
 func redactURL(u string) string {
 	if i := strings.Index(u, "://"); i >= 0 {
 		if j := strings.LastIndexByte(u, '@'); j > i {

@@ -9,8 +9,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"flag"
-	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -30,11 +28,10 @@ import (
 	"github.com/longlink/longlink/backend"
 	"github.com/longlink/longlink/backend/logic"
 	"github.com/longlink/longlink/backend/remote"
+	"github.com/longlink/longlink/internal/testutil"
 	"github.com/longlink/longlink/proto/pb"
 	"github.com/longlink/longlink/push"
 )
-
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func timeout(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -77,7 +74,7 @@ func asGateway(t *testing.T, addr, secretFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := remote.NewClient(remote.Config{Addrs: []string{addr}, Auth: remote.ClientAuth{Secret: secret}, Logger: quietLog()})
+	c, err := remote.NewClient(remote.Config{Addrs: []string{addr}, Auth: remote.ClientAuth{Secret: secret}, Logger: testutil.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +97,7 @@ func asGateway(t *testing.T, addr, secretFile string) {
 func TestSupervisorLogicRefusesUnauthenticatedCallers(t *testing.T) {
 	dir := t.TempDir()
 	bf := addBackendFlags(flag.NewFlagSet("t", flag.ContinueOnError))
-	gb, err := openGatewayBackend(quietLog(), backendSetup{spec: "embedded", dataDir: dir, supervisor: true, flags: bf})
+	gb, err := openGatewayBackend(testutil.Quiet(), backendSetup{spec: "embedded", dataDir: dir, supervisor: true, flags: bf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,31 +128,9 @@ func TestSupervisorLogicRefusesUnauthenticatedCallers(t *testing.T) {
 // calls it as a local process without and with the secret.
 func TestLogicCommandRefusesUnauthenticatedCallers(t *testing.T) {
 	dir := t.TempDir()
-	stop := make(chan os.Signal, 1)
-	addrc := make(chan string, 1)
-	done := make(chan int, 1)
-	go func() {
-		done <- logicMain([]string{"--listen", "127.0.0.1:0", "--data", dir, "--nats", "", "--metrics", "", "--log-level", "error"}, stop, func(a string) { addrc <- a })
-	}()
-	var addr string
-	select {
-	case addr = <-addrc:
-	case code := <-done:
-		t.Fatalf("logic exited %d", code)
-	case <-time.After(10 * time.Second):
-		t.Fatal("logic did not start")
-	}
+	addr := startLogicCmd(t, "--data", dir) // its cleanup wants exit 0 on SIGTERM
 	forge(t, addr)
 	asGateway(t, addr, filepath.Join(dir, remote.SecretFile))
-	stop <- syscall.SIGTERM
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("exit %d", code)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("logic did not stop")
-	}
 }
 
 // TestLogicRefusesPlaintextOffLoopback: a listener on every interface
@@ -189,12 +164,12 @@ func TestGatewayRefusesPlaintextRemoteBackend(t *testing.T) {
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	bf := addBackendFlags(fs)
 	dir := t.TempDir()
-	_, err := openGatewayBackend(quietLog(), backendSetup{spec: "grpc://10.1.2.3:7200", dataDir: dir, flags: bf})
+	_, err := openGatewayBackend(testutil.Quiet(), backendSetup{spec: "grpc://10.1.2.3:7200", dataDir: dir, flags: bf})
 	if err == nil || !strings.Contains(err.Error(), "TLS") {
 		t.Fatalf("plaintext to another host: %v", err)
 	}
 	_ = fs.Parse([]string{"--backend-allow-plaintext"})
-	gb, err := openGatewayBackend(quietLog(), backendSetup{spec: "grpc://10.1.2.3:7200", dataDir: dir, flags: bf, worker: true})
+	gb, err := openGatewayBackend(testutil.Quiet(), backendSetup{spec: "grpc://10.1.2.3:7200", dataDir: dir, flags: bf, worker: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +183,7 @@ func TestGatewayRefusesPlaintextRemoteBackend(t *testing.T) {
 func TestLogicExportImport(t *testing.T) {
 	dir := t.TempDir()
 	db := filepath.Join(dir, "logic.db")
-	l, err := logic.Open(db, logic.Config{Logger: quietLog()})
+	l, err := logic.Open(db, logic.Config{Logger: testutil.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,37 +202,45 @@ func TestLogicExportImport(t *testing.T) {
 	}
 	defer ns.Shutdown()
 	url := ns.ClientURL() + "?replicas=1"
-	if code := logicImport([]string{"--store", url}, strings.NewReader(dump.String())); code != 0 {
+	if code := logicImport([]string{"--data", dir, "--store", url}, strings.NewReader(dump.String())); code != 0 {
 		t.Fatalf("import exited %d", code)
 	}
-	if code := logicImport([]string{"--store", url}, strings.NewReader(dump.String())); code == 0 {
+	if code := logicImport([]string{"--data", dir, "--store", url}, strings.NewReader(dump.String())); code == 0 {
 		t.Fatal("a second import into the same store succeeded")
 	}
-	if code := logicImport([]string{"--store", ns.ClientURL() + "?replica=1"}, strings.NewReader(dump.String())); code == 0 {
+	if code := logicImport([]string{"--data", dir, "--store", ns.ClientURL() + "?replica=1"}, strings.NewReader(dump.String())); code == 0 {
 		t.Fatal("a store URL with an unknown parameter was accepted")
 	}
-	st, err := logic.OpenStore(url, logic.StoreOptions{Logger: quietLog()})
+	st, err := logic.OpenStore(url, logic.StoreOptions{Logger: testutil.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := logic.New(st, logic.Config{Logger: quietLog()})
+	m, err := logic.New(st, logic.Config{Logger: testutil.Quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
+	checkSyncsOne(t, m, 2, "before the move", "after the move")
+}
+
+// checkSyncsOne syncs uid through b: it must get exactly one message, text.
+func checkSyncsOne(t *testing.T, b interface {
+	Call(context.Context, *backend.Request) ([]byte, error)
+}, uid uint64, text, what string) {
+	t.Helper()
 	sync, _ := proto.Marshal(&pb.SyncRequest{})
-	b, err := m.Call(timeout(t), &backend.Request{UID: 2, Method: logic.MethodSync, Body: sync})
+	out, err := b.Call(timeout(t), &backend.Request{UID: uid, Method: logic.MethodSync, Body: sync})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var rep pb.SyncReply
-	if err := proto.Unmarshal(b, &rep); err != nil || len(rep.Items) != 1 || rep.Items[0].GetMessage().GetText() != "before the move" {
-		t.Fatalf("after the move: %v %v", &rep, err)
+	if err := proto.Unmarshal(out, &rep); err != nil || len(rep.Items) != 1 || rep.Items[0].GetMessage().GetText() != text {
+		t.Fatalf("%s: %v %v", what, &rep, err)
 	}
 }
 
 // startLogicCmd runs `longlink logic` with args until the test ends and
-// returns its gRPC address.
+// returns its gRPC address; at the end it must stop on SIGTERM with exit 0.
 func startLogicCmd(t *testing.T, args ...string) string {
 	t.Helper()
 	stop := make(chan os.Signal, 1)
@@ -269,7 +252,10 @@ func startLogicCmd(t *testing.T, args ...string) string {
 	t.Cleanup(func() {
 		stop <- syscall.SIGTERM
 		select {
-		case <-done:
+		case code := <-done:
+			if code != 0 {
+				t.Errorf("logic exited %d on SIGTERM", code)
+			}
 		case <-time.After(15 * time.Second):
 			t.Error("logic did not stop")
 		}
@@ -305,7 +291,7 @@ func TestLogicCommandsShareAReplicatedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	pool := func(addrs ...string) *remote.Client {
-		c, err := remote.NewClient(remote.Config{Addrs: addrs, Auth: remote.ClientAuth{Secret: key}, Logger: quietLog()})
+		c, err := remote.NewClient(remote.Config{Addrs: addrs, Auth: remote.ClientAuth{Secret: key}, Logger: testutil.Quiet()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,15 +303,7 @@ func TestLogicCommandsShareAReplicatedStore(t *testing.T) {
 	if _, err := ca.Call(timeout(t), &backend.Request{UID: 1, Method: logic.MethodSend, Body: send}); err != nil {
 		t.Fatal(err)
 	}
-	sync, _ := proto.Marshal(&pb.SyncRequest{})
-	out, err := cb.Call(timeout(t), &backend.Request{UID: 2, Method: logic.MethodSync, Body: sync})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep pb.SyncReply
-	if err := proto.Unmarshal(out, &rep); err != nil || len(rep.Items) != 1 || rep.Items[0].GetMessage().GetText() != "through a" {
-		t.Fatalf("bob's sync through the other instance: %v %v", &rep, err)
-	}
+	checkSyncsOne(t, cb, 2, "through a", "bob's sync through the other instance")
 	both := pool(a, b)
 	for _, r := range both.Probe(timeout(t)) {
 		if r.Err != nil {
@@ -383,29 +361,14 @@ func writePKI(t *testing.T, dir string) (ca, srvCert, srvKey, cliCert, cliKey st
 func TestLogicCommandMutualTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, srvCert, srvKey, cliCert, cliKey := writePKI(t, dir)
-	stop := make(chan os.Signal, 1)
-	addrc := make(chan string, 1)
-	done := make(chan int, 1)
-	go func() {
-		done <- logicMain([]string{"--listen", "127.0.0.1:0", "--data", dir, "--nats", "", "--metrics", "", "--log-level", "error",
-			"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-ca", ca}, stop, func(a string) { addrc <- a })
-	}()
-	var addr string
-	select {
-	case addr = <-addrc:
-	case code := <-done:
-		t.Fatalf("logic exited %d", code)
-	case <-time.After(10 * time.Second):
-		t.Fatal("logic did not start")
-	}
-	defer func() { stop <- syscall.SIGTERM; <-done }()
+	addr := startLogicCmd(t, "--data", dir, "--tls-cert", srvCert, "--tls-key", srvKey, "--tls-ca", ca)
 	call := func(args ...string) error {
 		fs := flag.NewFlagSet("t", flag.ContinueOnError)
 		bf := addBackendFlags(fs)
 		if err := fs.Parse(args); err != nil {
 			t.Fatal(err)
 		}
-		gb, err := openGatewayBackend(quietLog(), backendSetup{spec: "grpc://" + addr, dataDir: dir, flags: bf, worker: true})
+		gb, err := openGatewayBackend(testutil.Quiet(), backendSetup{spec: "grpc://" + addr, dataDir: dir, flags: bf, worker: true})
 		if err != nil {
 			t.Fatal(err)
 		}

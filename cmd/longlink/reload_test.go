@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,17 +13,8 @@ import (
 
 	"github.com/longlink/longlink/auth"
 	"github.com/longlink/longlink/client"
+	"github.com/longlink/longlink/internal/testutil"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // A SIGHUP to a supervisor with workers (what systemctl reload sends) keeps
 // it running and reaches every worker: tokens of a new key are admitted and
@@ -57,41 +46,12 @@ func TestSIGHUPReloadsTokenKeysWithoutDroppingConnections(t *testing.T) {
 		return ks
 	}
 	oldKeys := writeKeys(1, 1)
-	listen, admin := freeAddr(t), freeAddr(t)
+	listen, admin := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	// The real binary: the supervisor re-executes itself for its workers.
-	bin := filepath.Join(t.TempDir(), "longlink")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "gateway", "--workers", "2", "--data", dir, "--listen", listen, "--admin", admin, "--http=",
+	cmd := testutil.StartLonglink(t, dir, "gateway", "--workers", "2", "--data", dir, "--listen", listen, "--admin", admin, "--http=",
 		"--push=false", "--backend", "echo", "--encryption", "optional", "--drain", "100ms", "--log-level", "warn")
-	cmd.Env = append(os.Environ(), "HOME="+dir)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-	}()
+	testutil.WaitReady(t, "http://"+admin+"/readyz", 30*time.Second)
 	hc := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if r, err := hc.Get("http://" + admin + "/readyz"); err == nil && r.StatusCode == 200 {
-			r.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("gateway never became ready")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	dial := func(ks *auth.KeySet, uid uint64) (*client.Client, error) {
 		tok, _ := ks.Mint(uid, "", time.Now().Add(time.Hour))
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -103,6 +63,26 @@ func TestSIGHUPReloadsTokenKeysWithoutDroppingConnections(t *testing.T) {
 		defer cancel()
 		_, err := c.Call(ctx, "echo", []byte("x"))
 		return err
+	}
+	// admittedEverywhere waits (10 s at most) until every worker has
+	// reloaded: 8 fresh connections in a row with tokens of ks (users from
+	// uid on) are admitted.
+	admittedEverywhere := func(ks *auth.KeySet, uid uint64, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for n := uint64(0); n < 8; {
+			c, err := dial(ks, uid+n)
+			if err != nil {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %v", what, err)
+				}
+				n = 0
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			c.Close()
+			n++
+		}
 	}
 	var open []*client.Client
 	for uid := uint64(1); uid <= 4; uid++ { // over both workers
@@ -121,23 +101,10 @@ func TestSIGHUPReloadsTokenKeysWithoutDroppingConnections(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for n := 0; n < 8; { // every worker must have reloaded: several fresh connections in a row
-		c, err := dial(newKeys, uint64(100+n))
-		if err != nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("a token of the new key is still refused after SIGHUP: %v", err)
-			}
-			n = 0
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		c.Close()
-		n++
-	}
+	admittedEverywhere(newKeys, 100, "a token of the new key is still refused after SIGHUP")
 	select {
-	case err := <-exited:
-		t.Fatalf("the supervisor exited on SIGHUP: %v", err)
+	case <-cmd.Exited():
+		t.Fatalf("the supervisor exited on SIGHUP: %v", cmd.Err())
 	default:
 	}
 	for i, c := range open {
@@ -171,18 +138,5 @@ func TestSIGHUPReloadsTokenKeysWithoutDroppingConnections(t *testing.T) {
 	if code := post(strings.TrimSpace(string(adminTok))); code != http.StatusOK {
 		t.Fatalf("POST /reload: %d", code)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for n := 0; n < 8; {
-		c, err := dial(keys3, uint64(200+n))
-		if err != nil {
-			if time.Now().After(deadline) {
-				t.Fatalf("a token of key 3 is still refused after POST /reload: %v", err)
-			}
-			n = 0
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		c.Close()
-		n++
-	}
+	admittedEverywhere(keys3, 200, "a token of key 3 is still refused after POST /reload")
 }

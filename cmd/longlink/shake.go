@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -76,6 +77,26 @@ func bar(label string, total uint64) (*shake.Bar, shake.Progress) {
 func finishBar(b *shake.Bar) {
 	if b != nil {
 		b.Finish()
+	}
+}
+
+// exitStatus is a check's exit status: 0 if every report is OK, else 1.
+func exitStatus(oks ...bool) int {
+	for _, ok := range oks {
+		if !ok {
+			return 1
+		}
+	}
+	return 0
+}
+
+// eventFlags name a generated event: its directory and its ticket keys.
+type eventFlags struct{ dir, keys *string }
+
+func addEventFlags(fs *flag.FlagSet) eventFlags {
+	return eventFlags{
+		dir:  fs.String("dir", "shake-out", "directory written by shake gen or shake split"),
+		keys: fs.String("keys", "shake-keys", "key store directory"),
 	}
 }
 
@@ -217,8 +238,6 @@ func parseKeyIDs(s string) ([]uint16, error) {
 	return ids, nil
 }
 
-// ticketFiles lists a gen directory's slot files, or a split directory's
-// primary part files.
 // loadSealKeys loads a seal key store.
 func loadSealKeys(dir string) (*shake.SealKeys, error) {
 	sks, err := shake.LoadKeyStore(dir)
@@ -228,20 +247,22 @@ func loadSealKeys(dir string) (*shake.SealKeys, error) {
 	return shake.NewSealKeys(sks)
 }
 
-// loadEvent loads a generated event's plan, its key store and its ticket files.
-func loadEvent(dir, keys string) (*shake.Plan, *shake.KeyStore, []string, error) {
-	p, err := shake.LoadPlan(dir)
+// load loads the event's plan, its key store and its ticket files.
+func (e eventFlags) load() (*shake.Plan, *shake.KeyStore, []string, error) {
+	p, err := shake.LoadPlan(*e.dir)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	ks, err := shake.LoadKeyStore(keys)
+	ks, err := shake.LoadKeyStore(*e.keys)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	files, err := ticketFiles(p, dir)
+	files, err := ticketFiles(p, *e.dir)
 	return p, ks, files, err
 }
 
+// ticketFiles lists a gen directory's slot files, or a split directory's
+// primary part files.
 func ticketFiles(p *shake.Plan, dir string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(dir, shake.SplitFile)); err == nil {
 		m, err := shake.LoadSplit(p, dir)
@@ -263,19 +284,14 @@ func ticketFiles(p *shake.Plan, dir string) ([]string, error) {
 
 func shakeVerify(args []string) int {
 	fs := newFlagSet("shake verify", "Decrypt and check every record of a gen or split directory against its plan.json.")
-	dir := fs.String("dir", "shake-out", "directory written by shake gen or shake split")
-	keys := fs.String("keys", "shake-keys", "key store directory")
+	ev := addEventFlags(fs)
 	deny := fs.String("blacklist", "", "comma-separated key ids to reject")
 	allow := fs.String("whitelist", "", "comma-separated key ids to accept (default: all in the store)")
 	workers := fs.Int("workers", 0, "goroutines (default GOMAXPROCS)")
 	if !parseFlags(fs, args) {
 		return 2
 	}
-	p, err := shake.LoadPlan(*dir)
-	if err != nil {
-		return shakeFail(err)
-	}
-	ks, err := shake.LoadKeyStore(*keys)
+	p, ks, files, err := ev.load()
 	if err != nil {
 		return shakeFail(err)
 	}
@@ -286,10 +302,10 @@ func shakeVerify(args []string) int {
 	if opts.Allow, err = parseKeyIDs(*allow); err != nil {
 		return shakeFail(err)
 	}
-	if _, err := os.Stat(filepath.Join(*dir, shake.SplitFile)); err == nil {
+	if _, err := os.Stat(filepath.Join(*ev.dir, shake.SplitFile)); err == nil {
 		bb, prog := bar("verify", 2*p.Packets)
 		opts.Progress = prog
-		pr, br, err := shake.VerifySplit(p, ks, *dir, opts)
+		pr, br, err := shake.VerifySplit(p, ks, *ev.dir, opts)
 		finishBar(bb)
 		if err != nil {
 			return shakeFail(err)
@@ -298,14 +314,7 @@ func shakeVerify(args []string) int {
 		pr.Print(os.Stdout, p)
 		fmt.Println("== backup copies")
 		br.Print(os.Stdout, p)
-		if !pr.OK() || !br.OK() {
-			return 1
-		}
-		return 0
-	}
-	files, err := ticketFiles(p, *dir)
-	if err != nil {
-		return shakeFail(err)
+		return exitStatus(pr.OK(), br.OK())
 	}
 	bb, prog := bar("verify", p.Packets)
 	opts.Progress = prog
@@ -315,16 +324,12 @@ func shakeVerify(args []string) int {
 		return shakeFail(err)
 	}
 	r.Print(os.Stdout, p)
-	if !r.OK() {
-		return 1
-	}
-	return 0
+	return exitStatus(r.OK())
 }
 
 func shakeReconcile(args []string) int {
 	fs := newFlagSet("shake reconcile", "Check a ledger export of opened packets (CSV: packet_id,amount_fen,…) against the ticket files.")
-	dir := fs.String("dir", "shake-out", "directory written by shake gen or shake split")
-	keys := fs.String("keys", "shake-keys", "key store directory")
+	ev := addEventFlags(fs)
 	ledger := fs.String("ledger", "ledger.csv", "ledger export")
 	shard := fs.Uint64("shard", 0, "packet ids per pass, bounding memory at 4 bytes each (default 268435456)")
 	workers := fs.Int("workers", 0, "goroutines (default GOMAXPROCS)")
@@ -332,7 +337,7 @@ func shakeReconcile(args []string) int {
 	if !parseFlags(fs, args) {
 		return 2
 	}
-	p, ks, files, err := loadEvent(*dir, *keys)
+	p, ks, files, err := ev.load()
 	if err != nil {
 		return shakeFail(err)
 	}
@@ -349,22 +354,18 @@ func shakeReconcile(args []string) int {
 		return shakeFail(err)
 	}
 	r.Print(os.Stdout, p)
-	if !r.OK() {
-		return 1
-	}
-	return 0
+	return exitStatus(r.OK())
 }
 
 func shakeFakeLedger(args []string) int {
 	fs := newFlagSet("shake fake-ledger", "Write a ledger export that opens a random fraction of the packets, as part 2 would (for testing reconcile).")
-	dir := fs.String("dir", "shake-out", "directory written by shake gen or shake split")
-	keys := fs.String("keys", "shake-keys", "key store directory")
+	ev := addEventFlags(fs)
 	out := fs.String("out", "ledger.csv", "ledger file to write")
 	frac := fs.Float64("fraction", 0.9, "fraction of packets opened")
 	if !parseFlags(fs, args) {
 		return 2
 	}
-	p, ks, files, err := loadEvent(*dir, *keys)
+	p, ks, files, err := ev.load()
 	if err != nil {
 		return shakeFail(err)
 	}

@@ -242,6 +242,7 @@ type AuthOK struct {
 	Heartbeat     *HeartbeatPolicy       `protobuf:"bytes,4,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
 	Node          string                 `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`                       // the gateway node that holds this connection
 	MaxBody       uint32                 `protobuf:"varint,6,opt,name=max_body,json=maxBody,proto3" json:"max_body,omitempty"` // the largest body the server accepts, in bytes
+	Nodes         *SignedNodeList        `protobuf:"bytes,7,opt,name=nodes,proto3" json:"nodes,omitempty"`                     // the nearest gateways for this client (fleets only; docs/fleet.md)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +317,13 @@ func (x *AuthOK) GetMaxBody() uint32 {
 		return x.MaxBody
 	}
 	return 0
+}
+
+func (x *AuthOK) GetNodes() *SignedNodeList {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 // Request is the body of REQUEST: a call of a backend method.
@@ -578,6 +586,7 @@ type GoAway struct {
 	ReconnectAfterMs uint32                 `protobuf:"varint,2,opt,name=reconnect_after_ms,json=reconnectAfterMs,proto3" json:"reconnect_after_ms,omitempty"`
 	Redirect         string                 `protobuf:"bytes,3,opt,name=redirect,proto3" json:"redirect,omitempty"` // host:port to reconnect to; empty means the same address
 	Message          string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	Nodes            *SignedNodeList        `protobuf:"bytes,5,opt,name=nodes,proto3" json:"nodes,omitempty"` // code 3014 redirect: reconnect to one of these (docs/fleet.md)
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -640,6 +649,13 @@ func (x *GoAway) GetMessage() string {
 	return ""
 }
 
+func (x *GoAway) GetNodes() *SignedNodeList {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 // ClientConfig is the body of CONFIG (server to client): the degrade mode's
 // levers, sent to all clients or a share of them when an operator (or the
 // gateway itself, under persistent overload) changes the degrade level.
@@ -652,6 +668,7 @@ type ClientConfig struct {
 	BackoffMaxMs       uint32                 `protobuf:"varint,4,opt,name=backoff_max_ms,json=backoffMaxMs,proto3" json:"backoff_max_ms,omitempty"`                     // reconnect backoff ceiling
 	ShakeMinIntervalMs uint32                 `protobuf:"varint,5,opt,name=shake_min_interval_ms,json=shakeMinIntervalMs,proto3" json:"shake_min_interval_ms,omitempty"` // shake no more often than this
 	ShakePermille      uint32                 `protobuf:"varint,6,opt,name=shake_permille,json=shakePermille,proto3" json:"shake_permille,omitempty"`                    // of the user's shake attempts, send only this many per thousand (1000 = all)
+	Nodes              *SignedNodeList        `protobuf:"bytes,7,opt,name=nodes,proto3" json:"nodes,omitempty"`                                                          // a fresher node list (fleets only; docs/fleet.md)
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -728,6 +745,270 @@ func (x *ClientConfig) GetShakePermille() uint32 {
 	return 0
 }
 
+func (x *ClientConfig) GetNodes() *SignedNodeList {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// Node is one gateway in a node list.
+type Node struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addr          string                 `protobuf:"bytes,1,opt,name=addr,proto3" json:"addr,omitempty"`                // host:port of the long-connection (TCP) listener
+	WsUrl         string                 `protobuf:"bytes,2,opt,name=ws_url,json=wsUrl,proto3" json:"ws_url,omitempty"` // ws:// or wss:// URL for browsers; empty if the host has none
+	Host          string                 `protobuf:"bytes,3,opt,name=host,proto3" json:"host,omitempty"`                // the fleet host id (what AuthOK.node names)
+	Weight        uint32                 `protobuf:"varint,4,opt,name=weight,proto3" json:"weight,omitempty"`           // 1..1000, higher = more spare capacity; clients race the list in order
+	Region        string                 `protobuf:"bytes,5,opt,name=region,proto3" json:"region,omitempty"`
+	Carrier       string                 `protobuf:"bytes,6,opt,name=carrier,proto3" json:"carrier,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Node) Reset() {
+	*x = Node{}
+	mi := &file_longlink_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Node) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Node) ProtoMessage() {}
+
+func (x *Node) ProtoReflect() protoreflect.Message {
+	mi := &file_longlink_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Node.ProtoReflect.Descriptor instead.
+func (*Node) Descriptor() ([]byte, []int) {
+	return file_longlink_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Node) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *Node) GetWsUrl() string {
+	if x != nil {
+		return x.WsUrl
+	}
+	return ""
+}
+
+func (x *Node) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *Node) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *Node) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *Node) GetCarrier() string {
+	if x != nil {
+		return x.Carrier
+	}
+	return ""
+}
+
+// NodeList is the set of gateways a client should use, best first, chosen
+// by the server for the client's region and carrier and weighted by load.
+type NodeList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*Node                `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`                                      // at most 5
+	TtlS          uint32                 `protobuf:"varint,2,opt,name=ttl_s,json=ttlS,proto3" json:"ttl_s,omitempty"`                           // cache the list this long, then fetch a new one
+	BackoffMinMs  uint32                 `protobuf:"varint,3,opt,name=backoff_min_ms,json=backoffMinMs,proto3" json:"backoff_min_ms,omitempty"` // reconnect backoff floor
+	BackoffMaxMs  uint32                 `protobuf:"varint,4,opt,name=backoff_max_ms,json=backoffMaxMs,proto3" json:"backoff_max_ms,omitempty"` // reconnect backoff ceiling
+	IssuedMs      int64                  `protobuf:"varint,5,opt,name=issued_ms,json=issuedMs,proto3" json:"issued_ms,omitempty"`               // unix milliseconds; a client keeps the newest list it has verified
+	Region        string                 `protobuf:"bytes,6,opt,name=region,proto3" json:"region,omitempty"`                                    // the region and carrier the server placed the client in
+	Carrier       string                 `protobuf:"bytes,7,opt,name=carrier,proto3" json:"carrier,omitempty"`
+	Race          uint32                 `protobuf:"varint,8,opt,name=race,proto3" json:"race,omitempty"`                                          // race this many addresses at once (2-3)
+	RaceStaggerMs uint32                 `protobuf:"varint,9,opt,name=race_stagger_ms,json=raceStaggerMs,proto3" json:"race_stagger_ms,omitempty"` // start each next racer this long after the previous one
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeList) Reset() {
+	*x = NodeList{}
+	mi := &file_longlink_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeList) ProtoMessage() {}
+
+func (x *NodeList) ProtoReflect() protoreflect.Message {
+	mi := &file_longlink_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeList.ProtoReflect.Descriptor instead.
+func (*NodeList) Descriptor() ([]byte, []int) {
+	return file_longlink_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *NodeList) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *NodeList) GetTtlS() uint32 {
+	if x != nil {
+		return x.TtlS
+	}
+	return 0
+}
+
+func (x *NodeList) GetBackoffMinMs() uint32 {
+	if x != nil {
+		return x.BackoffMinMs
+	}
+	return 0
+}
+
+func (x *NodeList) GetBackoffMaxMs() uint32 {
+	if x != nil {
+		return x.BackoffMaxMs
+	}
+	return 0
+}
+
+func (x *NodeList) GetIssuedMs() int64 {
+	if x != nil {
+		return x.IssuedMs
+	}
+	return 0
+}
+
+func (x *NodeList) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *NodeList) GetCarrier() string {
+	if x != nil {
+		return x.Carrier
+	}
+	return ""
+}
+
+func (x *NodeList) GetRace() uint32 {
+	if x != nil {
+		return x.Race
+	}
+	return 0
+}
+
+func (x *NodeList) GetRaceStaggerMs() uint32 {
+	if x != nil {
+		return x.RaceStaggerMs
+	}
+	return 0
+}
+
+// SignedNodeList is a NodeList with the fleet's Ed25519 signature, so a
+// client can trust a list that came from any host or over plain HTTP.
+type SignedNodeList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	List          []byte                 `protobuf:"bytes,1,opt,name=list,proto3" json:"list,omitempty"`                 // a serialized NodeList
+	KeyId         uint32                 `protobuf:"varint,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"` // which fleet signing key (clients pin the public halves)
+	Signature     []byte                 `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`       // Ed25519 over "longlink node list v1" || 0x00 || list
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedNodeList) Reset() {
+	*x = SignedNodeList{}
+	mi := &file_longlink_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedNodeList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedNodeList) ProtoMessage() {}
+
+func (x *SignedNodeList) ProtoReflect() protoreflect.Message {
+	mi := &file_longlink_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedNodeList.ProtoReflect.Descriptor instead.
+func (*SignedNodeList) Descriptor() ([]byte, []int) {
+	return file_longlink_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SignedNodeList) GetList() []byte {
+	if x != nil {
+		return x.List
+	}
+	return nil
+}
+
+func (x *SignedNodeList) GetKeyId() uint32 {
+	if x != nil {
+		return x.KeyId
+	}
+	return 0
+}
+
+func (x *SignedNodeList) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 var File_longlink_proto protoreflect.FileDescriptor
 
 const file_longlink_proto_rawDesc = "" +
@@ -745,14 +1026,15 @@ const file_longlink_proto_rawDesc = "" +
 	"probeStepS\x12$\n" +
 	"\x0eidle_timeout_s\x18\x04 \x01(\rR\fidleTimeoutS\x12(\n" +
 	"\x10first_interval_s\x18\x05 \x01(\rR\x0efirstIntervalS\x12.\n" +
-	"\anetwork\x18\x06 \x01(\x0e2\x14.longlink.v1.NetworkR\anetwork\"\xc3\x01\n" +
+	"\anetwork\x18\x06 \x01(\x0e2\x14.longlink.v1.NetworkR\anetwork\"\xf6\x01\n" +
 	"\x06AuthOK\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\x04R\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12$\n" +
 	"\x0eserver_time_ms\x18\x03 \x01(\x03R\fserverTimeMs\x12:\n" +
 	"\theartbeat\x18\x04 \x01(\v2\x1c.longlink.v1.HeartbeatPolicyR\theartbeat\x12\x12\n" +
 	"\x04node\x18\x05 \x01(\tR\x04node\x12\x19\n" +
-	"\bmax_body\x18\x06 \x01(\rR\amaxBody\"T\n" +
+	"\bmax_body\x18\x06 \x01(\rR\amaxBody\x121\n" +
+	"\x05nodes\x18\a \x01(\v2\x1b.longlink.v1.SignedNodeListR\x05nodes\"T\n" +
 	"\aRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x12\x1d\n" +
@@ -770,19 +1052,42 @@ const file_longlink_proto_rawDesc = "" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12$\n" +
-	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\"\x80\x01\n" +
+	"\x0eretry_after_ms\x18\x03 \x01(\rR\fretryAfterMs\"\xb3\x01\n" +
 	"\x06GoAway\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12,\n" +
 	"\x12reconnect_after_ms\x18\x02 \x01(\rR\x10reconnectAfterMs\x12\x1a\n" +
 	"\bredirect\x18\x03 \x01(\tR\bredirect\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"\x95\x02\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x121\n" +
+	"\x05nodes\x18\x05 \x01(\v2\x1b.longlink.v1.SignedNodeListR\x05nodes\"\xc8\x02\n" +
 	"\fClientConfig\x12#\n" +
 	"\rdegrade_level\x18\x01 \x01(\rR\fdegradeLevel\x12:\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1c.longlink.v1.HeartbeatPolicyR\theartbeat\x12$\n" +
 	"\x0ebackoff_min_ms\x18\x03 \x01(\rR\fbackoffMinMs\x12$\n" +
 	"\x0ebackoff_max_ms\x18\x04 \x01(\rR\fbackoffMaxMs\x121\n" +
 	"\x15shake_min_interval_ms\x18\x05 \x01(\rR\x12shakeMinIntervalMs\x12%\n" +
-	"\x0eshake_permille\x18\x06 \x01(\rR\rshakePermille*F\n" +
+	"\x0eshake_permille\x18\x06 \x01(\rR\rshakePermille\x121\n" +
+	"\x05nodes\x18\a \x01(\v2\x1b.longlink.v1.SignedNodeListR\x05nodes\"\x8f\x01\n" +
+	"\x04Node\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x15\n" +
+	"\x06ws_url\x18\x02 \x01(\tR\x05wsUrl\x12\x12\n" +
+	"\x04host\x18\x03 \x01(\tR\x04host\x12\x16\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\x12\x16\n" +
+	"\x06region\x18\x05 \x01(\tR\x06region\x12\x18\n" +
+	"\acarrier\x18\x06 \x01(\tR\acarrier\"\x9f\x02\n" +
+	"\bNodeList\x12'\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x11.longlink.v1.NodeR\x05nodes\x12\x13\n" +
+	"\x05ttl_s\x18\x02 \x01(\rR\x04ttlS\x12$\n" +
+	"\x0ebackoff_min_ms\x18\x03 \x01(\rR\fbackoffMinMs\x12$\n" +
+	"\x0ebackoff_max_ms\x18\x04 \x01(\rR\fbackoffMaxMs\x12\x1b\n" +
+	"\tissued_ms\x18\x05 \x01(\x03R\bissuedMs\x12\x16\n" +
+	"\x06region\x18\x06 \x01(\tR\x06region\x12\x18\n" +
+	"\acarrier\x18\a \x01(\tR\acarrier\x12\x12\n" +
+	"\x04race\x18\b \x01(\rR\x04race\x12&\n" +
+	"\x0frace_stagger_ms\x18\t \x01(\rR\rraceStaggerMs\"Y\n" +
+	"\x0eSignedNodeList\x12\x12\n" +
+	"\x04list\x18\x01 \x01(\fR\x04list\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\rR\x05keyId\x12\x1c\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature*F\n" +
 	"\aNetwork\x12\x13\n" +
 	"\x0fNETWORK_UNKNOWN\x10\x00\x12\x10\n" +
 	"\fNETWORK_WIFI\x10\x01\x12\x14\n" +
@@ -801,7 +1106,7 @@ func file_longlink_proto_rawDescGZIP() []byte {
 }
 
 var file_longlink_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_longlink_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_longlink_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_longlink_proto_goTypes = []any{
 	(Network)(0),            // 0: longlink.v1.Network
 	(*Auth)(nil),            // 1: longlink.v1.Auth
@@ -813,17 +1118,24 @@ var file_longlink_proto_goTypes = []any{
 	(*Error)(nil),           // 7: longlink.v1.Error
 	(*GoAway)(nil),          // 8: longlink.v1.GoAway
 	(*ClientConfig)(nil),    // 9: longlink.v1.ClientConfig
+	(*Node)(nil),            // 10: longlink.v1.Node
+	(*NodeList)(nil),        // 11: longlink.v1.NodeList
+	(*SignedNodeList)(nil),  // 12: longlink.v1.SignedNodeList
 }
 var file_longlink_proto_depIdxs = []int32{
-	0, // 0: longlink.v1.Auth.network:type_name -> longlink.v1.Network
-	0, // 1: longlink.v1.HeartbeatPolicy.network:type_name -> longlink.v1.Network
-	2, // 2: longlink.v1.AuthOK.heartbeat:type_name -> longlink.v1.HeartbeatPolicy
-	2, // 3: longlink.v1.ClientConfig.heartbeat:type_name -> longlink.v1.HeartbeatPolicy
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0,  // 0: longlink.v1.Auth.network:type_name -> longlink.v1.Network
+	0,  // 1: longlink.v1.HeartbeatPolicy.network:type_name -> longlink.v1.Network
+	2,  // 2: longlink.v1.AuthOK.heartbeat:type_name -> longlink.v1.HeartbeatPolicy
+	12, // 3: longlink.v1.AuthOK.nodes:type_name -> longlink.v1.SignedNodeList
+	12, // 4: longlink.v1.GoAway.nodes:type_name -> longlink.v1.SignedNodeList
+	2,  // 5: longlink.v1.ClientConfig.heartbeat:type_name -> longlink.v1.HeartbeatPolicy
+	12, // 6: longlink.v1.ClientConfig.nodes:type_name -> longlink.v1.SignedNodeList
+	10, // 7: longlink.v1.NodeList.nodes:type_name -> longlink.v1.Node
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_longlink_proto_init() }
@@ -837,7 +1149,7 @@ func file_longlink_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_longlink_proto_rawDesc), len(file_longlink_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
