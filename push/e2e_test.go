@@ -145,7 +145,6 @@ type device struct {
 	st     *store
 	mu     sync.Mutex
 	state  [e2eTypes + 1]uint64
-	pushed [e2eTypes + 1]uint64 // last pushed version on the current client
 	cl     *client.Client
 	errs   []string
 	pushes atomic.Int64
@@ -159,7 +158,7 @@ func (d *device) sync() {
 	}
 }
 
-func (d *device) onPush(p *pb.Push) {
+func (d *device) onPush(pushed *[e2eTypes + 1]uint64, p *pb.Push) {
 	if p.Type == 0 {
 		d.sync()
 		return
@@ -174,10 +173,10 @@ func (d *device) onPush(p *pb.Push) {
 		d.errs = append(d.errs, fmt.Sprintf("unknown type %d", p.Type))
 		return
 	}
-	if p.Version <= d.pushed[p.Type] {
-		d.errs = append(d.errs, fmt.Sprintf("uid %d %s type %d: pushed %d after %d", d.uid, d.name, p.Type, p.Version, d.pushed[p.Type]))
+	if p.Version <= pushed[p.Type] {
+		d.errs = append(d.errs, fmt.Sprintf("uid %d %s type %d: pushed %d after %d", d.uid, d.name, p.Type, p.Version, pushed[p.Type]))
 	}
-	d.pushed[p.Type] = p.Version
+	pushed[p.Type] = p.Version
 	d.state[p.Type] = max(d.state[p.Type], p.Version)
 }
 
@@ -186,16 +185,27 @@ func (d *device) dial(t *testing.T, g *gatewayProc) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.mu.Lock()
-	d.pushed = [e2eTypes + 1]uint64{}
-	d.mu.Unlock()
+	// Each client checks its own pushes: the client closed by churn may
+	// still hand over a PUSH it read before Close, and the same version
+	// then reaching the new connection is not a duplicate on either.
+	// The SDK's own reconnects start a new server connection too, so
+	// Connected starts a new array.
+	pushed := new([e2eTypes + 1]uint64)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cl, err := client.Dial(ctx, client.Options{
 		Addr: g.addr, Token: tok, Device: d.name, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
-		OnPush: d.onPush,
+		OnPush: func(p *pb.Push) {
+			d.mu.Lock()
+			cur := pushed
+			d.mu.Unlock()
+			d.onPush(cur, p)
+		},
 		OnState: func(s client.State, _ error) {
 			if s == client.Connected {
+				d.mu.Lock()
+				pushed = new([e2eTypes + 1]uint64)
+				d.mu.Unlock()
 				d.sync()
 			}
 		},

@@ -629,7 +629,11 @@ func TestFleet(t *testing.T) {
 	}
 	n := spread(f, fleetCs)
 	t.Logf("fleet clients per host with host 0 holding %d sticky ones (of %d a host): %v", sticky, 2*maxConns, n)
-	if n[0]*2 > min(n[1], n[2]) || n[1]+n[2] < fleetN*3/4 {
+	// Host 0 has a quarter of its room left, the others all of theirs, so
+	// it should get the fewest. Which of hosts 1 and 2 wins a client's race
+	// also depends on which answers first, so their split is not checked
+	// (65/36 was seen).
+	if n[0] >= min(n[1], n[2]) || n[0] > fleetN/4 || n[1]+n[2] < fleetN*3/4 {
 		t.Fatalf("lists did not send clients to the least loaded hosts: %v", n)
 	}
 
