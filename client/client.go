@@ -170,9 +170,10 @@ type Client struct {
 	prep     atomic.Pointer[preparedHello] // the next connection's handshake, made while idle (secure.go)
 	prepUsed atomic.Int64                  // connections that started with a prepared handshake
 
-	smart  *heartbeat.Smart // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
-	config *pb.ClientConfig // last CONFIG (degrade mode); guarded by mu
-	kick   chan struct{}    // wakes the heartbeat loop after a policy or mode change
+	smart      *heartbeat.Smart  // nil with a fixed HeartbeatInterval; created at the first AUTH_OK
+	config     *pb.ClientConfig  // last CONFIG (degrade mode); guarded by mu
+	undegraded *[2]time.Duration // the backoff before a degrade level raised it; guarded by mu
+	kick       chan struct{}     // wakes the heartbeat loop after a policy or mode change
 
 	fleet    *fleet
 	rstats   ReconnectStats // guarded by mu
@@ -190,7 +191,6 @@ type session struct {
 	pmu      sync.Mutex
 	pending  map[uint16]chan result
 	seq      uint16
-	lastRecv atomic.Int64 // unix nanos of the last inbound frame
 	lastSend atomic.Int64 // unix nanos of the last outbound frame
 	pong     chan struct{}
 	closed   chan struct{}
@@ -474,7 +474,7 @@ func (c *Client) connect(ctx context.Context, addr string) (*session, error) {
 	}
 	switch f.Cmd {
 	case codec.CmdAuthOK:
-	case codec.CmdError:
+	case codec.CmdError, codec.CmdGoAway: // a GOAWAY here: the host was draining when we connected
 		nc.Close()
 		return nil, serverClose(f)
 	default:
@@ -516,7 +516,6 @@ func (c *Client) adopt(s *session) {
 		}
 	}
 	c.mu.Unlock()
-	s.lastRecv.Store(time.Now().UnixNano())
 	go c.read(s, s.r)
 	go c.heartbeat(s, ok)
 }
@@ -570,7 +569,6 @@ func (c *Client) read(s *session, r *frameReader) {
 			s.close(err)
 			return
 		}
-		s.lastRecv.Store(time.Now().UnixNano())
 		switch f.Cmd {
 		case codec.CmdResponse, codec.CmdShakeRsp, codec.CmdOpenRsp:
 			s.deliverRaw(f.Seq, f.Body)
@@ -611,6 +609,14 @@ func (c *Client) applyConfig(cc *pb.ClientConfig) {
 	}
 	c.mu.Lock()
 	c.config = cc
+	// Degrade levels raise the backoff; level 0 carries no backoff (zero
+	// is "unchanged"), so the client puts back what it had before.
+	if cc.DegradeLevel == 0 && c.undegraded != nil {
+		c.opts.BackoffMin, c.opts.BackoffMax = c.undegraded[0], c.undegraded[1]
+		c.undegraded = nil
+	} else if cc.DegradeLevel > 0 && c.undegraded == nil {
+		c.undegraded = &[2]time.Duration{c.opts.BackoffMin, c.opts.BackoffMax}
+	}
 	if cc.BackoffMinMs > 0 {
 		c.opts.BackoffMin = time.Duration(cc.BackoffMinMs) * time.Millisecond
 	}
@@ -701,7 +707,8 @@ func (c *Client) SetNetwork(id string) {
 }
 
 // heartbeat sends a HEARTBEAT after each full interval of silence (any frame
-// either way resets the silence, since it refreshes NAT mappings too) and
+// the client sends resets it; frames from the server do not, because the
+// server's idle timer only counts what it receives) and
 // declares the link dead when no PONG arrives within PongTimeout. With
 // adaptive heartbeats each answered or unanswered HEARTBEAT teaches the
 // learner whether the network tolerates that interval.
@@ -723,7 +730,7 @@ func (c *Client) heartbeat(s *session, ok *pb.AuthOK) {
 		if first > 0 && first < iv { // the server's jittered first beat: spreads load, teaches nothing
 			iv, learn = first, false
 		}
-		last := max(s.lastRecv.Load(), s.lastSend.Load())
+		last := s.lastSend.Load()
 		wait := time.Until(time.Unix(0, last).Add(iv))
 		if wait > 0 {
 			t.Reset(wait)

@@ -209,3 +209,23 @@ func TestDeadLinkDetected(t *testing.T) {
 		t.Fatal("dead link not detected")
 	}
 }
+
+// TestDegradeLevelZeroRestoresBackoff: a degrade level raises the reconnect
+// backoff; the level-0 CONFIG that ends it carries zero fields
+// ("unchanged"), and the client goes back to the backoff it had before.
+func TestDegradeLevelZeroRestoresBackoff(t *testing.T) {
+	c := &Client{opts: Options{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute}}
+	backoff := func() [2]time.Duration { return [2]time.Duration{c.opts.BackoffMin, c.opts.BackoffMax} }
+	c.applyConfig(&pb.ClientConfig{DegradeLevel: 1, BackoffMinMs: 2000, BackoffMaxMs: 120_000})
+	c.applyConfig(&pb.ClientConfig{DegradeLevel: 2, BackoffMinMs: 5000, BackoffMaxMs: 300_000})
+	if got := backoff(); got != [2]time.Duration{5 * time.Second, 5 * time.Minute} {
+		t.Fatalf("at level 2: %v", got)
+	}
+	c.applyConfig(&pb.ClientConfig{DegradeLevel: 0})
+	if got := backoff(); got != [2]time.Duration{500 * time.Millisecond, time.Minute} {
+		t.Fatalf("after level 0: %v, want the backoff before the degrade", got)
+	}
+	if c.DegradeConfig().GetDegradeLevel() != 0 {
+		t.Fatal("level not recorded")
+	}
+}

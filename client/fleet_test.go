@@ -64,6 +64,7 @@ type fakeGW struct {
 	delay atomic.Int64 // ns before AUTH_OK
 	auths atomic.Int32
 	nodes atomic.Pointer[pb.SignedNodeList]
+	drain atomic.Pointer[pb.GoAway] // set: written on accept, before any AUTH, as a draining gateway does
 	mu    sync.Mutex
 	conns map[net.Conn]bool
 }
@@ -114,6 +115,12 @@ func (g *fakeGW) serve(c net.Conn) {
 		delete(g.conns, c)
 		g.mu.Unlock()
 	}()
+	if g := g.drain.Load(); g != nil {
+		body, _ := proto.Marshal(g)
+		_, _ = c.Write(codec.AppendFrame(nil, codec.CmdGoAway, 0, 0, body))
+		_, _ = c.Read(make([]byte, 512)) // linger until the client hangs up
+		return
+	}
 	r := &frameReader{r: c, buf: make([]byte, 0, 4096)}
 	for {
 		f, err := r.next()
@@ -387,5 +394,20 @@ func TestFleetGoAwayRedirectSameListGoesNow(t *testing.T) {
 	waitFor(t, "redirect to b", 3*time.Second, func() bool { ok := c.AuthOK(); return c.State() == Connected && ok.Node == "b" })
 	if d := time.Since(start); d > 1800*time.Millisecond {
 		t.Fatalf("redirect with the same list took %v: the backoff was applied", d)
+	}
+}
+
+// TestDrainingHostAtConnect: a host that is draining answers a new
+// connection with GOAWAY before any AUTH; the client follows its redirect
+// instead of taking it for a broken server and retrying the same host.
+func TestDrainingHostAtConnect(t *testing.T) {
+	a, b := startFake(t, "a"), startFake(t, "b")
+	a.drain.Store(&pb.GoAway{Code: uint32(codec.CodeShutdown), Message: "server draining", ReconnectAfterMs: 10, Redirect: b.addr()})
+	c := dialFleet(t, Options{Seeds: []string{a.addr()}, BackoffMin: 6 * time.Second, BackoffMax: 8 * time.Second})
+	if ok := c.AuthOK(); ok.Node != "b" {
+		t.Fatalf("connected to %q, want b (the draining host's redirect)", ok.Node)
+	}
+	if n := a.auths.Load(); n != 0 {
+		t.Fatalf("the draining host answered %d AUTHs", n)
 	}
 }

@@ -101,7 +101,7 @@ func (c *Client) hello(s *session, auth []byte) (*frameReader, codec.Frame, erro
 		return nil, f, err
 	}
 	switch {
-	case f.Cmd == codec.CmdError: // refused before keys existed (unauthenticated)
+	case f.Cmd == codec.CmdError || f.Cmd == codec.CmdGoAway: // refused (or draining) before keys existed: plaintext
 		sc := serverClose(f)
 		if sc.Code == codec.CodeUnknownKey && int(c.pinIdx.Load()) < len(c.pins)-1 {
 			c.pinIdx.Add(1) // try the next pinned key on the next attempt

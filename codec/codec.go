@@ -29,8 +29,8 @@ const (
 	// text client is told apart from the first byte.
 	Magic = 0xD7
 	// Version is the protocol version this package speaks. Version 1 is the
-	// plaintext protocol; encryption is announced per frame by FlagEncrypted
-	// after a HELLO handshake (reserved), not by a new version.
+	// plaintext protocol; encryption is announced by FlagEncrypted on the
+	// HELLO handshake (docs/protocol.md "Encryption"), not by a new version.
 	Version = 1
 	// HeaderSize is the fixed header length in bytes.
 	HeaderSize = 8
@@ -42,7 +42,7 @@ const (
 
 // Flags, the low nibble of byte 1.
 const (
-	FlagEncrypted  uint8 = 0x1 // body is sealed with the session key (after HELLO; reserved)
+	FlagEncrypted  uint8 = 0x1 // on HELLO/HELLO_OK only: the handshake; records after it carry no frame header
 	FlagCompressed uint8 = 0x2 // body is compressed (reserved)
 	flagsKnown           = FlagEncrypted | FlagCompressed
 )
@@ -66,13 +66,13 @@ const (
 
 	CmdSync     Cmd = 0x10 // reserved: sync by SyncKey
 	CmdSyncResp Cmd = 0x11 // reserved
-	CmdShake    Cmd = 0x12 // reserved: shake red packet
-	CmdShakeRsp Cmd = 0x13 // reserved
-	CmdOpen     Cmd = 0x14 // reserved: open red packet
-	CmdOpenRsp  Cmd = 0x15 // reserved
+	CmdShake    Cmd = 0x12 // c→s: shake red packet (docs/shake.md)
+	CmdShakeRsp Cmd = 0x13 // s→c: the shake's answer
+	CmdOpen     Cmd = 0x14 // c→s: open red packet
+	CmdOpenRsp  Cmd = 0x15 // s→c: the open's answer
 
-	CmdHello   Cmd = 0x20 // reserved: transport-encryption handshake before AUTH
-	CmdHelloOK Cmd = 0x21 // reserved
+	CmdHello   Cmd = 0x20 // c→s: encryption handshake (Noise NK message 1, AUTH inside)
+	CmdHelloOK Cmd = 0x21 // s→c: message 2, AUTH_OK inside
 )
 
 var cmdNames = [256]string{

@@ -617,6 +617,19 @@ func TestSecureOverWebSocket(t *testing.T) {
 	if f := open(); f.Cmd != codec.CmdResponse || f.Seq != 6 {
 		t.Fatalf("got %v seq %d", f.Cmd, f.Seq)
 	}
+	// A frame of the largest body fits in one message with its record's
+	// overhead (the message cap is max body + header + record overhead).
+	big := &pb.Request{Method: "count"}
+	for k := s.cfg.MaxBody; proto.Size(big) != s.cfg.MaxBody && k > 0; k-- {
+		big.Body = make([]byte, k)
+	}
+	if proto.Size(big) != s.cfg.MaxBody {
+		t.Fatalf("could not size a request to %d bytes", s.cfg.MaxBody)
+	}
+	w.sendRaw(ws.MaskFrame(ws.NewBinaryFrame(sealed(codec.CmdRequest, 8, big))))
+	if f := open(); f.Cmd != codec.CmdResponse || f.Seq != 8 {
+		t.Fatalf("max-body request over WebSocket: got %v seq %d", f.Cmd, f.Seq)
+	}
 	bad := sealed(codec.CmdRequest, 7, &pb.Request{Method: "count"})
 	bad[len(bad)-1] ^= 1
 	w.sendRaw(ws.MaskFrame(ws.NewBinaryFrame(bad)))
@@ -629,8 +642,8 @@ func TestSecureOverWebSocket(t *testing.T) {
 			t.Fatalf("code %d", e.Code)
 		}
 	}
-	if n.Load() != 1 {
-		t.Fatalf("handler ran %d times, want 1", n.Load())
+	if n.Load() != 2 {
+		t.Fatalf("handler ran %d times, want 2", n.Load())
 	}
 }
 

@@ -403,7 +403,7 @@ func (s *Server) handle(c *conn, f codec.Frame) codec.Code {
 		return code
 	}
 	if f.Flags != 0 {
-		return codec.CodeProtocol // encryption and compression are announced but not yet spoken
+		return codec.CodeProtocol // flags belong to HELLO only; compression is not spoken
 	}
 	if c.state.Load() != stateAuthed {
 		if f.Cmd != codec.CmdAuth {

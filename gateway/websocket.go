@@ -11,6 +11,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/longlink/longlink/codec"
+	"github.com/longlink/longlink/secure"
 )
 
 // WebSocket access runs on the same event loops and the same port as TCP:
@@ -229,7 +230,7 @@ func (s *Server) upgrade(c *conn, buf []byte) gnet.Action {
 // unmasked in place and their payloads handled as longlink frames.
 func (s *Server) onWSTraffic(c *conn, buf []byte, off int) gnet.Action {
 	for off < len(buf) {
-		f, err := parseWSFrame(buf[off:], s.cfg.MaxBody+codec.HeaderSize)
+		f, err := parseWSFrame(buf[off:], s.cfg.MaxBody+codec.HeaderSize+secure.Overhead) // room for a record; the frame inside is checked against MaxBody
 		if err != nil {
 			return s.wsFail(c, wsErrCloseCode(err), err.Error())
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/longlink/longlink/codec"
 	"github.com/longlink/longlink/proto/pb"
+	"github.com/longlink/longlink/secure"
 )
 
 type wsClient struct {
@@ -145,7 +146,7 @@ func TestWebSocketMalformed(t *testing.T) {
 		{"bad opcode", ws.MaskFrame(ws.NewFrame(ws.OpCode(0x3), true, bin)), 1002},
 		{"text", ws.MaskFrame(ws.NewTextFrame(bin)), 1003},
 		{"fragmented", ws.MaskFrame(ws.NewFrame(ws.OpBinary, false, bin)), 1003},
-		{"over-size", ws.MaskFrame(ws.NewBinaryFrame(make([]byte, 1024+codec.HeaderSize+1))), 1009},
+		{"over-size", ws.MaskFrame(ws.NewBinaryFrame(make([]byte, 1024+codec.HeaderSize+secure.Overhead+1))), 1009},
 		{"reserved bits", func() ws.Frame {
 			f := ws.MaskFrame(ws.NewBinaryFrame(bin))
 			f.Header.Rsv = ws.Rsv(true, false, false)
