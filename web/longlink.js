@@ -532,6 +532,9 @@ export class LonglinkClient {
         const cc = parseFields(f.body);
         this.degrade = { level: cc[1] ?? 0, shakeMinIntervalMs: cc[5] ?? 0, shakePermille: cc[6] ?? 1000 };
         if (cc[2]) this._startHeartbeat(parseFields(cc[2]));
+        // Level 0 carries no backoff (zero is "unchanged"): put back the one from before the degrade.
+        if (!cc[1] && this.undegraded) { [this.backoffMinMs, this.backoffMaxMs] = this.undegraded; this.undegraded = null; }
+        else if (cc[1] && !this.undegraded) this.undegraded = [this.backoffMinMs, this.backoffMaxMs];
         if (cc[3]) this.backoffMinMs = cc[3];
         if (cc[4]) this.backoffMaxMs = cc[4];
         if (cc[7]) this.acceptNodeList(new Uint8Array(cc[7])).catch(() => {});
