@@ -35,7 +35,7 @@ Commands:
                               down {"instance":3,"down":true}, keys {"allow":[..],"deny":[..]}
   drain N                     drain and restart worker N (with --workers)
   evacuate --rate N/s [--jitter]  empty this host at N connections/s (GOAWAY 3014 with
-                              node lists without it; it stays unlisted until "evacuate stop")
+                              node lists without it; unlisted until "evacuate stop" or a restart)
   evacuate stop               end an evacuation: the host is listed again
   fleet                       the fleet view as this host sees it
   lists                       send every client its fresh node list (CONFIG) now
@@ -44,8 +44,8 @@ With --host ID (one host) or --fleet (every host) the command goes over NATS
 (--nats, as the NATS admin role) instead of to --admin; every worker answers
 with one JSON line and writes its own audit line.
 
-Every change is applied at once, logged as an audit line by the gateway, and
-persisted across restarts. The admin token is read from <data>/admin.token.
+Every change is applied at once and logged as an audit line by the gateway;
+switches and policy persist across restarts (an evacuation does not). The admin token is read from <data>/admin.token.
 `
 
 func runAdmin(args []string) int {
