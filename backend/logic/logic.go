@@ -147,8 +147,7 @@ type Logic struct {
 	presMu sync.Mutex
 	pres   map[uint64]devConn
 	more   map[uint64][]devConn
-	nodes  map[string]uint32
-	nodeID []string
+	nodes  map[string]uint32 // node name → its index in devConn
 
 	confMu sync.Mutex
 	conf   map[confKey]uint64
@@ -165,7 +164,7 @@ type Logic struct {
 type devConn struct {
 	device string
 	conn   uint64
-	node   uint32 // index into Logic.nodeID
+	node   uint32 // the node's index (Logic.nodes)
 }
 
 type confKey struct {
@@ -328,9 +327,8 @@ func (l *Logic) nodeIndex(node string) uint32 {
 	if i, ok := l.nodes[node]; ok {
 		return i
 	}
-	i := uint32(len(l.nodeID))
+	i := uint32(len(l.nodes))
 	l.nodes[node] = i
-	l.nodeID = append(l.nodeID, node)
 	return i
 }
 

@@ -62,8 +62,8 @@ func TestPresenceDevices(t *testing.T) {
 	if len(l.pres) != 0 || len(l.more) != 0 {
 		t.Fatalf("left behind: pres %v more %v", l.pres, l.more)
 	}
-	if len(l.nodeID) != 2 {
-		t.Fatalf("nodes interned %v, want gw-a and gw-b only", l.nodeID)
+	if len(l.nodes) != 2 {
+		t.Fatalf("nodes interned %v, want gw-a and gw-b only", l.nodes)
 	}
 }
 
