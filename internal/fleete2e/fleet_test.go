@@ -1037,7 +1037,7 @@ func TestFleetLoadToolHostKill(t *testing.T) {
 	}
 	rss0 := f.gatewayRSS(0)
 	out := filepath.Join(f.b.Dir(), "load.json")
-	dur := 20*time.Second + time.Duration(conns/2000)*time.Second
+	dur := 25*time.Second + time.Duration(conns/2000)*time.Second // room for the pushes before the kill
 	p, err := c.Start("loadtest", []string{bin, "loadtest", "--targets", strings.Join(targets, ","), "--allow-remote",
 		"--sources", c.IPs[0] + "-" + c.IPs[len(c.IPs)-1], "--conns", fmt.Sprint(conns), "--rate", "2000",
 		"--duration", dur.String(), "--keys", filepath.Join(f.shared, "keys.json"), "--fleet-pins", strings.Join(f.pins, ","),
@@ -1058,6 +1058,20 @@ func TestFleetLoadToolHostKill(t *testing.T) {
 	if rss1 := f.gatewayRSS(0); rss0 > 0 && rss1 > rss0 && before[0] > 0 {
 		t.Logf("h0's gateway processes (fleet on, list in every AUTH_OK): anonymous RSS %d → %d KiB for %d connections: %.0f bytes per connection",
 			rss0>>10, rss1>>10, before[0], float64(rss1-rss0)/float64(before[0]))
+	}
+	// A push to any user from any host's PushService: each host's router
+	// finds every load-tool user, wherever the lists put it (routed, not
+	// offline), and the tool's clients receive all three pushes (one type
+	// per host, so none is merged with another).
+	if !noFleet {
+		for i := range 3 {
+			routed, offline := f.multicastAll(i, 1000000, conns, uint32(21+i))
+			t.Logf("multicast to all %d load-tool users from h%d's PushService: %d routed, %d offline", conns, i, routed, offline)
+			if routed < conns*99/100 {
+				t.Fatalf("h%d's router found %d of %d users (%d offline)", i, routed, conns, offline)
+			}
+		}
+		time.Sleep(2 * time.Second) // deliveries land before the kill
 	}
 	killAt := time.Now()
 	f.b.Host(2).KillAll()
@@ -1110,6 +1124,37 @@ func TestFleetLoadToolHostKill(t *testing.T) {
 	if r.Counters["open"] < int64(conns)*99/100 {
 		t.Fatalf("%d of %d connections held at the end", r.Counters["open"], conns)
 	}
+	if !noFleet {
+		// Three pushes per user, plus the "sync everything" ones workers
+		// send after their NATS node (h2's) went away.
+		t.Logf("pushes received by the load tool's clients: %d (3 per user: %d)", r.Counters["push_recv"], 3*conns)
+		if r.Counters["push_recv"] < int64(3*conns)*99/100 {
+			t.Fatalf("the tool's clients received %d pushes, want ≥ 99%% of %d", r.Counters["push_recv"], 3*conns)
+		}
+	}
+}
+
+// multicastAll sends one push of type typ to the n load-tool users from
+// uid base on through host i's PushService, in batches, and sums the
+// replies.
+func (f *fleetBed) multicastAll(i int, base uint64, n int, typ uint32) (routed, offline int) {
+	f.t.Helper()
+	api := f.pushClient(i)
+	for lo := 0; lo < n; lo += 1000 {
+		uids := make([]uint64, 0, 1000)
+		for u := lo; u < min(n, lo+1000); u++ {
+			uids = append(uids, base+uint64(u))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		rep, err := api.Multicast(ctx, &pb.MulticastRequest{Uids: uids, Type: typ, Version: 1})
+		cancel()
+		if err != nil {
+			f.t.Fatalf("multicast via h%d: %v", i, err)
+		}
+		routed += int(rep.Routed)
+		offline += int(rep.Offline)
+	}
+	return routed, offline
 }
 
 // gatewayConns is host i's live connection count from the fleet view (GET
