@@ -41,18 +41,8 @@ func BenchmarkForwardHandoff(b *testing.B) {
 // benchHandoff: after each submit the loop goroutine stays busy for batch
 // (the rest of its batch of events) before it looks for the answer task.
 func benchHandoff(b *testing.B, yield bool, batch time.Duration) {
-	s, err := New(Config{Keys: testKeys, CallYield: yield})
-	if err != nil {
-		b.Fatal(err)
-	}
-	s.fwd.start()
-	defer s.fwd.stop()
-	el := chanLoop{tasks: make(chan gnet.Runnable, 16)}
-	bc := &benchConn{el: el}
-	c := &conn{gc: bc, uid: 1, device: "bench"}
-	c.state.Store(stateAuthed)
+	s, el, bc, c := handoffRig(b, yield, "bench")
 	body := rawRequest([]byte("echo"), make([]byte, 64))
-	time.Sleep(20 * time.Millisecond) // the pool's goroutines reach their wait
 	done := make(chan struct{})
 	go func() { // the loop
 		defer close(done)
@@ -80,4 +70,24 @@ func benchHandoff(b *testing.B, yield bool, batch time.Duration) {
 	if bc.writes != b.N {
 		b.Fatalf("%d answers written for %d calls", bc.writes, b.N)
 	}
+}
+
+// handoffRig is a server with its forwarding pool running (stopped at the
+// test's end) and one authenticated connection on a fake loop whose tasks
+// the caller runs, as gnet's loop would; it returns once the pool's
+// goroutines are parked.
+func handoffRig(tb testing.TB, yield bool, device string) (*Server, chanLoop, *benchConn, *conn) {
+	tb.Helper()
+	s, err := New(Config{Keys: testKeys, CallYield: yield})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.fwd.start()
+	tb.Cleanup(s.fwd.stop)
+	el := chanLoop{tasks: make(chan gnet.Runnable, 16)}
+	bc := &benchConn{el: el}
+	c := &conn{gc: bc, uid: 1, device: device}
+	c.state.Store(stateAuthed)
+	time.Sleep(20 * time.Millisecond) // the pool's goroutines reach their wait
+	return s, el, bc, c
 }

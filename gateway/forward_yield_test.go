@@ -5,8 +5,6 @@ import (
 	"runtime"
 	"testing"
 	"time"
-
-	"github.com/panjf2000/gnet/v2"
 )
 
 // A call on an idle pool starts at once, not when the loop's batch of
@@ -16,18 +14,8 @@ import (
 // Ps run event loops.
 func TestCallStartsWhileLoopBusy(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	s, err := New(Config{Keys: testKeys, CallYield: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.fwd.start()
-	defer s.fwd.stop()
-	el := chanLoop{tasks: make(chan gnet.Runnable, 16)}
-	bc := &benchConn{el: el}
-	c := &conn{gc: bc, uid: 1, device: "t"}
-	c.state.Store(stateAuthed)
+	s, el, bc, c := handoffRig(t, true, "t")
 	body := rawRequest([]byte("echo"), []byte("x"))
-	time.Sleep(20 * time.Millisecond) // the pool's goroutines reach their wait
 	inline, quick := 0, 0
 	const calls = 40
 	for i := 0; i < calls; i++ {
