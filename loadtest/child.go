@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"math/bits"
 	"os"
 	"runtime"
 	"strings"
@@ -68,18 +69,18 @@ type childSpec struct {
 // more (Final) when it stops. Counters are cumulative; histograms hold only
 // the values recorded since the previous line, HDR-encoded.
 type childStats struct {
-	ID       int               `json:"id"`
-	Role     string            `json:"role"`
-	T        int64             `json:"t"` // unix ns
-	Ready    bool              `json:"ready,omitempty"`
-	RampDone bool              `json:"ramp_done,omitempty"`
-	Final    bool              `json:"final,omitempty"`
-	C        map[string]int64  `json:"c"`           // cumulative counters and gauges, summed over workers
-	Times    map[string]int64  `json:"times"`       // unix ns marks: *_start (min over workers) and *_end (max)
-	Errors   map[string]int64  `json:"errors"`      // cumulative, by reason
-	Hists    map[string]string `json:"h,omitempty"` // interval histograms (µs), HDR base64 compressed
-	Policy   *policySeen       `json:"policy,omitempty"`
-	Err      string            `json:"err,omitempty"` // fatal error of the worker
+	ID       int                `json:"id"`
+	Role     string             `json:"role"`
+	T        int64              `json:"t"` // unix ns
+	Ready    bool               `json:"ready,omitempty"`
+	RampDone bool               `json:"ramp_done,omitempty"`
+	Final    bool               `json:"final,omitempty"`
+	C        map[string]int64   `json:"c"`           // cumulative counters and gauges, summed over workers
+	Times    map[string]int64   `json:"times"`       // unix ns marks: *_start (min over workers) and *_end (max)
+	Errors   map[string]int64   `json:"errors"`      // cumulative, by reason
+	Hists    map[string][]int64 `json:"h,omitempty"` // interval histograms (µs): sparse value,count pairs (sparseHist)
+	Policy   *policySeen        `json:"policy,omitempty"`
+	Err      string             `json:"err,omitempty"` // fatal error of the worker
 }
 
 // policySeen is the heartbeat policy the first AUTH_OK carried.
@@ -92,20 +93,43 @@ type policySeen struct {
 // newHist returns a histogram of microseconds from 1 µs to 10 minutes.
 func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
 
-func encodeHist(h *hdr.Histogram) string {
-	b, err := h.Encode(hdr.V2CompressedEncodingCookieBase)
-	if err != nil {
-		return ""
+// sparseHist is a worker's interval histogram: counts by value rounded down
+// to three significant binary digits' worth of buckets (the precision of
+// newHist), so a report carries only the buckets it touched. Encoding an
+// HDR histogram walks and deflates all of its ~20,000 buckets; at 60 worker
+// processes reporting four times a second that was a sixth of the load
+// tool's CPU in the encrypted million (perf, docs/measurements.md).
+type sparseHist map[int64]int64
+
+// histKey rounds v (µs) down to 1/1024 of its magnitude, as an HDR
+// histogram with 3 significant digits does.
+func histKey(v int64) int64 {
+	if v < 2048 {
+		return v
 	}
-	return string(b)
+	shift := bits.Len64(uint64(v)) - 11
+	return v >> shift << shift
 }
 
-func decodeHist(s string) *hdr.Histogram {
-	h, err := hdr.Decode([]byte(s))
-	if err != nil {
-		return nil
+func (h sparseHist) record(v int64) { h[histKey(v)]++ }
+
+// pairs returns the histogram as value,count pairs and empties it.
+func (h sparseHist) pairs() []int64 {
+	out := make([]int64, 0, 2*len(h))
+	for v, n := range h {
+		out = append(out, v, n)
 	}
-	return h
+	clear(h)
+	return out
+}
+
+// mergePairs adds value,count pairs (sparseHist.pairs) to an HDR histogram.
+func mergePairs(h *hdr.Histogram, p []int64) {
+	for i := 0; i+1 < len(p); i += 2 {
+		if p[i] > 0 && p[i+1] > 0 {
+			_ = h.RecordValues(p[i], p[i+1])
+		}
+	}
 }
 
 // ChildMain runs this process as a worker: it reads its spec from stdin and

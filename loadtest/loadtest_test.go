@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	hdr "github.com/HdrHistogram/hdrhistogram-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/longlink/longlink/auth"
@@ -509,7 +508,7 @@ func TestWSClientFraming(t *testing.T) {
 	}
 	defer unix.Close(fds[1])
 	e := &engine{spec: &childSpec{WS: true}, conns: make([]conn, 1), errors: map[string]int64{},
-		hists: map[string]*hdr.Histogram{}, extra: map[string]int64{}, rng: 1, now: time.Now().UnixNano()}
+		hists: map[string]sparseHist{}, extra: map[string]int64{}, rng: 1, now: time.Now().UnixNano()}
 	e.conns[0] = conn{fd: int32(fds[0]), state: stUp, hbAt: e.now - 1000}
 	defer e.closeFD(&e.conns[0], false)
 	pong := codec.HeaderOnly(codec.CmdPong, 1)
@@ -631,5 +630,58 @@ func TestAdminEvery(t *testing.T) {
 	}
 	if r.GatewayRSS <= 0 || r.GatewayConns != 100 || r.GatewayCPUCores <= 0 {
 		t.Errorf("gateway figures lost: rss %d conns %d cpu %.3f", r.GatewayRSS, r.GatewayConns, r.GatewayCPUCores)
+	}
+}
+
+// TestRampHeartbeatsSpread: in the ramp the heartbeat sweep paces itself by
+// the slots started so far, so 10 connections up out of 100 slots send
+// about one heartbeat per tenth of their interval, not all ten in the first
+// tenth (a sweep over all 100 slots at 100 per interval did that, and with
+// every worker in step the whole run's heartbeat rate arrived in bursts).
+func TestRampHeartbeatsSpread(t *testing.T) {
+	const slots, up = 100, 10
+	e := &engine{spec: &childSpec{}, conns: make([]conn, slots), errors: map[string]int64{},
+		hists: map[string]sparseHist{}, extra: map[string]int64{}, rng: 1, now: time.Now().UnixNano(),
+		hbInterval: int64(time.Second), phaseDone: true, cc: up}
+	for i := 0; i < up; i++ {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fds[1])
+		e.conns[i] = conn{fd: int32(fds[0]), state: stUp}
+		defer e.closeFD(&e.conns[i], false)
+	}
+	var perTick []int64
+	for k := 0; k < 20; k++ { // two intervals in ticks of 100 ms
+		before := e.hbSent
+		e.now += int64(100 * time.Millisecond)
+		e.dt = int64(100 * time.Millisecond)
+		e.tick()
+		perTick = append(perTick, e.hbSent-before)
+		for i := 0; i < up; i++ {
+			e.conns[i].hbAt = 0 // as if the PONG came back
+		}
+	}
+	if e.hbSent < 2*up-2 || e.hbSent > 2*up+2 {
+		t.Errorf("%d heartbeats in two intervals from %d connections (per tick %v)", e.hbSent, up, perTick)
+	}
+	for k, n := range perTick {
+		if n > 2 {
+			t.Fatalf("tick %d sent %d heartbeats (per tick %v): bunched, not spread over the interval", k, n, perTick)
+		}
+	}
+	// After the ramp every slot is swept: the interval's rate covers all n.
+	e.rampDone = true
+	before := e.hbSent
+	for k := 0; k < 10; k++ {
+		e.now += int64(100 * time.Millisecond)
+		e.tick()
+		for i := 0; i < up; i++ {
+			e.conns[i].hbAt = 0
+		}
+	}
+	if got := e.hbSent - before; got < up-1 || got > up+1 {
+		t.Errorf("after the ramp: %d heartbeats in one interval from %d connections", got, up)
 	}
 }

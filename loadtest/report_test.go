@@ -3,6 +3,8 @@ package loadtest
 import (
 	"bytes"
 	"context"
+	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -71,5 +73,39 @@ func TestProgressLinesWithoutTerminal(t *testing.T) {
 	out := log.String()
 	if !strings.Contains(out, "loadtest: [floor]") || strings.Contains(out, "\r") {
 		t.Fatalf("want plain progress lines, got:\n%s", out)
+	}
+}
+
+// TestSparseHistMatchesHDR: a worker's sparse interval histogram, merged
+// into the parent's HDR histogram, gives the percentiles an HDR histogram
+// recording the same values directly gives (within its 3-digit precision),
+// and a report empties it.
+func TestSparseHistMatchesHDR(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	direct, merged := newHist(), newHist()
+	s := sparseHist{}
+	for i := 0; i < 200000; i++ {
+		// 1 µs to ~10 min, log-uniform: every bucket size is exercised.
+		v := int64(math.Exp(rng.Float64()*math.Log(6e8))) + 1
+		if k := histKey(v); k > v || v-k > v/1024 {
+			t.Fatalf("histKey(%d) = %d: not within 1/1024 below", v, k)
+		}
+		_ = direct.RecordValue(v)
+		s.record(v)
+		if i%50000 == 49999 { // several reports, as a worker sends them
+			mergePairs(merged, s.pairs())
+			if len(s) != 0 {
+				t.Fatalf("pairs left %d buckets behind", len(s))
+			}
+		}
+	}
+	if direct.TotalCount() != merged.TotalCount() {
+		t.Fatalf("count %d merged, %d direct", merged.TotalCount(), direct.TotalCount())
+	}
+	for _, q := range []float64{1, 10, 50, 90, 99, 99.9, 100} {
+		a, b := direct.ValueAtQuantile(q), merged.ValueAtQuantile(q)
+		if d := math.Abs(float64(a - b)); d > float64(a)/500+1 {
+			t.Errorf("p%v: merged %d, direct %d", q, b, a)
+		}
 	}
 }

@@ -288,22 +288,18 @@ func (l *leg) absorb(c *child, st *childStats) {
 	} else {
 		c.latest.RampDone = c.latest.RampDone || st.RampDone
 	}
-	for name, enc := range st.Hists {
-		h := decodeHist(enc)
-		if h == nil {
-			continue
-		}
+	for name, p := range st.Hists {
 		for _, m := range []map[string]*hdr.Histogram{l.cum, l.interval} {
 			if m[name] == nil {
 				m[name] = newHist()
 			}
-			m[name].Merge(h)
+			mergePairs(m[name], p)
 		}
 		if !l.steadyAt.IsZero() {
 			if l.steady[name] == nil {
 				l.steady[name] = newHist()
 			}
-			l.steady[name].Merge(h)
+			mergePairs(l.steady[name], p)
 		}
 	}
 }
