@@ -12,7 +12,7 @@ LDFLAGS := -X github.com/longlink/longlink/internal/buildinfo.Version=$(VERSION)
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 build: ## build bin/longlink
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/longlink
