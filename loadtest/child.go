@@ -65,9 +65,9 @@ type childSpec struct {
 	MaxConns int    `json:"max_conns,omitempty"`
 }
 
-// childStats is one line a worker writes on stdout, once a second and once
+// childStats is one line a worker writes on stdout every reportEvery and once
 // more (Final) when it stops. Counters are cumulative; histograms hold only
-// the values recorded since the previous line, HDR-encoded.
+// the values recorded since the previous line (sparseHist pairs).
 type childStats struct {
 	ID       int                `json:"id"`
 	Role     string             `json:"role"`
@@ -94,8 +94,8 @@ type policySeen struct {
 func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
 
 // sparseHist is a worker's interval histogram: counts by value rounded down
-// to three significant binary digits' worth of buckets (the precision of
-// newHist), so a report carries only the buckets it touched. Encoding an
+// to 11 significant bits (1/1024, the precision of newHist's 3 significant
+// decimal digits), so a report carries only the buckets it touched. Encoding an
 // HDR histogram walks and deflates all of its ~20,000 buckets; at 60 worker
 // processes reporting four times a second that was a sixth of the load
 // tool's CPU in the encrypted million (perf, docs/measurements.md).
