@@ -58,9 +58,11 @@ loadtest-1m: build loadtest-check ## gateway (LOADTEST_WORKERS workers) + load t
 # process count (each process's runtime costs CPU when mostly idle) as low as
 # the 20,000-file limit allows. docs/measurements.md has the figures.
 LOADTEST_ENC_DATA ?= /tmp/longlink-loadtest-1m-encrypted
+LOADTEST_ENC_DURATION ?= 26m
+LOADTEST_ENC_OUT ?= loadtest-1m-encrypted
 loadtest-1m-encrypted: ## loadtest-1m with encryption required: 1,000,000 encrypted connections held with heartbeats
-	$(MAKE) loadtest-1m LOADTEST_WORKERS=55 LOADTEST_RATE=1000 LOADTEST_DURATION=$(or $(LOADTEST_ENC_DURATION),26m) \
-	  LOADTEST_OUT=$(or $(LOADTEST_ENC_OUT),loadtest-1m-encrypted) \
+	$(MAKE) loadtest-1m LOADTEST_WORKERS=55 LOADTEST_RATE=1000 LOADTEST_DURATION=$(LOADTEST_ENC_DURATION) \
+	  LOADTEST_OUT=$(LOADTEST_ENC_OUT) \
 	  LOADTEST_GATEWAY_ARGS='--backend echo --data $(LOADTEST_ENC_DATA) --encryption required --fleet=false --handshake-workers -1 --http "" --push-grpc ""' \
 	  LOADTEST_ARGS='--encrypt --keys $(LOADTEST_ENC_DATA)/keys.json --per-proc 18200 --inflight 16'
 
