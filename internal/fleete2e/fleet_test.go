@@ -816,9 +816,14 @@ func copyDir(from, to string, except ...string) error {
 
 // TestFleetRollingUpgrade evacuates, restarts and refills each host in
 // turn while clients send messages: the other hosts' accept rate (AUTH_OKs
-// of moved clients per second, over 1 s windows) stays within 1.2x the
+// of moved clients per second, over 1 s windows) stays within 1.5x the
 // evacuation rate (jittered: one reconnect per 1/rate slot, at a random
-// point in it; docs/fleet.md), and no call fails beyond the documented retries
+// point in it; docs/fleet.md). The pacer itself keeps 1.2x
+// (TestFleetEvacPacerWindow, simulated clock); here arrivals are timed at
+// each client's AUTH_OK, which adds the connect and AUTH latency of a
+// loaded host: CI saw 35/s at 25/s when 48 clients took 1.9 s. Unpaced
+// GOAWAYs would bring a host's 48–151 clients within well under a second.
+// No call fails beyond the documented retries
 // (ErrNotReady/ErrConnLost while moving, retryable codes), each retried
 // with its client_msg_id.
 func TestFleetRollingUpgrade(t *testing.T) {
@@ -891,9 +896,9 @@ func TestFleetRollingUpgrade(t *testing.T) {
 		took := time.Since(from)
 		peak := f.peakRate(from, time.Now().Add(time.Second), f.b.Host(i).Addr(pGateway))
 		worst = max(worst, peak)
-		t.Logf("h%d: %d clients evacuated at %g/s in %v; the others' peak accept rate %.0f/s (limit %.0f/s)", i, on, rate, took.Round(time.Millisecond), peak, 1.2*rate)
-		if peak > 1.2*rate {
-			t.Errorf("h%d's evacuation: the other hosts accepted %.0f/s, over 1.2x %g/s", i, peak, rate)
+		t.Logf("h%d: %d clients evacuated at %g/s in %v; the others' peak accept rate %.0f/s (limit %.0f/s)", i, on, rate, took.Round(time.Millisecond), peak, 1.5*rate)
+		if peak > 1.5*rate {
+			t.Errorf("h%d's evacuation: the other hosts accepted %.0f/s, over 1.5x %g/s", i, peak, rate)
 		}
 		if err := f.gws[i].Stop(20 * time.Second); err != nil {
 			t.Logf("h%d stop: %v", i, err)
