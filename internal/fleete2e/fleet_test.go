@@ -621,7 +621,30 @@ func TestFleet(t *testing.T) {
 	for u := range sticky {
 		all = append(all, f.dial(uint64(10000+u), true))
 	}
-	time.Sleep(1500 * time.Millisecond) // three announcements
+	// Until every host's list weighs host 0 lowest (its announcement heard
+	// and the lists rebuilt; a fixed 1.5 s was too short on a loaded CI
+	// host, where convergence alone took 1.6 s).
+	h0 := f.b.Host(0).Addr(pGateway)
+	waitFor(t, "every host's list to weigh host 0 lowest", 30*time.Second, func() bool {
+		for i := range f.sp.hosts {
+			l := f.nodes(i)
+			if l == nil || len(l.Nodes) != f.sp.hosts {
+				return false
+			}
+			var w0, others uint32 = 0, 1001
+			for _, nd := range l.Nodes {
+				if nd.Addr == h0 {
+					w0 = nd.Weight
+				} else {
+					others = min(others, nd.Weight)
+				}
+			}
+			if w0 == 0 || w0 >= others {
+				return false
+			}
+		}
+		return true
+	})
 	for u := range fleetN {
 		fc := f.dial(uint64(1+u), false)
 		all = append(all, fc)
